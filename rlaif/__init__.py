@@ -1,0 +1,1 @@
+"""RLAIF preference-data pipeline: core library."""

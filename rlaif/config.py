@@ -1,0 +1,197 @@
+"""The run configuration: one YAML file validated by pydantic, plus `--set a.b=c` overrides.
+
+Every command takes an optional config path; without one it uses the embedded `configs/demo.yaml`.
+Unknown keys are errors that name the key path. Secrets are never part of the config: a section that
+talks to an API names the environment variable that holds its key (`api_key_env`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are refused, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = Field("demo", description="Name of the run; also the default run directory's name.")
+    dir: str | None = Field(None, description="Run directory; default runs/<name>.")
+    seed: int = Field(0, description="Seed for everything random in the run (sampling seeds, pair order).")
+
+    def directory(self) -> Path:
+        return Path(self.dir) if self.dir else Path("runs") / self.name
+
+
+class PromptsSection(Section):
+    path: str = Field(
+        "../shared/data/mt_bench/question.jsonl",
+        description="Prompt source: a JSONL file (`prompt` or `messages` per line, or MT-Bench "
+        "question.jsonl) or a `datasets` dataset saved to disk. Relative paths are from the working directory.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    split: str = Field("train", description="Split to read when the path is a saved DatasetDict.")
+
+
+class ServerSection(Section):
+    launch: Literal["transformers", "vllm"] | None = Field(
+        None, description="Start this server for the model on a free loopback port for the run."
+    )
+    executable: str | None = Field(
+        None, description="The server's command (e.g. the `vllm` of its own environment); default from PATH."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Extra command-line arguments.")
+    startup_timeout_s: float = Field(600.0, gt=0, description="How long to wait for the server to be healthy.")
+
+
+class ModelSection(Section):
+    """Where a model runs: in-process with transformers, or behind OpenAI-compatible endpoints."""
+
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="A local path, a prepared model name (`rlaif models list`) or a hub id.",
+    )
+    base_urls: list[str] = Field(
+        default_factory=list, description="openai backend: OpenAI-compatible base URLs, used round-robin."
+    )
+    api_key_env: str | None = Field(
+        None, description="openai backend: name of the environment variable holding the API key."
+    )
+    server: ServerSection = Field(default_factory=ServerSection)
+    max_concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at most.")
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds before a request times out.")
+    max_retries: int = Field(
+        4, ge=0, description="openai backend: retries on 429, 5xx, timeouts and dropped connections."
+    )
+    n_mode: Literal["auto", "native", "seeds"] = Field(
+        "auto",
+        description="How n samples are obtained: `native` asks the server for n choices; `seeds` sends n "
+        "requests with distinct seeds; `auto` asks for n and fills what the server did not return with seeds.",
+    )
+    batch_size: int = Field(8, ge=1, description="transformers backend: prompts per forward batch.")
+    device: str = Field("auto", description="transformers backend: cpu, cuda, cuda:1, ... or auto.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @model_validator(mode="after")
+    def _endpoint_given(self) -> ModelSection:
+        if self.backend == "transformers" and (self.base_urls or self.server.launch):
+            raise ValueError("base_urls and server.launch need backend: openai")
+        return self
+
+
+class SamplingSection(Section):
+    n: int = Field(4, ge=1, description="Candidates per prompt.")
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    resample_rounds: int = Field(
+        2, ge=0, description="Extra rounds that re-ask (with new seeds) for answers that repeated an earlier one."
+    )
+
+
+class Config(Section):
+    """The whole configuration of a run."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    prompts: PromptsSection = Field(default_factory=PromptsSection)
+    policy: ModelSection = Field(default_factory=ModelSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+
+
+def default_config_path() -> Path:
+    """The embedded default config (`configs/demo.yaml`), in a checkout or an installed package."""
+    return Path(str(resources.files("rlaif.bundled.configs").joinpath("demo.yaml")))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (the embedded default when `path` is None) and apply `a.b=value` overrides."""
+    source = Path(path) if path else default_config_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {source}: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(raw).__name__}")
+    overrides = overrides or []
+    data = apply_overrides(raw, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source, overrides)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `dotted.key=value` set; values are parsed as YAML scalars."""
+    result = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampling.n=4")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else ""
+        except yaml.YAMLError:
+            value = value_text
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def describe_errors(exc: ValidationError, source: Path, overrides: list[str]) -> str:
+    """One line per problem, each naming the key path and whether it came from the file or --set."""
+    override_keys = {item.partition("=")[0].strip() for item in overrides}
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        origin = f"--set {key}" if any(key == k or key.startswith(k + ".") for k in override_keys) else str(source)
+        if error["type"] == "extra_forbidden":
+            hint = (
+                " (secrets are read from the environment: name the variable with api_key_env)"
+                if ("key" in key.rsplit(".", 1)[-1] and "env" not in key)
+                else ""
+            )
+            lines.append(f"{origin}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{origin}: {key}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def read_api_key(env_name: str | None, where: str) -> str | None:
+    """The API key from the environment variable the config names; never logged or stored."""
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"{where}.api_key_env names {env_name}, but that environment variable is not set")
+    return value
+
+
+def dump_config(config: Config) -> str:
+    """The effective config as YAML (it holds no secrets, only the names of their variables)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

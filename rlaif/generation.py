@@ -1,0 +1,149 @@
+"""The one small protocol that sampling and judging use to get text (and log-probabilities) from a model.
+
+Backends: `openai` (any OpenAI-compatible endpoint, see `rlaif.openai_backend`) and `transformers`
+(in-process, see `rlaif.transformers_backend`). `open_backend` builds the one a config section names,
+launching a local server first when the section asks for one.
+
+A backend takes a batch of requests and returns, for each, either its generations or the
+`BackendError` that ended it: one failed request never hides the results of the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rlaif.config import ModelSection, read_api_key
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A request that failed for good (after retries); the message says where and why, never a secret."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat request. `n` answers are wanted; `top_logprobs` asks for token log-probabilities."""
+
+    messages: Sequence[dict[str, str]]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    top_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability, and the most likely alternatives at that position."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass
+class TokenUsage:
+    """Counts of what a backend has done, for reports and cost accounting."""
+
+    requests: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        self.prompt_tokens += prompt_tokens or 0
+        self.completion_tokens += completion_tokens or 0
+
+
+RequestResult = list[Generation] | BackendError
+Progress = Callable[[int], None]  # called with the number of requests finished so far
+
+
+class GenerationBackend(Protocol):
+    """What sampling and judging need from a model."""
+
+    model_name: str
+    usage: TokenUsage
+
+    async def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> list[RequestResult]:
+        """Answers for each request, in order; a failed request gives its BackendError in its place."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and models."""
+        ...
+
+
+def first_error(results: Sequence[RequestResult]) -> BackendError | None:
+    """The first failure in a batch of results, if any."""
+    return next((r for r in results if isinstance(r, BackendError)), None)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(
+    section: ModelSection, where: str = "policy", say: Callable[[str], None] = log.info
+) -> AsyncIterator[GenerationBackend]:
+    """The backend a config section describes; a server it asks for is started and stopped around it."""
+    from rlaif.models import resolve_model
+
+    model = resolve_model(section.model, say=say)
+    if section.backend == "transformers":
+        from rlaif.transformers_backend import TransformersBackend
+
+        backend: GenerationBackend = TransformersBackend(
+            model, device=section.device, dtype=section.dtype, batch_size=section.batch_size
+        )
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+        return
+
+    from rlaif.model_server import ManagedServer
+    from rlaif.openai_backend import OpenAIBackend
+
+    api_key = read_api_key(section.api_key_env, where)
+    async with contextlib.AsyncExitStack() as stack:
+        base_urls = list(section.base_urls)
+        model_name = model
+        if section.server.launch:
+            server = ManagedServer(
+                kind=section.server.launch,
+                model=model,
+                executable=section.server.executable,
+                extra_args=section.server.extra_args,
+                startup_timeout_s=section.server.startup_timeout_s,
+                say=say,
+            )
+            stack.enter_context(server)
+            base_urls = [server.base_url]
+            model_name = server.served_model
+        if not base_urls:
+            raise BackendError(f"{where}: backend openai needs base_urls or server.launch")
+        backend = OpenAIBackend(
+            base_urls=base_urls,
+            model=model_name,
+            api_key=api_key,
+            max_concurrency=section.max_concurrency,
+            timeout_s=section.timeout_s,
+            max_retries=section.max_retries,
+            n_mode=section.n_mode,
+        )
+        stack.push_async_callback(backend.aclose)
+        yield backend

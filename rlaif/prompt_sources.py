@@ -1,0 +1,129 @@
+"""Reading prompts: JSONL files, MT-Bench `question.jsonl`, and `datasets` datasets saved to disk.
+
+A JSONL line is an object with either a `prompt` string or a `messages` list of {role, content};
+an MT-Bench line has `question_id`, `category` and `turns` (the first turn is the prompt). Other
+fields are kept as metadata. A malformed file fails naming the file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlaif.schema import PromptItem
+
+
+class PromptSourceError(ValueError):
+    """A prompt source that cannot be read; the message names the file and line."""
+
+
+def load_prompts(path: str | Path, limit: int | None = None, split: str = "train") -> list[PromptItem]:
+    """All prompts of a source (the first `limit` when given), with duplicates removed, in file order."""
+    items: list[PromptItem] = []
+    seen: set[str] = set()
+    for item in iter_prompts(path, split=split):
+        if item.id in seen:
+            continue
+        seen.add(item.id)
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+    if not items:
+        raise PromptSourceError(f"{path}: no prompts found")
+    return items
+
+
+def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]:
+    """Prompts one by one from a JSONL file or a saved dataset directory."""
+    source = Path(path)
+    if not source.exists():
+        raise PromptSourceError(f"{source}: no such file or directory")
+    if source.is_dir():
+        yield from _iter_dataset(source, split)
+    else:
+        yield from _iter_jsonl(source)
+
+
+def _iter_jsonl(path: Path) -> Iterator[PromptItem]:
+    with path.open("rb") as handle:
+        for number, raw_line in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PromptSourceError(f"{where}: not valid UTF-8 (byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptSourceError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+            yield prompt_from_record(record, where, source=path.name)
+
+
+def _iter_dataset(path: Path, split: str) -> Iterator[PromptItem]:
+    import datasets  # heavy import, only when a dataset directory is read
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise PromptSourceError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise PromptSourceError(f"{path}: no split {split!r} (has {', '.join(loaded)}); set prompts.split")
+        loaded = loaded[split]
+    for index, record in enumerate(loaded):
+        yield prompt_from_record(record, f"{path} row {index}", source=path.name)
+
+
+def prompt_from_record(record: Any, where: str, source: str = "") -> PromptItem:
+    """One PromptItem from a decoded record; `where` (file:line) prefixes every error."""
+    if not isinstance(record, Mapping):
+        raise PromptSourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    fields = dict(record)
+    if "turns" in fields and "prompt" not in fields and "messages" not in fields:
+        messages = _mt_bench_messages(fields.pop("turns"), where)
+    elif "messages" in fields:
+        messages = _messages(fields.pop("messages"), where)
+        fields.pop("prompt", None)
+    elif "prompt" in fields:
+        prompt = fields.pop("prompt")
+        if not isinstance(prompt, str):
+            raise PromptSourceError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}")
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        raise PromptSourceError(f"{where}: needs a 'prompt' string or a 'messages' list (has {sorted(fields)})")
+    fields.pop("id", None)  # ids are content hashes; a source's own id is kept as metadata below
+    if "id" in record:
+        fields["source_id"] = record["id"]
+    try:
+        return PromptItem(messages=messages, source=source, metadata=_json_safe(fields))
+    except ValidationError as exc:
+        problem = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'prompt'}: {e['msg']}" for e in exc.errors())
+        raise PromptSourceError(f"{where}: {problem}") from None
+
+
+def _mt_bench_messages(turns: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+        raise PromptSourceError(f"{where}: field 'turns' must be a non-empty list of strings")
+    return [{"role": "user", "content": turns[0]}]
+
+
+def _messages(messages: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
+            raise PromptSourceError(f"{where}: messages[{index}] must be an object with 'role' and 'content'")
+        if not isinstance(message["content"], str):
+            raise PromptSourceError(f"{where}: messages[{index}].content must be a string")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _json_safe(fields: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as JSON round-trips it, so ids computed later do not depend on Python types."""
+    return json.loads(json.dumps(fields, default=str))

@@ -1,0 +1,94 @@
+"""Sampling K distinct candidate answers per prompt from the policy model.
+
+Seeds are derived from the run seed and the prompt's id, so a rerun with the same config asks for
+exactly the same samples. An answer that repeats an earlier one exactly is dropped and asked for
+again with a new seed, for up to `sampling.resample_rounds` rounds; a prompt that still has fewer
+than K answers is reported (a model that never varies usually means the server does not sample).
+A prompt whose request fails is reported too, never turned into empty answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rlaif.config import SamplingSection
+from rlaif.generation import BackendError, GenerationBackend, GenerationRequest, Progress
+from rlaif.schema import Candidate, PromptItem, content_id
+
+
+@dataclass
+class SamplingResult:
+    candidates: list[Candidate] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # prompt id -> error message
+    short: dict[str, int] = field(default_factory=dict)  # prompt id -> distinct answers, when fewer than n
+
+
+def prompt_seed(run_seed: int, prompt_id: str) -> int:
+    """A per-prompt seed that depends only on the run seed and the prompt."""
+    return int(content_id("seed", run_seed, prompt_id)[:8], 16)
+
+
+async def sample_candidates(
+    backend: GenerationBackend,
+    prompts: Sequence[PromptItem],
+    sampling: SamplingSection,
+    run_seed: int = 0,
+    model_label: str | None = None,
+    progress: Progress | None = None,
+) -> SamplingResult:
+    """`sampling.n` distinct candidates for each prompt.
+
+    `model_label` is the model's name as the config gives it, recorded on each candidate
+    (default: the name the backend uses).
+    """
+    model = model_label or backend.model_name
+    found: dict[str, list[Candidate]] = {prompt.id: [] for prompt in prompts}
+    result = SamplingResult()
+    pending = list(prompts)
+    given_up: set[str] = set()
+    for round_number in range(sampling.resample_rounds + 1):
+        requests = [
+            GenerationRequest(
+                messages=prompt.chat(),
+                n=sampling.n - len(found[prompt.id]),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                # round r uses seeds [base + r*n, base + r*n + n): never a seed used before
+                seed=prompt_seed(run_seed, prompt.id) + round_number * sampling.n,
+            )
+            for prompt in pending
+        ]
+        outputs = await backend.generate(requests, progress=progress if round_number == 0 else None)
+        for prompt, output in zip(pending, outputs, strict=True):
+            kept = found[prompt.id]
+            if isinstance(output, BackendError):
+                if kept:  # a failed top-up keeps what the prompt already has
+                    given_up.add(prompt.id)
+                else:
+                    result.failures[prompt.id] = str(output)
+                continue
+            for generation in output:
+                candidate = Candidate(
+                    prompt_id=prompt.id,
+                    text=generation.text,
+                    model=model,
+                    sample_index=len(kept),
+                    finish_reason=generation.finish_reason,
+                    completion_tokens=generation.completion_tokens,
+                )
+                if all(candidate.id != other.id for other in kept):
+                    kept.append(candidate)
+        pending = [
+            p for p in pending if p.id not in result.failures and p.id not in given_up and len(found[p.id]) < sampling.n
+        ]
+        if not pending:
+            break
+    for prompt in prompts:
+        if prompt.id in result.failures:
+            continue
+        result.candidates.extend(found[prompt.id])
+        if len(found[prompt.id]) < sampling.n:
+            result.short[prompt.id] = len(found[prompt.id])
+    return result

