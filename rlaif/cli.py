@@ -21,6 +21,7 @@ from rlaif.generation import BackendError
 from rlaif.model_server import ServerError
 from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, ModelError, prepare_model, prepared_path
 from rlaif.prompt_sources import PromptSourceError
+from rlaif.schema import Candidate, PromptItem
 
 app = typer.Typer(
     help="RLAIF preference-data pipeline: sample candidates, judge pairs, review, merge, train.",
@@ -111,7 +112,7 @@ def sample(
     """Sample `sampling.n` candidate answers per prompt from the policy and write them as JSONL."""
     cfg = load_config(config, overrides)
     path = out or cfg.run.directory() / "candidates.jsonl"
-    _, candidates = asyncio.run(_sample(cfg, path))
+    _, candidates = _sample(cfg, path)
     typer.echo(f"{len(candidates)} candidates written to {path}")
 
 
@@ -121,7 +122,7 @@ def demo(overrides: SetOption = None) -> None:
     """The main job on the embedded defaults: prepare SmolLM2, sample candidates for MT-Bench prompts, show them."""
     cfg = load_config(None, overrides)
     path = cfg.run.directory() / "candidates.jsonl"
-    prompts, candidates = asyncio.run(_sample(cfg, path))
+    prompts, candidates = _sample(cfg, path)
     for prompt in prompts:
         typer.echo("=" * 78)
         typer.echo(f"PROMPT {prompt.id}: {prompt.messages[-1].content}")
@@ -132,31 +133,11 @@ def demo(overrides: SetOption = None) -> None:
     typer.echo(f"{len(candidates)} candidates for {len(prompts)} prompts written to {path}")
 
 
-async def _sample(cfg: Config, path: Path) -> tuple[list[Any], list[Any]]:
-    """Load the prompts, sample from the policy, write the candidates; fail if any prompt failed."""
-    from rlaif.generation import open_backend
-    from rlaif.prompt_sources import load_prompts
-    from rlaif.run_files import write_jsonl_atomic
-    from rlaif.sampling import sample_candidates
+def _sample(cfg: Config, path: Path) -> tuple[list[PromptItem], list[Candidate]]:
+    """Sample and write the candidates; warn about short prompts; fail (after writing) if any prompt failed."""
+    from rlaif.sampling import sample_to_file
 
-    if not Path(cfg.prompts.path).exists():
-        raise PromptSourceError(
-            f"prompts.path {cfg.prompts.path} does not exist (relative to {Path.cwd()}); "
-            "set it in the config or with --set prompts.path=FILE"
-        )
-    prompts = load_prompts(cfg.prompts.path, limit=cfg.prompts.limit, split=cfg.prompts.split)
-    say(f"sampling {cfg.sampling.n} answers for each of {len(prompts)} prompts from {cfg.policy.model}")
-    async with open_backend(cfg.policy, where="policy", say=say) as backend:
-        result = await sample_candidates(
-            backend,
-            prompts,
-            cfg.sampling,
-            run_seed=cfg.run.seed,
-            model_label=cfg.policy.model,
-            progress=lambda done: say(f"  {done}/{len(prompts)} prompts sampled"),
-        )
-        say(f"tokens: {backend.usage.prompt_tokens} prompt, {backend.usage.completion_tokens} completion")
-    write_jsonl_atomic(path, result.candidates)
+    prompts, result = asyncio.run(sample_to_file(cfg, path, say=say))
     if result.short:
         say(
             f"warning: {len(result.short)} prompts have fewer than {cfg.sampling.n} distinct answers; "

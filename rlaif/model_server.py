@@ -57,20 +57,8 @@ def _executable(kind: ServerKind, executable: str | None) -> str:
 def server_command(
     kind: ServerKind, executable: str, model: str, host: str, port: int, extra_args: Sequence[str] = ()
 ) -> list[str]:
-    """The command line that serves `model` on host:port."""
-    if kind == "transformers":
-        # On CPU, float32: bfloat16 matrix products are slow there.
-        cpu_args = [] if _has_cuda() else ["--device", "cpu", "--dtype", "float32"]
-        return [executable, "serve", model, "--host", host, "--port", str(port), *cpu_args, *extra_args]
+    """The command line that serves `model` on host:port (both servers take the same form)."""
     return [executable, "serve", model, "--host", host, "--port", str(port), *extra_args]
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 class ManagedServer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,3 @@ def write_jsonl_atomic(path: Path, rows: Iterable[BaseModel | dict[str, Any]]) -
         Path(temporary).unlink(missing_ok=True)
         raise
     return count
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a file written by write_jsonl_atomic."""
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)

@@ -9,11 +9,15 @@ A prompt whose request fails is reported too, never turned into empty answers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from rlaif.config import SamplingSection
-from rlaif.generation import BackendError, GenerationBackend, GenerationRequest, Progress
+from rlaif.config import Config, SamplingSection
+from rlaif.generation import BackendError, GenerationBackend, GenerationRequest, Progress, open_backend
+from rlaif.progress import progress_printer
+from rlaif.prompt_sources import PromptSourceError, load_prompts
+from rlaif.run_files import write_jsonl_atomic
 from rlaif.schema import Candidate, PromptItem, content_id
 
 
@@ -92,3 +96,32 @@ async def sample_candidates(
         if len(found[prompt.id]) < sampling.n:
             result.short[prompt.id] = len(found[prompt.id])
     return result
+
+
+async def sample_to_file(
+    config: Config, out: Path, say: Callable[[str], None]
+) -> tuple[list[PromptItem], SamplingResult]:
+    """Read the configured prompts, sample from the configured policy, and write the candidates to `out`.
+
+    The candidates of the prompts that succeeded are written even when others failed: the caller
+    decides what a failure means.
+    """
+    if not Path(config.prompts.path).exists():
+        raise PromptSourceError(
+            f"prompts.path {config.prompts.path} does not exist (relative to {Path.cwd()}); "
+            "set it in the config or with --set prompts.path=FILE"
+        )
+    prompts = load_prompts(config.prompts.path, limit=config.prompts.limit, split=config.prompts.split)
+    say(f"sampling {config.sampling.n} answers for each of {len(prompts)} prompts from {config.policy.model}")
+    async with open_backend(config.policy, where="policy", say=say) as backend:
+        result = await sample_candidates(
+            backend,
+            prompts,
+            config.sampling,
+            run_seed=config.run.seed,
+            model_label=config.policy.model,
+            progress=progress_printer(len(prompts), "prompts sampled", say),
+        )
+        say(f"tokens: {backend.usage.prompt_tokens} prompt, {backend.usage.completion_tokens} completion")
+    write_jsonl_atomic(out, result.candidates)
+    return prompts, result

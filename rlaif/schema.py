@@ -118,8 +118,8 @@ class Pair(Record):
     @classmethod
     def _id(cls, data: Any) -> Any:
         def make(d: dict[str, Any]) -> str:
-            ids = sorted(_field(d.get(side), "id") for side in ("a", "b"))
-            return content_id("pair", _field(d.get("prompt"), "id"), ids)
+            ids = sorted(_id_of(d.get(side), Candidate) for side in ("a", "b"))
+            return content_id("pair", _id_of(d.get("prompt"), PromptItem), ids)
 
         return _fill_id(data, make)
 
@@ -132,8 +132,9 @@ class Pair(Record):
         return self
 
 
-def _field(value: Any, name: str) -> Any:
-    return getattr(value, name) if isinstance(value, BaseModel) else (value or {}).get(name)
+def _id_of(value: Any, model: type[PromptItem] | type[Candidate]) -> str:
+    """The id of a record given as a model or as a plain dict (validated to compute its id)."""
+    return value.id if isinstance(value, model) else model.model_validate(value).id
 
 
 class Judgment(Record):

@@ -93,3 +93,15 @@ def test_review_item_and_preference_record_round_trip():
     row = record.to_row()
     assert row["chosen"] == [{"role": "assistant", "content": "good"}]
     assert row["label_source"] == "judge"
+
+
+def test_pair_from_plain_dicts_gets_the_same_id():
+    p = prompt()
+    a = Candidate(prompt_id=p.id, text="one", model="m")
+    b = Candidate(prompt_id=p.id, text="two", model="m")
+    from_dicts = Pair(
+        prompt={"messages": [{"role": "user", "content": "What is RLAIF?"}]},
+        a={"prompt_id": p.id, "text": "one", "model": "m"},
+        b={"prompt_id": p.id, "text": "two", "model": "m"},
+    )
+    assert from_dicts.id == Pair(prompt=p, a=a, b=b).id
