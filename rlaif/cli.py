@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from judges.templates import TemplateError
 from rlaif.config import Config, ConfigError, dump_config, load_config
 from rlaif.generation import BackendError
 from rlaif.model_server import ServerError
@@ -42,7 +43,7 @@ SetOption = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (ConfigError, PromptSourceError, ModelError, BackendError, ServerError)
+EXPECTED_ERRORS = (ConfigError, PromptSourceError, ModelError, BackendError, ServerError, TemplateError)
 
 
 def friendly_errors(command: F) -> F:
@@ -118,19 +119,90 @@ def sample(
 
 @app.command()
 @friendly_errors
+def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
+    """Run the labeling pipeline (sample, pair, judge both orders, route ~10% to review) as a Prefect flow.
+
+    Uses the Prefect server at PREFECT_API_URL, or a temporary local one when it is unset.
+    """
+    cfg = load_config(config, overrides)
+    report = _label(cfg)
+    typer.echo(_report_lines(cfg, report))
+
+
+@app.command()
+@friendly_errors
 def demo(overrides: SetOption = None) -> None:
-    """The main job on the embedded defaults: prepare SmolLM2, sample candidates for MT-Bench prompts, show them."""
+    """The main job on the embedded defaults: SmolLM2 samples answers to MT-Bench prompts and judges them."""
     cfg = load_config(None, overrides)
-    path = cfg.run.directory() / "candidates.jsonl"
-    prompts, candidates = _sample(cfg, path)
-    for prompt in prompts:
-        typer.echo("=" * 78)
-        typer.echo(f"PROMPT {prompt.id}: {prompt.messages[-1].content}")
-        for candidate in (c for c in candidates if c.prompt_id == prompt.id):
-            text = " ".join(candidate.text.split())
-            typer.echo(f"  [{candidate.sample_index}] {text[:300]}{'...' if len(text) > 300 else ''}")
-    typer.echo("=" * 78)
-    typer.echo(f"{len(candidates)} candidates for {len(prompts)} prompts written to {path}")
+    report = _label(cfg)
+    run = cfg.run.directory()
+    _show_examples(run)
+    typer.echo(_report_lines(cfg, report))
+
+
+def _label(cfg: Config) -> dict[str, Any]:
+    from judges.factory import check_judge
+
+    check_judge(cfg.judge)  # a broken template fails now, before Prefect or any model starts
+    if not Path(cfg.prompts.path).exists():
+        raise PromptSourceError(
+            f"prompts.path {cfg.prompts.path} does not exist (relative to {Path.cwd()}); "
+            "set it in the config or with --set prompts.path=FILE"
+        )
+    from flows.labeling import label_pipeline
+
+    return asyncio.run(label_pipeline(cfg))
+
+
+def _report_lines(cfg: Config, report: dict[str, Any]) -> str:
+    run = cfg.run.directory()
+    return "\n".join(
+        [
+            "=" * 78,
+            f"run directory: {run}",
+            f"  {report['prompts']} prompts, {report['candidates']} candidates, {report['pairs']} pairs judged in both "
+            f"orders by {report['judge']} ({report['judge_mode']}, template {report['judge_prompt']})",
+            f"  judged ok: {report['judged_ok']}, failed: {report['judge_failed']}; position consistency "
+            f"{_percent(report['position_consistency'])}, mean confidence {report['mean_confidence'] or 0:.3f}",
+            f"  routed to review: {report['routed_to_review']} ({_percent(report['review_fraction_actual'])}) "
+            f"{report['routed_by_reason']} -> {run / 'review_queue.jsonl'}",
+            f"summary: {run / 'report.json'}",
+        ]
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _show_examples(run: Path, count: int = 3) -> None:
+    """A few judged pairs, so the demo shows what the judge saw and said."""
+    from rlaif.run_directory import read_records
+    from rlaif.schema import Judgment, Pair
+
+    judgments = {
+        j.pair_id: j for path in sorted((run / "judgments").glob("*.jsonl")) for j in read_records(path, Judgment)
+    }
+    shown = 0
+    for path in sorted((run / "pairs").glob("*.jsonl")):
+        for pair in read_records(path, Pair):
+            judgment = judgments.get(pair.id)
+            if judgment is None or shown >= count:
+                continue
+            shown += 1
+            typer.echo("-" * 78)
+            typer.echo(f"PROMPT: {_clip(pair.prompt.messages[-1].content, 200)}")
+            typer.echo(f"  A: {_clip(pair.a.text, 200)}")
+            typer.echo(f"  B: {_clip(pair.b.text, 200)}")
+            typer.echo(
+                f"  judge: winner={judgment.winner} p(A)={judgment.p_a} confidence={judgment.confidence} "
+                f"status={judgment.status} order_disagreement={judgment.order_disagreement}"
+            )
+
+
+def _clip(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 def _sample(cfg: Config, path: Path) -> tuple[list[PromptItem], list[Candidate]]:

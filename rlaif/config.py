@@ -31,6 +31,9 @@ class RunSection(Section):
     name: str = Field("demo", description="Name of the run; also the default run directory's name.")
     dir: str | None = Field(None, description="Run directory; default runs/<name>.")
     seed: int = Field(0, description="Seed for everything random in the run (sampling seeds, pair order).")
+    prompts_per_shard: int = Field(
+        32, ge=1, description="Prompts per shard: one Prefect task samples, pairs and judges one shard."
+    )
 
     def directory(self) -> Path:
         return Path(self.dir) if self.dir else Path("runs") / self.name
@@ -82,6 +85,11 @@ class ModelSection(Section):
         description="How n samples are obtained: `native` asks the server for n choices; `seeds` sends n "
         "requests with distinct seeds; `auto` asks for n and fills what the server did not return with seeds.",
     )
+    continue_final_message: bool = Field(
+        False,
+        description="openai backend: the server continues a final assistant message (vLLM does), so judge "
+        "templates can prefill the reply (e.g. with '[[') and read the verdict at a fixed position.",
+    )
     batch_size: int = Field(8, ge=1, description="transformers backend: prompts per forward batch.")
     device: str = Field("auto", description="transformers backend: cpu, cuda, cuda:1, ... or auto.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -103,6 +111,58 @@ class SamplingSection(Section):
     )
 
 
+class PairsSection(Section):
+    strategy: Literal["all", "best_worst", "random"] = Field(
+        "all",
+        description="all: every pair of distinct candidates; best_worst: the highest- against the lowest-scored "
+        "candidate (scores from pairs.score_model); random: pairs.per_prompt random pairs.",
+    )
+    per_prompt: int = Field(2, ge=1, description="random: pairs per prompt.")
+    score_model: str | None = Field(None, description="best_worst: a reward model (path or name) scoring candidates.")
+
+    @model_validator(mode="after")
+    def _scores_for_best_worst(self) -> PairsSection:
+        if self.strategy == "best_worst" and not self.score_model:
+            raise ValueError("strategy best_worst needs score_model (a reward model that scores the candidates)")
+        return self
+
+
+JudgeMode = Literal["verdict", "logprob", "reward_model"]
+
+
+class JudgeSection(ModelSection):
+    """The judge: where its model runs (as for the policy), how it judges, and with which prompt template."""
+
+    mode: JudgeMode = Field(
+        "verdict",
+        description="verdict: parse the label from the reply; logprob: p(A) from the label tokens' probabilities; "
+        "reward_model: a sequence-classification model scores both answers.",
+    )
+    prompt: str = Field("helpfulness", description="A bundled template name or the path of your own template.")
+    temperature: float = Field(0.0, ge=0.0, description="verdict: sampling temperature of the judge.")
+    max_tokens: int = Field(512, ge=1, description="verdict/logprob: longest judge reply, in tokens.")
+    top_logprobs: int = Field(20, ge=2, le=20, description="logprob: alternatives read at the verdict position.")
+    response_format: bool = Field(
+        False, description="verdict with a json template: send a JSON schema (for servers that honour it)."
+    )
+    ensemble: list[JudgeSection] = Field(
+        default_factory=list, description="Judges whose mean p(A) is the verdict; when set, replaces this judge."
+    )
+
+
+class ReviewSection(Section):
+    fraction: float = Field(0.10, ge=0.0, le=1.0, description="Share of pairs routed to people.")
+    audit_fraction: float = Field(
+        0.03, ge=0.0, le=1.0, description="Share of pairs drawn at random (seeded) to measure the judge."
+    )
+
+    @model_validator(mode="after")
+    def _audit_within_budget(self) -> ReviewSection:
+        if self.audit_fraction > self.fraction:
+            raise ValueError("audit_fraction cannot exceed fraction")
+        return self
+
+
 class Config(Section):
     """The whole configuration of a run."""
 
@@ -110,6 +170,9 @@ class Config(Section):
     prompts: PromptsSection = Field(default_factory=PromptsSection)
     policy: ModelSection = Field(default_factory=ModelSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
+    pairs: PairsSection = Field(default_factory=PairsSection)
+    judge: JudgeSection = Field(default_factory=JudgeSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
 
 
 def default_config_path() -> Path:

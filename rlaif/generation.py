@@ -36,6 +36,7 @@ class GenerationRequest:
     max_tokens: int = 256
     seed: int | None = None
     top_logprobs: int | None = None
+    prefill: str | None = None  # start of the assistant's reply, continued by the model (see supports_prefill)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class GenerationBackend(Protocol):
 
     model_name: str
     usage: TokenUsage
+    supports_prefill: bool  # whether `prefill` is honoured; a backend that cannot ignores it
 
     async def generate(
         self, requests: Sequence[GenerationRequest], progress: Progress | None = None
@@ -144,6 +146,7 @@ async def open_backend(
             timeout_s=section.timeout_s,
             max_retries=section.max_retries,
             n_mode=section.n_mode,
+            continue_final_message=section.continue_final_message,
         )
         stack.push_async_callback(backend.aclose)
         yield backend

@@ -52,6 +52,7 @@ class OpenAIBackend:
         timeout_s: float = 120.0,
         max_retries: int = 4,
         n_mode: NMode = "auto",
+        continue_final_message: bool = False,
     ) -> None:
         if not base_urls:
             raise ValueError("OpenAIBackend needs at least one base URL")
@@ -60,6 +61,7 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.n_mode = n_mode
+        self.supports_prefill = continue_final_message
         # Local servers accept any key; the client insists on one.
         self._clients = [
             (
@@ -122,6 +124,9 @@ class OpenAIBackend:
         if request.top_logprobs is not None:
             kwargs["logprobs"] = True
             kwargs["top_logprobs"] = request.top_logprobs
+        if request.prefill and self.supports_prefill:
+            kwargs["messages"].append({"role": "assistant", "content": request.prefill})
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         async with self._limit:
             self.usage.requests += 1
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,34 @@ from pydantic import BaseModel
 
 def write_jsonl_atomic(path: Path, rows: Iterable[BaseModel | dict[str, Any]]) -> int:
     """Write rows as JSON lines to `path` atomically; returns the number of rows."""
+    count = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal count
+        for row in rows:
+            data = row.model_dump(mode="json") if isinstance(row, BaseModel) else row
+            count += 1
+            yield json.dumps(data, ensure_ascii=False) + "\n"
+
+    _write_atomic(path, lines())
+    return count
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write one JSON document to `path` atomically."""
+    _write_atomic(path, [json.dumps(document, indent=2, ensure_ascii=False) + "\n"])
+
+
+def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for row in rows:
-                data = row.model_dump(mode="json") if isinstance(row, BaseModel) else row
-                out.write(json.dumps(data, ensure_ascii=False) + "\n")
-                count += 1
+            for chunk in chunks:
+                out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return count

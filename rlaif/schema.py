@@ -151,6 +151,7 @@ class Judgment(Record):
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     status: JudgmentStatus
     order_disagreement: bool = False
+    judge_disagreement: bool = False  # ensembles: the member judges preferred different answers
     raw_outputs: tuple[str, ...] = ()
     judge_model: str
     template_hash: str

@@ -35,6 +35,7 @@ class TransformersBackend:
         self.model_name = model
         self.usage = TokenUsage()
         self.batch_size = batch_size
+        self.supports_prefill = True
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -59,10 +60,19 @@ class TransformersBackend:
         results: list[RequestResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            key = (request.n, request.temperature, request.top_p, request.max_tokens, request.top_logprobs)
+            key = (
+                request.n,
+                request.temperature,
+                request.top_p,
+                request.max_tokens,
+                request.top_logprobs,
+                request.prefill is not None,
+            )
             groups[key].append(index)
         done = 0
         for indices in groups.values():
+            # Similar lengths share a batch: less padding, less wasted compute.
+            indices.sort(key=lambda i: sum(len(m["content"]) for m in requests[i].messages))
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
                 try:
@@ -85,6 +95,7 @@ class TransformersBackend:
         first = batch[0]
         texts = [
             self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
+            + (r.prefill or "")
             for r in batch
         ]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Tests never reach a model hub: every model they use is local (subprocesses inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect reads its settings when imported: give the tests their own home and a temporary server.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlaif-tests-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
 
 from rlaif.models import prepare_model
 

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,12 +25,19 @@ class Action:
     headers: dict[str, str] = field(default_factory=dict)
     drop_connection: bool = False
     delay_s: float = 0.0
+    content: str | None = None  # the answer's text, instead of the server's usual reply
 
 
 class ScriptedOpenAIServer:
-    def __init__(self, script: list[Action] | None = None, ignore_n: bool = False) -> None:
+    def __init__(
+        self,
+        script: list[Action] | None = None,
+        ignore_n: bool = False,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+    ) -> None:
         self.script: deque[Action] = deque(script or [])
         self.ignore_n = ignore_n
+        self.reply = reply  # text of every answer, computed from the request body
         self.requests: list[dict[str, Any]] = []
         self.request_times: list[float] = []
         self._lock = threading.Lock()
@@ -73,6 +81,12 @@ class ScriptedOpenAIServer:
                     payload = {"error": {"message": f"scripted {action.status}", "type": "scripted"}}
                 else:
                     payload = completion(body, ignore_n=server.ignore_n)
+                    text = (
+                        action.content if action.content is not None else (server.reply(body) if server.reply else None)
+                    )
+                    if text is not None:
+                        for choice in payload["choices"]:
+                            choice["message"]["content"] = text
                 data = json.dumps(payload).encode()
                 self.send_response(action.status)
                 self.send_header("Content-Type", "application/json")
@@ -83,6 +97,11 @@ class ScriptedOpenAIServer:
                 self.wfile.write(data)
 
         return Handler
+
+
+def judge_prompt(body: dict[str, Any]) -> str:
+    """The user message of a request (for replies that depend on what the judge was shown)."""
+    return next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
 
 
 def completion(body: dict[str, Any], ignore_n: bool = False) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""The layout of a run directory, and the shard files that make a rerun skip finished work.
+
+    runs/<name>/
+      candidates/shard-00000-<key>.jsonl    sampled answers of one shard of prompts
+      pairs/shard-00000-<key>.jsonl         the pairs built from them
+      judgments/shard-00000-<key>.jsonl     the judge's verdicts on those pairs
+      routing.jsonl                         review or judge, with the reason, for every judged pair
+      review_queue.jsonl                    the routed pairs with their judgments, for people
+      report.json                           counts and rates of the run
+
+A shard's key hashes everything its content depends on: its input, the settings that matter and
+the source code of the step that makes it. A shard file whose key matches is finished work (files
+are written atomically) and is reused; anything else is computed again. Every file is JSON lines,
+readable with `datasets.load_dataset("json", data_files=...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def source_hash(*modules: ModuleType) -> str:
+    """A hash of the source code of the modules that compute a step: changing the code invalidates its shards."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+class RunDirectory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def shard(self, stage: str, index: int, key: str) -> Path:
+        return self.root / stage / f"shard-{index:05d}-{key}.jsonl"
+
+    @property
+    def routing(self) -> Path:
+        return self.root / "routing.jsonl"
+
+    @property
+    def review_queue(self) -> Path:
+        return self.root / "review_queue.jsonl"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+
+def read_records(path: Path, model: type[T]) -> Iterator[T]:
+    """The records of a JSONL file, validated as `model`."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    yield model.model_validate(json.loads(line))
+                except (json.JSONDecodeError, ValueError) as exc:
+                    raise ValueError(f"{path}:{number}: not a valid {model.__name__}: {exc}") from None
