@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Prefect reads its settings when imported: give the tests their own home and a temporary server.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlaif-tests-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry calls from the test servers
 
 from rlaif.models import prepare_model
 

@@ -34,10 +34,12 @@ class ScriptedOpenAIServer:
         script: list[Action] | None = None,
         ignore_n: bool = False,
         reply: Callable[[dict[str, Any]], str] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.script: deque[Action] = deque(script or [])
         self.ignore_n = ignore_n
         self.reply = reply  # text of every answer, computed from the request body
+        self.delay_s = delay_s  # added to every request
         self.requests: list[dict[str, Any]] = []
         self.request_times: list[float] = []
         self._lock = threading.Lock()
@@ -73,7 +75,7 @@ class ScriptedOpenAIServer:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 action = server._next_action(body)
-                time.sleep(action.delay_s)
+                time.sleep(action.delay_s + server.delay_s)
                 if action.drop_connection:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
