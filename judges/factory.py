@@ -72,4 +72,5 @@ async def open_judge(
             max_tokens=section.max_tokens,
             top_logprobs=section.top_logprobs,
             seed=seed,
+            response_format=section.response_format,
         )

@@ -46,6 +46,7 @@ class PairwiseLLMJudge:
         max_tokens: int = 512,
         top_logprobs: int = 20,
         seed: int = 0,
+        response_format: bool = False,
     ) -> None:
         if mode not in ("verdict", "logprob"):
             raise ValueError(f"PairwiseLLMJudge judges in verdict or logprob mode, not {mode!r}")
@@ -57,11 +58,26 @@ class PairwiseLLMJudge:
         self.temperature = temperature
         # With a prefill ending just before the label ("[["), the next token is the verdict.
         self.prefill = template.header.prefill if backend.supports_prefill else None
+        # A verdict-first reply ends with its label: stop there instead of running on to max_tokens.
+        self.stop: tuple[str, ...] = ("]]",) if self.prefill and template.header.output == "brackets" else ()
         if mode == "logprob":
             max_tokens = 1 if self.prefill else min(max_tokens, LOGPROB_MAX_TOKENS)
         self.max_tokens = max_tokens
         self.top_logprobs = top_logprobs
         self.seed = seed
+        labels = template.header.labels
+        self.json_schema = (
+            {
+                "type": "object",
+                "properties": {
+                    "verdict": {"type": "string", "enum": [v for v in (labels.a, labels.b, labels.tie) if v]}
+                },
+                "required": ["verdict"],
+                "additionalProperties": False,
+            }
+            if response_format and mode == "verdict" and template.header.output == "json"
+            else None
+        )
 
     def usage(self) -> TokenUsage:
         return self.backend.usage
@@ -92,6 +108,8 @@ class PairwiseLLMJudge:
             seed=int(content_id("judge-seed", self.seed, order.pair.id, order.swapped)[:8], 16),
             top_logprobs=self.top_logprobs if self.mode == "logprob" else None,
             prefill=self.prefill,
+            stop=self.stop,
+            json_schema=self.json_schema,
         )
 
     async def judge(self, pairs: Sequence[Pair]) -> list[Judgment]:
@@ -113,7 +131,7 @@ class PairwiseLLMJudge:
             order.generation = result[0]
             try:
                 if self.mode == "verdict":
-                    reply = (self.prefill or "") + order.generation.text
+                    reply = self._reply(order.generation.text)
                     verdict = parse_verdict(reply, self.template.header.labels, self.template.header.output)
                     order.p_first = verdict_probability(verdict)
                 else:
@@ -125,8 +143,12 @@ class PairwiseLLMJudge:
             except VerdictParseError as exc:
                 order.failure, order.error = "parse_error", str(exc)
 
+    def _reply(self, text: str) -> str:
+        """The whole reply as the judge wrote it: prefill, generated text, and the stop string it ended on."""
+        return (self.prefill or "") + text + (self.stop[0] if self.stop and self.mode == "verdict" else "")
+
     def _judgment(self, ab: _Order, ba: _Order) -> Judgment:
-        raw = tuple((self.prefill or "") + o.generation.text if o.generation else "" for o in (ab, ba))
+        raw = tuple(self._reply(o.generation.text) if o.generation else "" for o in (ab, ba))
         common = dict(
             pair_id=ab.pair.id,
             raw_outputs=raw,

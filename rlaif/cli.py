@@ -19,6 +19,7 @@ import typer
 from judges.templates import TemplateError
 from rlaif.config import Config, ConfigError, dump_config, load_config
 from rlaif.generation import BackendError
+from rlaif.labelled_data import LabelledDataError
 from rlaif.model_server import ServerError
 from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, ModelError, prepare_model, prepared_path
 from rlaif.prompt_sources import PromptSourceError
@@ -31,8 +32,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Prepare and list local models.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+judge_app = typer.Typer(help="Evaluate judges against human labels.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(judge_app, name="judge")
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="YAML config; default: the embedded configs/demo.yaml.", show_default=False)
@@ -43,7 +46,15 @@ SetOption = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (ConfigError, PromptSourceError, ModelError, BackendError, ServerError, TemplateError)
+EXPECTED_ERRORS = (
+    ConfigError,
+    PromptSourceError,
+    ModelError,
+    BackendError,
+    ServerError,
+    TemplateError,
+    LabelledDataError,
+)
 
 
 def friendly_errors(command: F) -> F:
@@ -115,6 +126,46 @@ def sample(
     path = out or cfg.run.directory() / "candidates.jsonl"
     _, candidates = _sample(cfg, path)
     typer.echo(f"{len(candidates)} candidates written to {path}")
+
+
+@judge_app.command("eval")
+@friendly_errors
+def judge_eval(
+    data: Annotated[Path, typer.Option(help="Human-labelled file (see ../shared/data/README.md).")],
+    data_format: Annotated[str, typer.Option("--format", help="llmbar, pandalm or hh-rlhf.")],
+    out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Judge only the first N items.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config; default: the embedded demo config.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Judge a human-labelled set with the configured judge and report agreement, consistency, calibration."""
+    from judges.evaluation import evaluate_judge, format_report
+    from judges.factory import check_judge, open_judge
+    from rlaif.labelled_data import load_labelled
+    from rlaif.progress import progress_printer
+    from rlaif.run_files import write_json_atomic
+
+    cfg = load_config(config, overrides)
+    check_judge(cfg.judge)
+    if data_format not in ("llmbar", "pandalm", "hh-rlhf"):
+        raise LabelledDataError(f"--format must be llmbar, pandalm or hh-rlhf, not {data_format!r}")
+    items = load_labelled(data, data_format, seed=cfg.run.seed)[:limit]  # type: ignore[arg-type]
+    say(f"judging {len(items)} items of {data} with {cfg.judge.model} ({cfg.judge.mode})")
+
+    async def run() -> dict[str, Any]:
+        async with open_judge(cfg.judge, seed=cfg.run.seed, say=say) as judge:
+            return await evaluate_judge(judge, items, progress_printer(len(items), "items judged", say))
+
+    report = {
+        "data": str(data),
+        "format": data_format,
+        "mode": cfg.judge.mode,
+        "prompt": cfg.judge.prompt,
+        **asyncio.run(run()),
+    }
+    if out:
+        write_json_atomic(out, report)
+    typer.echo(format_report(report))
 
 
 @app.command()

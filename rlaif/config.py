@@ -143,7 +143,9 @@ class JudgeSection(ModelSection):
     max_tokens: int = Field(512, ge=1, description="verdict/logprob: longest judge reply, in tokens.")
     top_logprobs: int = Field(20, ge=2, le=20, description="logprob: alternatives read at the verdict position.")
     response_format: bool = Field(
-        False, description="verdict with a json template: send a JSON schema (for servers that honour it)."
+        False,
+        description="verdict with a json template: send the verdict's JSON schema as response_format "
+        "(vLLM and OpenAI honour it; transformers serve ignores it).",
     )
     ensemble: list[JudgeSection] = Field(
         default_factory=list, description="Judges whose mean p(A) is the verdict; when set, replaces this judge."

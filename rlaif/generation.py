@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from rlaif.config import ModelSection, read_api_key
 
@@ -37,6 +37,8 @@ class GenerationRequest:
     seed: int | None = None
     top_logprobs: int | None = None
     prefill: str | None = None  # start of the assistant's reply, continued by the model (see supports_prefill)
+    stop: tuple[str, ...] = ()  # end the reply at the first of these strings
+    json_schema: dict[str, Any] | None = None  # openai backend: constrain the reply (servers that honour it)
 
 
 @dataclass(frozen=True)

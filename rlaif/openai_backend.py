@@ -121,6 +121,13 @@ class OpenAIBackend:
         }
         if n > 1:
             kwargs["n"] = n
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if request.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": request.json_schema, "strict": True},
+            }
         if request.top_logprobs is not None:
             kwargs["logprobs"] = True
             kwargs["top_logprobs"] = request.top_logprobs

@@ -67,6 +67,7 @@ class TransformersBackend:
                 request.max_tokens,
                 request.top_logprobs,
                 request.prefill is not None,
+                request.stop,
             )
             groups[key].append(index)
         done = 0
@@ -114,6 +115,8 @@ class TransformersBackend:
                 pad_token_id=self.tokenizer.pad_token_id,
                 return_dict_in_generate=True,
                 output_logits=first.top_logprobs is not None,
+                stop_strings=list(first.stop) or None,
+                tokenizer=self.tokenizer if first.stop else None,
             )
         prompt_length = inputs["input_ids"].shape[1]
         new_tokens = out.sequences[:, prompt_length:]
@@ -129,7 +132,9 @@ class TransformersBackend:
                 self.usage.add(prompt_tokens, length)
                 generations.append(
                     Generation(
-                        text=self.tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True).strip(),
+                        text=_cut_at_stop(
+                            self.tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True), request.stop
+                        ).strip(),
                         finish_reason="stop" if finished else "length",
                         completion_tokens=length,
                         logprobs=self._logprob_items(logprob_rows, row, length, request.top_logprobs),
@@ -182,3 +187,9 @@ def _answer_length(tokens: list[int], eos_ids: set[int]) -> tuple[int, bool]:
         if token in eos_ids:
             return position, True
     return len(tokens), False
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (as OpenAI-compatible servers return it)."""
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text[:cut] if cut >= 0 else text

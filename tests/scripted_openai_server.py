@@ -35,11 +35,13 @@ class ScriptedOpenAIServer:
         ignore_n: bool = False,
         reply: Callable[[dict[str, Any]], str] | None = None,
         delay_s: float = 0.0,
+        logprobs: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.script: deque[Action] = deque(script or [])
         self.ignore_n = ignore_n
         self.reply = reply  # text of every answer, computed from the request body
         self.delay_s = delay_s  # added to every request
+        self.logprobs = logprobs  # the choice's logprobs.content, when the request asks for logprobs
         self.requests: list[dict[str, Any]] = []
         self.request_times: list[float] = []
         self._lock = threading.Lock()
@@ -89,6 +91,9 @@ class ScriptedOpenAIServer:
                     if text is not None:
                         for choice in payload["choices"]:
                             choice["message"]["content"] = text
+                    if body.get("logprobs") and server.logprobs:
+                        for choice in payload["choices"]:
+                            choice["logprobs"] = {"content": server.logprobs(body)}
                 data = json.dumps(payload).encode()
                 self.send_response(action.status)
                 self.send_header("Content-Type", "application/json")

@@ -149,3 +149,54 @@ def test_reward_model_judge_is_sigmoid_of_the_score_difference(tmp_path):
     assert judgments[0].p_a == pytest.approx(1 / (1 + math.exp(-(r_good - r_bad))), abs=1e-5)
     assert judgments[1].p_a == pytest.approx(1 - judgments[0].p_a, abs=1e-5)  # symmetric by construction
     assert judgments[0].status == "ok" and judgments[0].raw_outputs[0].startswith("reward_a=")
+
+
+def test_logprob_mode_over_an_endpoint_that_returns_top_logprobs():
+    """vLLM and OpenAI return top_logprobs: p(A) comes from them, no text parsing involved."""
+
+    def logprobs(body: dict) -> list[dict]:
+        p_first = 0.8 if "Paris" in answer_shown_as(body, "a") else 0.3
+        top = [{"token": "A", "logprob": math.log(p_first)}, {"token": "B", "logprob": math.log(1 - p_first)}]
+        return [
+            {"token": "[[", "logprob": -0.01, "top_logprobs": []},
+            {"token": "A", "logprob": math.log(p_first), "top_logprobs": top},
+        ]
+
+    with ScriptedOpenAIServer(reply=lambda body: "[[A]]", logprobs=logprobs) as server:
+
+        async def go():
+            backend = OpenAIBackend([server.base_url], "judge", max_retries=0)
+            try:
+                judge = PairwiseLLMJudge(backend, load_template("helpfulness"), "logprob", name="judge")
+                return await judge.judge(pairs())
+            finally:
+                await backend.aclose()
+
+        first, second = asyncio.run(go())
+    assert all(r["logprobs"] is True and r["top_logprobs"] == 20 and r["temperature"] == 0.0 for r in server.requests)
+    assert first.p_a == pytest.approx((0.8 + (1 - 0.3)) / 2) and first.winner == "a"
+    assert second.p_a == pytest.approx((0.3 + (1 - 0.8)) / 2) and second.winner == "b"
+
+
+def test_a_json_template_sends_its_schema_when_asked(tmp_path):
+    template = tmp_path / "json.md.j2"
+    template.write_text(
+        "---\nname: j\noutput: json\nmodes: [verdict]\n---\n{{ question }} <answer_a>{{ answer_a }}"
+        '</answer_a> <answer_b>{{ answer_b }}</answer_b> Reply {"verdict": "A"|"B"|"C"}.\n'
+    )
+    with ScriptedOpenAIServer(reply=lambda body: '{"verdict": "B"}') as server:
+
+        async def go():
+            backend = OpenAIBackend([server.base_url], "judge", max_retries=0)
+            try:
+                judge = PairwiseLLMJudge(
+                    backend, load_template(str(template)), "verdict", name="judge", response_format=True
+                )
+                return await judge.judge(pairs())
+            finally:
+                await backend.aclose()
+
+        judgments = asyncio.run(go())
+    schema = server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["verdict"]["enum"] == ["A", "B", "C"]
+    assert all(j.order_disagreement and j.winner == "tie" for j in judgments)  # always "B": position bias
