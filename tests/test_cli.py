@@ -91,6 +91,7 @@ def test_sample_through_a_launched_transformers_server(smollm2_dir, tmp_path):
 
 def test_demo_runs_on_the_embedded_defaults(smollm2_dir, tmp_path, shared_data):
     project = Path(__file__).resolve().parent.parent
+    run = tmp_path / "run"
     result = rlaif(
         "demo",
         "--set",
@@ -100,13 +101,15 @@ def test_demo_runs_on_the_embedded_defaults(smollm2_dir, tmp_path, shared_data):
         "--set",
         "sampling.max_tokens=8",
         "--set",
-        f"run.dir={tmp_path / 'run'}",
+        f"run.dir={run}",
         cwd=project,
     )
     assert result.returncode == 0, result.stderr
-    assert "PROMPT" in result.stdout and "Compose an engaging travel blog post" in result.stdout
-    assert "2 candidates for 1 prompts" in result.stdout
-    assert len((tmp_path / "run" / "candidates.jsonl").read_text().splitlines()) == 2
+    assert "PROMPT: Compose an engaging travel blog post" in result.stdout  # a judged pair is shown
+    assert f"run directory: {run}" in result.stdout and f"summary: {run / 'report.json'}" in result.stdout
+    assert "1 prompts, 2 candidates, 1 pairs judged in both orders" in result.stdout
+    report = json.loads((run / "report.json").read_text())
+    assert report["judge_mode"] == "logprob" and report["judged_ok"] == 1
 
 
 def test_a_missing_api_key_variable_is_named():
