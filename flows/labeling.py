@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
@@ -39,7 +39,7 @@ from rlaif.labeling import (
     write_report,
 )
 from rlaif.models import resolve_model
-from rlaif.prompt_sources import load_prompts
+from rlaif.prompt_sources import load_configured_prompts
 from rlaif.routing import RoutingDecision
 from rlaif.run_directory import RunDirectory, read_records
 
@@ -66,13 +66,13 @@ class OnFirstUse(Generic[T]):
 
 
 @contextlib.asynccontextmanager
-async def _opened(value: T) -> Any:
+async def _opened(value: T) -> AsyncIterator[T]:
     yield value
 
 
 def _plans(config: Config) -> tuple[RunDirectory, list[ShardPlan]]:
     run = RunDirectory(config.run.directory())
-    prompts = load_prompts(config.prompts.path, limit=config.prompts.limit, split=config.prompts.split)
+    prompts = load_configured_prompts(config.prompts)
     return run, plan_shards(run, config, prompts)
 
 

@@ -193,13 +193,10 @@ def demo(overrides: SetOption = None) -> None:
 
 def _label(cfg: Config) -> dict[str, Any]:
     from judges.factory import check_judge
+    from rlaif.prompt_sources import load_configured_prompts
 
-    check_judge(cfg.judge)  # a broken template fails now, before Prefect or any model starts
-    if not Path(cfg.prompts.path).exists():
-        raise PromptSourceError(
-            f"prompts.path {cfg.prompts.path} does not exist (relative to {Path.cwd()}); "
-            "set it in the config or with --set prompts.path=FILE"
-        )
+    check_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
+    load_configured_prompts(cfg.prompts)
     from flows.labeling import label_pipeline
 
     return asyncio.run(label_pipeline(cfg))

@@ -8,7 +8,7 @@ first use: a rerun with nothing left to do loads no model at all.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
     routed = {d.pair_id: d for d in decisions if d.decision == "review"}
     by_pair = {j.pair_id: j for j in judgments if j.pair_id in routed}
 
-    def queue_rows() -> Any:
+    def queue_rows() -> Iterator[dict[str, Any]]:
         for plan in plans:
             for pair in read_records(plan.pairs, Pair):
                 if pair.id in routed:

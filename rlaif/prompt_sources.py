@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rlaif.config import PromptsSection
 from rlaif.schema import PromptItem
 
 
@@ -35,6 +36,16 @@ def load_prompts(path: str | Path, limit: int | None = None, split: str = "train
     if not items:
         raise PromptSourceError(f"{path}: no prompts found")
     return items
+
+
+def load_configured_prompts(section: PromptsSection) -> list[PromptItem]:
+    """The prompts a config's `prompts` section names; a missing path says which key to set."""
+    if not Path(section.path).exists():
+        raise PromptSourceError(
+            f"prompts.path {section.path} does not exist (relative to {Path.cwd()}); "
+            "set it in the config or with --set prompts.path=FILE"
+        )
+    return load_prompts(section.path, limit=section.limit, split=section.split)
 
 
 def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from rlaif.config import Config, SamplingSection
 from rlaif.generation import BackendError, GenerationBackend, GenerationRequest, Progress, open_backend
 from rlaif.progress import progress_printer
-from rlaif.prompt_sources import PromptSourceError, load_prompts
+from rlaif.prompt_sources import load_configured_prompts
 from rlaif.run_files import write_jsonl_atomic
 from rlaif.schema import Candidate, PromptItem, content_id
 
@@ -106,12 +106,7 @@ async def sample_to_file(
     The candidates of the prompts that succeeded are written even when others failed: the caller
     decides what a failure means.
     """
-    if not Path(config.prompts.path).exists():
-        raise PromptSourceError(
-            f"prompts.path {config.prompts.path} does not exist (relative to {Path.cwd()}); "
-            "set it in the config or with --set prompts.path=FILE"
-        )
-    prompts = load_prompts(config.prompts.path, limit=config.prompts.limit, split=config.prompts.split)
+    prompts = load_configured_prompts(config.prompts)
     say(f"sampling {config.sampling.n} answers for each of {len(prompts)} prompts from {config.policy.model}")
     async with open_backend(config.policy, where="policy", say=say) as backend:
         result = await sample_candidates(
