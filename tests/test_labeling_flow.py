@@ -166,7 +166,7 @@ def test_a_broken_template_fails_before_any_model_call(tmp_path):
 
 
 def test_killed_then_rerun_repeats_no_judge_call_for_finished_shards(tmp_path):
-    prompts = prompts_file(tmp_path, 60)  # 12 shards of 5 prompts, 3 pairs per prompt
+    prompts = prompts_file(tmp_path, 70)  # 14 shards of 5 prompts, 3 pairs per prompt
     run = tmp_path / "run"
     with ScriptedOpenAIServer(reply=fake_judge_or_policy, delay_s=0.05) as server:
         args = [
@@ -183,7 +183,7 @@ def test_killed_then_rerun_repeats_no_judge_call_for_finished_shards(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)  # the run and its temporary Prefect server
         process.wait()
         finished = len(list((run / "judgments").glob("*.jsonl")))
-        assert 4 <= finished < 12
+        assert 4 <= finished < 14
         for shard in (run / "judgments").glob("*.jsonl"):  # a finished shard is whole: 15 readable judgments
             assert len(list(read_records(shard, Judgment))) == 15
         calls_before = len(server.requests)
@@ -193,12 +193,12 @@ def test_killed_then_rerun_repeats_no_judge_call_for_finished_shards(tmp_path):
     judge_calls = sum(1 for r in rerun_requests if r["model"] == "judge")
     policy_calls = sum(1 for r in rerun_requests if r["model"] == "policy")
     assert policy_calls == 0  # sampling had finished before the kill
-    assert judge_calls == 2 * 15 * (12 - finished)  # both orders of the pairs of unfinished shards only
+    assert judge_calls == 2 * 15 * (14 - finished)  # both orders of the pairs of unfinished shards only
     judgments = judgments_of(run)
     pairs = [p for path in sorted((run / "pairs").glob("*.jsonl")) for p in read_records(path, Pair)]
-    assert len(judgments) == len(pairs) == 180 and len({j.pair_id for j in judgments}) == 180
+    assert len(judgments) == len(pairs) == 210 and len({j.pair_id for j in judgments}) == 210
     report = json.loads((run / "report.json").read_text())
-    assert report["routed_to_review"] == 18 and abs(report["review_fraction_actual"] - 0.10) <= 0.01
+    assert report["routed_to_review"] == 21 and abs(report["review_fraction_actual"] - 0.10) <= 0.01
 
 
 def test_the_pair_strategy_reaches_the_run(tmp_path):
