@@ -131,7 +131,7 @@ class PairwiseLLMJudge:
             order.generation = result[0]
             try:
                 if self.mode == "verdict":
-                    reply = self._reply(order.generation.text)
+                    reply = self._reply(order.generation)
                     verdict = parse_verdict(reply, self.template.header.labels, self.template.header.output)
                     order.p_first = verdict_probability(verdict)
                 else:
@@ -143,12 +143,14 @@ class PairwiseLLMJudge:
             except VerdictParseError as exc:
                 order.failure, order.error = "parse_error", str(exc)
 
-    def _reply(self, text: str) -> str:
-        """The whole reply as the judge wrote it: prefill, generated text, and the stop string it ended on."""
-        return (self.prefill or "") + text + (self.stop[0] if self.stop and self.mode == "verdict" else "")
+    def _reply(self, generation: Generation) -> str:
+        """The whole reply: the prefill, the generated text, and the stop string when the reply ended on it
+        (servers leave the stop string out of the text)."""
+        ended_on_stop = self.stop and self.mode == "verdict" and generation.finish_reason == "stop"
+        return (self.prefill or "") + generation.text + (self.stop[0] if ended_on_stop else "")
 
     def _judgment(self, ab: _Order, ba: _Order) -> Judgment:
-        raw = tuple(self._reply(o.generation.text) if o.generation else "" for o in (ab, ba))
+        raw = tuple(self._reply(o.generation) if o.generation else "" for o in (ab, ba))
         common = dict(
             pair_id=ab.pair.id,
             raw_outputs=raw,

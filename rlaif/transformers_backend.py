@@ -130,12 +130,12 @@ class TransformersBackend:
                 row = b * request.n + k
                 length, finished = _answer_length(new_tokens[row].tolist(), eos_ids)
                 self.usage.add(prompt_tokens, length)
+                decoded = self.tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True)
+                text = _cut_at_stop(decoded, request.stop)
                 generations.append(
                     Generation(
-                        text=_cut_at_stop(
-                            self.tokenizer.decode(new_tokens[row, :length], skip_special_tokens=True), request.stop
-                        ).strip(),
-                        finish_reason="stop" if finished else "length",
+                        text=text.strip(),
+                        finish_reason="stop" if finished or text != decoded else "length",
                         completion_tokens=length,
                         logprobs=self._logprob_items(logprob_rows, row, length, request.top_logprobs),
                     )

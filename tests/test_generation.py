@@ -80,3 +80,15 @@ def test_a_server_that_fails_to_start_reports_its_log(tmp_path):
         ManagedServer("transformers", str(tmp_path / "no-model-here"), startup_timeout_s=120).start()
     message = str(error.value)
     assert "exited with code" in message and "no-model-here" in message
+
+
+def test_in_process_stop_strings_end_the_reply_like_a_server(in_process):
+    request = GenerationRequest(
+        messages=[{"role": "user", "content": "Count from one to ten in words, separated by commas."}],
+        prefill="one, two, three",
+        max_tokens=40,
+        stop=(",",),
+    )
+    [[generation]] = asyncio.run(in_process.generate([request]))
+    assert "," not in generation.text and generation.finish_reason == "stop"
+    assert generation.completion_tokens < 40  # it stopped at the comma, not at max_tokens
