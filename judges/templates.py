@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import jinja2
 import yaml
@@ -282,13 +282,3 @@ def _trial_render(template: JudgeTemplate, path: Path) -> None:
     except jinja2.TemplateError as exc:
         line = getattr(exc, "lineno", None)
         raise TemplateError(f"{path}:{line or 1}: the template fails to render: {exc}") from None
-
-
-def template_summary(template: JudgeTemplate) -> dict[str, Any]:
-    """What a report says about a template."""
-    return {
-        "name": template.name,
-        "version": template.header.version,
-        "path": str(template.path),
-        "hash": template.hash,
-    }

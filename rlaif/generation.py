@@ -94,11 +94,6 @@ class GenerationBackend(Protocol):
         ...
 
 
-def first_error(results: Sequence[RequestResult]) -> BackendError | None:
-    """The first failure in a batch of results, if any."""
-    return next((r for r in results if isinstance(r, BackendError)), None)
-
-
 @contextlib.asynccontextmanager
 async def open_backend(
     section: ModelSection, where: str = "policy", say: Callable[[str], None] = log.info
