@@ -27,10 +27,11 @@ from prefect.cache_policies import NO_CACHE
 from judges.factory import check_judge, open_judge
 from judges.protocol import Judge
 from judges.reward_model import RewardModelScorer
-from rlaif.config import Config
+from rlaif.config import Config, dump_config
 from rlaif.generation import GenerationBackend, open_backend
 from rlaif.labeling import (
     ShardPlan,
+    enqueue_routed,
     judge_shard,
     pair_shard,
     plan_shards,
@@ -42,6 +43,7 @@ from rlaif.models import resolve_model
 from rlaif.prompt_sources import load_configured_prompts
 from rlaif.routing import RoutingDecision
 from rlaif.run_directory import RunDirectory, read_records
+from rlaif.run_files import write_text_atomic
 
 T = TypeVar("T")
 
@@ -157,10 +159,15 @@ async def route_for_review_flow(config: Config) -> dict[str, int]:
     """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident."""
     logger = get_run_logger()
     run, plans = _plans(config)
+    write_text_atomic(run.config, dump_config(config))
     decisions = route_run(run, plans, config)
     routed = sum(1 for d in decisions if d.decision == "review")
-    logger.info(f"routed {routed} of {len(decisions)} pairs to review ({run.review_queue})")
-    return {"pairs": len(decisions), "routed": routed}
+    added = enqueue_routed(run, config)
+    logger.info(
+        f"routed {routed} of {len(decisions)} pairs to review ({run.review_queue}); "
+        f"{added} new items in the review queue of run {config.run.name!r}"
+    )
+    return {"pairs": len(decisions), "routed": routed, "enqueued": added}
 
 
 @flow(name="label_pipeline")

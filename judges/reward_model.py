@@ -10,21 +10,46 @@ import asyncio
 import math
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from judges.combine import confidence_of, winner_of
 from rlaif.generation import TokenUsage
 from rlaif.schema import Judgment, Pair, PromptItem, content_id
 
 
-def reward_input_text(prompt: PromptItem, answer: str, tokenizer: object) -> tuple[str, str | None]:
-    """How a (prompt, answer) is shown to a reward model: its chat template when it has one,
+def reward_input_text(messages: Sequence[dict[str, str]], answer: str, tokenizer: Any) -> tuple[str, str | None]:
+    """How a (conversation, answer) is shown to a reward model: its chat template when it has one,
     else the conversation and the answer as a text pair (encoders such as MiniLM)."""
-    chat_template = getattr(tokenizer, "chat_template", None)
-    if chat_template:
-        messages = [*prompt.chat(), {"role": "assistant", "content": answer}]
-        return tokenizer.apply_chat_template(messages, tokenize=False), None  # type: ignore[attr-defined]
-    conversation = "\n\n".join(f"{m.role}: {m.content}" for m in prompt.messages)
+    if getattr(tokenizer, "chat_template", None):
+        conversation = [*messages, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(conversation, tokenize=False), None
+    conversation = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
     return conversation, answer
+
+
+def encode_reward_inputs(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    answers: Sequence[str],
+    max_length: int,
+    **kwargs: Any,
+) -> Any:
+    """Tokenize (conversation, answer) pairs as the reward model reads them, in training and in judging alike.
+
+    Dialogues differ at their end, so what does not fit is cut from the left, from the longer of
+    conversation and answer first: the end of the answer is always kept.
+    """
+    texts = [reward_input_text(c, a, tokenizer) for c, a in zip(conversations, answers, strict=True)]
+    firsts = [t[0] for t in texts]
+    seconds = [t[1] for t in texts] if texts and texts[0][1] is not None else None
+    tokenizer.truncation_side = "left"
+    return tokenizer(
+        firsts,
+        seconds,
+        truncation="longest_first",
+        max_length=max_length,
+        **kwargs,
+    )
 
 
 class RewardModelScorer:
@@ -36,7 +61,6 @@ class RewardModelScorer:
 
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.tokenizer.truncation_side = "left"  # dialogues differ at their end: keep the end
         self.model = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1).to(self.device).eval()
         if self.model.config.pad_token_id is None and self.tokenizer.pad_token_id is not None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -51,23 +75,16 @@ class RewardModelScorer:
         scores: list[float] = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(answers), self.batch_size):
-                texts = [
-                    reward_input_text(p, a, self.tokenizer)
-                    for p, a in zip(
-                        prompts[start : start + self.batch_size], answers[start : start + self.batch_size], strict=True
-                    )
-                ]
-                firsts = [t[0] for t in texts]
-                seconds = [t[1] for t in texts] if texts[0][1] is not None else None
-                encoded = self.tokenizer(
-                    firsts,
-                    seconds,
-                    truncation="only_first" if seconds else True,
-                    max_length=self.max_length,
+                batch_answers = answers[start : start + self.batch_size]
+                encoded = encode_reward_inputs(
+                    self.tokenizer,
+                    [p.chat() for p in prompts[start : start + self.batch_size]],
+                    batch_answers,
+                    self.max_length,
                     padding=True,
                     return_tensors="pt",
                 )
-                self.usage.requests += len(texts)
+                self.usage.requests += len(batch_answers)
                 self.usage.add(int(encoded["attention_mask"].sum()), 0)
                 logits = self.model(**encoded.to(self.device)).logits
                 scores.extend(float(v) for v in logits[:, 0])

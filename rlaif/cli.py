@@ -7,22 +7,18 @@ configs/demo.yaml) and `--set key.path=value` overrides.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from judges.templates import TemplateError
+from rlaif.cli_errors import friendly_errors
 from rlaif.config import Config, ConfigError, dump_config, load_config
 from rlaif.generation import BackendError
-from rlaif.labelled_data import LabelledDataError
-from rlaif.model_server import ServerError
-from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, ModelError, prepare_model, prepared_path
-from rlaif.prompt_sources import PromptSourceError
+from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, prepare_model, prepared_path
+from rlaif.review_cli import merge, review_app
 from rlaif.schema import Candidate, PromptItem
 
 app = typer.Typer(
@@ -36,6 +32,8 @@ judge_app = typer.Typer(help="Evaluate judges against human labels.", no_args_is
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(judge_app, name="judge")
+app.add_typer(review_app, name="review")
+app.command("merge")(friendly_errors(merge))
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="YAML config; default: the embedded configs/demo.yaml.", show_default=False)
@@ -44,31 +42,6 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: --set sampling.n=4 (repeatable).", show_default=False),
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (
-    ConfigError,
-    PromptSourceError,
-    ModelError,
-    BackendError,
-    ServerError,
-    TemplateError,
-    LabelledDataError,
-)
-
-
-def friendly_errors(command: F) -> F:
-    """Print expected failures as one clear message (no traceback) and exit with status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except EXPECTED_ERRORS as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def say(message: str) -> None:
@@ -148,7 +121,7 @@ def judge_eval(
     cfg = load_config(config, overrides)
     check_judge(cfg.judge)
     if data_format not in ("llmbar", "pandalm", "hh-rlhf"):
-        raise LabelledDataError(f"--format must be llmbar, pandalm or hh-rlhf, not {data_format!r}")
+        raise ConfigError(f"--format must be llmbar, pandalm or hh-rlhf, not {data_format!r}")
     items = load_labelled(data, data_format, seed=cfg.run.seed)[:limit]  # type: ignore[arg-type]
     say(f"judging {len(items)} items of {data} with {cfg.judge.model} ({cfg.judge.mode})")
 
@@ -178,6 +151,40 @@ def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
     cfg = load_config(config, overrides)
     report = _label(cfg)
     typer.echo(_report_lines(cfg, report))
+
+
+@app.command()
+@friendly_errors
+def train(
+    stage: Annotated[str, typer.Argument(help="reward, dpo, ppo or sft.")],
+    config: ConfigArg = None,
+    data: Annotated[
+        str | None, typer.Option(help="A run directory or merged dataset, or a labelled file (see --format).")
+    ] = None,
+    data_format: Annotated[
+        str | None, typer.Option("--format", help="merged (default), hh-rlhf, pandalm or llmbar.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model to start from: a path or a prepared name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default RUN_DIR/train/<stage>.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Train one stage on preference data: a reward model, DPO, PPO (needs a reward model) or SFT.
+
+    Flags override the config; the report (held-out accuracy and more) is printed and saved as
+    OUT/eval_report.json next to the model.
+    """
+    import json
+
+    from training.stages import run_stage
+
+    if stage not in ("reward", "dpo", "ppo", "sft"):
+        raise ConfigError(f"stage must be reward, dpo, ppo or sft, not {stage!r}")
+    flags = [f"train.{key}={json.dumps(value)}" for key, value in (("data", data), ("format", data_format)) if value]
+    if out:
+        flags.append(f"train.out={json.dumps(str(out))}")
+    cfg = load_config(config, [*(overrides or []), *flags])
+    report = run_stage(cfg, stage, say=say, model=model)  # type: ignore[arg-type]
+    typer.echo(json.dumps(report, indent=2))
 
 
 @app.command()

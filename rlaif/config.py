@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -157,12 +157,161 @@ class ReviewSection(Section):
     audit_fraction: float = Field(
         0.03, ge=0.0, le=1.0, description="Share of pairs drawn at random (seeded) to measure the judge."
     )
+    db: str | None = Field(
+        None,
+        description="The review queue's database: a SQLAlchemy URL (sqlite:///FILE or "
+        "postgresql+psycopg://USER@HOST/DB). Labeling runs enqueue their routed pairs there. Default: "
+        "review.db beside the run directory (runs/review.db for runs under runs/).",
+    )
+    labels_per_item: int = Field(
+        1, ge=1, description="Reviewers who label each item; above 1 measures inter-annotator agreement."
+    )
+    lease_s: float = Field(
+        900.0, gt=0, description="Seconds a reviewer holds a claimed item before it goes back to the queue."
+    )
+    max_skips: int = Field(1, ge=1, description="Skips after which an item is set aside (status skipped).")
+    deadline_hours: float | None = Field(
+        None, gt=0, description="Hours people have for a run's queue; then `on_deadline` applies. None: no deadline."
+    )
+    on_deadline: Literal["judge", "fail"] = Field(
+        "judge",
+        description="At the deadline: `judge` merges with the judge's label for unfinished items (flagged); "
+        "`fail` fails the merge.",
+    )
+
+    @field_validator("db")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(url).password
+        except ArgumentError:
+            raise ValueError("not a database URL (use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)") from None
+        if password:
+            raise ValueError(
+                "holds a password: configs are written into run directories, so give PostgreSQL its password "
+                "with PGPASSWORD or ~/.pgpass instead"
+            )
+        return url
 
     @model_validator(mode="after")
     def _audit_within_budget(self) -> ReviewSection:
         if self.audit_fraction > self.fraction:
             raise ValueError("audit_fraction cannot exceed fraction")
         return self
+
+
+class MergeSection(Section):
+    on_pending: Literal["block", "judge"] = Field(
+        "block",
+        description="Review items not yet labelled: `block` refuses to merge; `judge` keeps the judge's label "
+        "and flags the row.",
+    )
+    keep_ties: bool = Field(False, description="Keep pairs labelled tie (column label=tie); TRL would train on them.")
+    keep_both_bad: bool = Field(False, description="Keep pairs people marked both bad (column label=both_bad).")
+
+
+class RewardSection(Section):
+    """`rlaif train reward`: TRL's RewardTrainer on a sequence-classification model (one output)."""
+
+    model: str = Field("all-minilm-l6-v2", description="Backbone: a path, a prepared name or a hub id.")
+    max_length: int = Field(256, ge=16, description="Tokens per (prompt, answer); the prompt is cut from the left.")
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1, description="Pairs per device per step.")
+    margin_scale: float = Field(
+        0.0, ge=0, description="Margin = this x the judge's confidence for judge-labelled pairs (0: no margin)."
+    )
+
+
+class LoraSection(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get adapters.")
+
+
+class DPOSection(Section):
+    """`rlaif train dpo`: TRL's DPOTrainer with defaults chosen for speed."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to align: a path, a prepared name or a hub id.")
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(8, ge=1, description="Pairs per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
+    precompute_ref_log_probs: bool = Field(
+        True, description="One pass of the reference model before training instead of one per step."
+    )
+    group_by_length: bool = Field(True, description="Batch pairs of similar length: less padding.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+class PPOSection(Section):
+    """`rlaif train ppo`: PPO with a value model, a frozen reference and the reward model (see training/ppo.py)."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to optimise.")
+    reward_model: str | None = Field(None, description="Reward model folder; default: the reward stage's output.")
+    steps: int = Field(20, ge=1, description="PPO iterations (each: a batch of rollouts, then updates).")
+    batch_size: int = Field(8, ge=1, description="Prompts sampled per iteration.")
+    mini_batch_size: int = Field(4, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each batch of rollouts.")
+    learning_rate: float = Field(1e-6, gt=0)
+    value_learning_rate: float = Field(1e-5, gt=0)
+    max_prompt_length: int = Field(256, ge=8, description="Prompt tokens kept (from the right).")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty coefficient (initial, when adaptive).")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive KL: steer the coefficient towards this KL per sequence. None: fixed."
+    )
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL: rollouts over which the coefficient adapts.")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, gt=0)
+    whiten_rewards: bool = Field(False, description="Whiten the per-token rewards of a batch before GAE.")
+    bf16: bool | None = Field(None, description="bfloat16 autocast; default on a GPU.")
+
+
+class SFTSection(Section):
+    """`rlaif train sft`: TRL's SFTTrainer on the chosen answers (the optional warm start)."""
+
+    model: str = Field("smollm2-135m-instruct")
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=16)
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+
+
+class TrainSection(Section):
+    data: str | None = Field(
+        None, description="Training data: a run directory or dataset folder (merged), or a file of --format."
+    )
+    format: Literal["merged", "hh-rlhf", "pandalm", "llmbar"] = Field(
+        "merged", description="merged (a run's dataset), hh-rlhf, pandalm or llmbar."
+    )
+    eval_size: int | None = Field(None, ge=1, description="The last N pairs are held out for evaluation.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share when eval_size is not set.")
+    out: str | None = Field(None, description="Output folder; default RUN_DIR/train/<stage>.")
+    method: Literal["dpo", "ppo"] = Field("dpo", description="What train_pipeline runs after the reward model.")
+    sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
+    reward: RewardSection = Field(default_factory=RewardSection)
+    dpo: DPOSection = Field(default_factory=DPOSection)
+    ppo: PPOSection = Field(default_factory=PPOSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
 
 
 class Config(Section):
@@ -175,6 +324,12 @@ class Config(Section):
     pairs: PairsSection = Field(default_factory=PairsSection)
     judge: JudgeSection = Field(default_factory=JudgeSection)
     review: ReviewSection = Field(default_factory=ReviewSection)
+    merge: MergeSection = Field(default_factory=MergeSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    def review_db(self) -> str:
+        """The review database URL: `review.db`, or a SQLite file beside the run directory."""
+        return self.review.db or f"sqlite:///{self.run.directory().parent / 'review.db'}"
 
 
 def default_config_path() -> Path:
@@ -243,8 +398,21 @@ def describe_errors(exc: ValidationError, source: Path, overrides: list[str]) ->
             )
             lines.append(f"{origin}: unknown key '{key}'{hint}")
         else:
-            lines.append(f"{origin}: {key}: {error['msg']} (got {error.get('input')!r})")
+            lines.append(f"{origin}: {key}: {error['msg']} (got {_without_password(error.get('input'))!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _without_password(value: Any) -> Any:
+    """A value for an error message: a database URL's password is hidden."""
+    if isinstance(value, str) and "://" in value:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except ArgumentError:
+            return value
+    return value
 
 
 def read_api_key(env_name: str | None, where: str) -> str | None:

@@ -8,6 +8,7 @@ first use: a rerun with nothing left to do loads no model at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from judges.reward_model import RewardModelScorer
 from rlaif.config import Config
 from rlaif.generation import BackendError, GenerationBackend
 from rlaif.pairs import make_pairs
+from rlaif.review_store import ReviewStore
 from rlaif.routing import RoutingDecision, route_for_review, routing_counts
 from rlaif.run_directory import RunDirectory, read_records, source_hash
 from rlaif.run_files import write_json_atomic, write_jsonl_atomic
@@ -164,7 +166,49 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
                     }
 
     write_jsonl_atomic(run.review_queue, queue_rows())
+    write_json_atomic(
+        run.manifest,
+        {
+            "run": config.run.name,
+            "shards": [
+                {
+                    "index": plan.index,
+                    "pairs": str(plan.pairs.relative_to(run.root)),
+                    "judgments": str(plan.judgments.relative_to(run.root)),
+                }
+                for plan in plans
+            ],
+            "routed": [{"pair_id": d.pair_id, "reason": d.reason} for d in decisions if d.decision == "review"],
+        },
+    )
     return decisions
+
+
+def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:
+    """The rows of a review_queue.jsonl: (item, pair, judgment)."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    yield (
+                        ReviewItem.model_validate(row["item"]),
+                        Pair.model_validate(row["pair"]),
+                        Judgment.model_validate(row["judgment"]),
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{path}:{number}: not a review queue row: {exc}") from None
+
+
+def enqueue_routed(run: RunDirectory, config: Config) -> int:
+    """Put the run's routed pairs into the review database (`review.db`); returns how many were new."""
+    with ReviewStore.open(config.review_db()) as store:
+        return store.enqueue(
+            config.run.name,
+            read_review_queue(run.review_queue),
+            labels_needed=config.review.labels_per_item,
+            max_skips=config.review.max_skips,
+        )
 
 
 def write_report(

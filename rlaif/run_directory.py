@@ -6,7 +6,10 @@
       judgments/shard-00000-<key>.jsonl     the judge's verdicts on those pairs
       routing.jsonl                         review or judge, with the reason, for every judged pair
       review_queue.jsonl                    the routed pairs with their judgments, for people
+      manifest.json                         the shard files of the labelled run and the routed pairs
+      config.yaml                           the effective config of the run
       report.json                           counts and rates of the run
+      dataset/                              the merged dataset (`rlaif merge`), its card and figures
 
 A shard's key hashes everything its content depends on: its input, the settings that matter and
 the source code of the step that makes it. A shard file whose key matches is finished work (files
@@ -22,7 +25,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -55,6 +58,28 @@ class RunDirectory:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+
+def read_manifest(run: RunDirectory) -> dict[str, Any]:
+    """The labelled run's shard files and routed pairs, written when it was routed."""
+    try:
+        return json.loads(run.manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{run.manifest} not found: {run.root} is not a labelled run directory (run `rlaif label` first)"
+        ) from None
 
 
 def read_records(path: Path, model: type[T]) -> Iterator[T]:

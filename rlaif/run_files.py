@@ -36,6 +36,11 @@ def write_json_atomic(path: Path, document: Any) -> None:
     _write_atomic(path, [json.dumps(document, indent=2, ensure_ascii=False) + "\n"])
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file to `path` atomically."""
+    _write_atomic(path, [text])
+
+
 def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

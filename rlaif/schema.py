@@ -201,7 +201,11 @@ class PreferenceRecord(Record):
     rejected: tuple[Message, ...]
     prompt_id: str
     pair_id: str
+    label: ReviewLabel  # in the pair's A/B order: a, b, tie or both_bad (the last two only when kept)
     label_source: LabelSource
+    review_reason: ReviewReason | None = None  # why people were asked; None when the pair was not routed
+    flagged: bool = False  # people were asked but did not answer: the judge's label stands in
+    reviewers: tuple[str, ...] = ()
     judge: str | None = None
     template_hash: str | None = None
     confidence: float | None = None

@@ -87,6 +87,7 @@ def test_review_item_and_preference_record_round_trip():
         rejected=[{"role": "assistant", "content": "bad"}],
         prompt_id="x",
         pair_id="p",
+        label="a",
         label_source="judge",
         confidence=0.9,
     )

@@ -1,0 +1,199 @@
+"""The merge: judge labels plus human labels into one dataset that TRL trains on directly.
+
+A human label overrides the judge's. Ties and both-bad pairs are dropped unless the config keeps them.
+Routed items nobody finished block the merge (`merge.on_pending: block`) or keep the judge's label and
+are flagged (`judge`); items people set aside (skipped) keep the judge's label, flagged. Pairs whose
+judgment failed and that no person labelled have no label and are left out (counted).
+
+Output, replaced atomically: RUN_DIR/dataset/ is a `datasets` dataset saved to disk (load it with
+`datasets.load_from_disk`) in TRL's conversational prompt/chosen/rejected form with provenance
+columns, plus README.md (the dataset card) and merge.json (the same figures as JSON).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from rlaif.config import Config, dump_config
+from rlaif.review_store import HumanDecision, ReviewStore
+from rlaif.run_directory import RunDirectory, read_manifest, read_records
+from rlaif.run_files import write_json_atomic
+from rlaif.schema import Judgment, Message, Pair, PreferenceRecord
+
+
+class MergeError(ValueError):
+    """The run cannot be merged yet (or at all); the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    path: Path
+    figures: dict[str, Any]
+
+
+def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str | None = None) -> MergeResult:
+    """Build RUN_DIR/dataset from the run's judgments and the review store's labels."""
+    run = RunDirectory(run_dir)
+    manifest = read_manifest(run)
+    run_id = config.run.name
+    on_pending = on_pending or config.merge.on_pending
+    decisions = store.decisions(run_id)
+    routed = {row["pair_id"]: row["reason"] for row in manifest["routed"]}
+    unqueued = [pair_id for pair_id in routed if pair_id not in decisions]
+    if unqueued:
+        raise MergeError(
+            f"{len(unqueued)} routed pairs of run {run_id!r} are not in the review database "
+            f"(first: {unqueued[0]}): enqueue them with `rlaif review enqueue {run_dir}`"
+        )
+    open_items = [d for d in decisions.values() if d.pair_id in routed and d.status in ("pending", "claimed")]
+    if open_items and on_pending == "block":
+        raise MergeError(
+            f"{len(open_items)} of {len(routed)} review items of run {run_id!r} are not labelled yet: finish them "
+            "in the review service (`rlaif review serve`), or merge with the judge's labels for them "
+            "(--on-pending judge / merge.on_pending: judge)"
+        )
+    counts: Counter[str] = Counter()
+    audit: list[bool] = []
+    reviewed: list[bool] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for shard in manifest["shards"]:
+            judgments = {j.pair_id: j for j in read_records(run.root / shard["judgments"], Judgment)}
+            for pair in read_records(run.root / shard["pairs"], Pair):
+                judgment = judgments.get(pair.id)
+                if judgment is None:
+                    counts["pairs_without_judgment"] += 1
+                    continue
+                human = decisions.get(pair.id) if pair.id in routed else None
+                if human is not None and human.label is not None and judgment.status == "ok":
+                    agree = judgment.winner == human.label
+                    if human.label != "both_bad":
+                        reviewed.append(agree)
+                        if human.reason == "audit":
+                            audit.append(agree)
+                record = preference_record(pair, judgment, human, config, counts)
+                if record is not None:
+                    yield record.to_row()
+
+    import datasets  # imported here: it is slow to import and only the merge needs it
+
+    with tempfile.TemporaryDirectory(prefix=".dataset-", dir=run.root) as scratch:
+        dataset = datasets.Dataset.from_list(list(rows()), features=dataset_features())
+        staged = Path(scratch) / "dataset"
+        dataset.save_to_disk(str(staged))
+        figures = {
+            "run": run_id,
+            "rows": len(dataset),
+            "label_sources": dict(Counter(dataset["label_source"])),
+            "labels": dict(Counter(dataset["label"])),
+            "flagged": sum(dataset["flagged"]),
+            "routed": len(routed),
+            "review_status": dict(Counter(decisions[p].status for p in routed)),
+            "dropped": {key: value for key, value in sorted(counts.items())},
+            "audit_agreement": agreement(audit),
+            "reviewed_agreement": agreement(reviewed),
+            "on_pending": on_pending,
+            "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,
+        }
+        del dataset
+        write_json_atomic(staged / "merge.json", figures)
+        (staged / "README.md").write_text(dataset_card(config, figures), encoding="utf-8")
+        target = run.dataset
+        previous = Path(scratch) / "previous"
+        if target.exists():
+            target.rename(previous)
+        staged.rename(target)
+    return MergeResult(target, figures)
+
+
+def dataset_features() -> Any:
+    """The columns of the merged dataset (TRL's conversational form plus provenance)."""
+    import datasets
+
+    messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    return datasets.Features(
+        {
+            "prompt": messages,
+            "chosen": messages,
+            "rejected": messages,
+            "prompt_id": datasets.Value("string"),
+            "pair_id": datasets.Value("string"),
+            "label": datasets.Value("string"),
+            "label_source": datasets.Value("string"),
+            "review_reason": datasets.Value("string"),
+            "flagged": datasets.Value("bool"),
+            "reviewers": datasets.List(datasets.Value("string")),
+            "judge": datasets.Value("string"),
+            "template_hash": datasets.Value("string"),
+            "confidence": datasets.Value("float64"),
+            "policy_models": datasets.List(datasets.Value("string")),
+        }
+    )
+
+
+def preference_record(
+    pair: Pair, judgment: Judgment, human: HumanDecision | None, config: Config, counts: Counter[str]
+) -> PreferenceRecord | None:
+    """The dataset row of one pair, or None when the pair is left out (the reason is counted)."""
+    flagged = False
+    reviewers: tuple[str, ...] = ()
+    if human is not None and human.label is not None:
+        label, source, reviewers = human.label, "human", tuple(name for name, _ in human.labels)
+    elif judgment.winner is not None:
+        label, source = judgment.winner, "judge"
+        flagged = human is not None  # people were asked and did not answer (pending or skipped)
+    else:
+        counts["no_label"] += 1
+        return None
+    if label == "tie" and not config.merge.keep_ties:
+        counts["tie"] += 1
+        return None
+    if label == "both_bad" and not config.merge.keep_both_bad:
+        counts["both_bad"] += 1
+        return None
+    chosen, rejected = (pair.b, pair.a) if label == "b" else (pair.a, pair.b)
+    return PreferenceRecord(
+        prompt=pair.prompt.messages,
+        chosen=(Message(role="assistant", content=chosen.text),),
+        rejected=(Message(role="assistant", content=rejected.text),),
+        prompt_id=pair.prompt.id,
+        pair_id=pair.id,
+        label=label,
+        label_source=source,
+        review_reason=human.reason if human is not None else None,
+        flagged=flagged,
+        reviewers=reviewers,
+        judge=judgment.judge_model,
+        template_hash=judgment.template_hash,
+        confidence=judgment.confidence,
+        policy_models=tuple(dict.fromkeys((pair.a.model, pair.b.model))),
+    )
+
+
+def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:
+    """Share of agreements with its 95% Wilson score interval; None without data."""
+    n = len(outcomes)
+    if n == 0:
+        return None
+    p = sum(outcomes) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"n": n, "agreement": p, "ci95": [max(0.0, centre - half), min(1.0, centre + half)]}
+
+
+def dataset_card(config: Config, figures: dict[str, Any]) -> str:
+    """The README.md of the dataset: counts, label sources, judge-vs-human agreement, the config used."""
+    environment = Environment(
+        loader=PackageLoader("rlaif", "review_web"), undefined=StrictUndefined, keep_trailing_newline=True
+    )
+    return environment.get_template("dataset_card.md.j2").render(
+        figures=figures, config=config, config_yaml=dump_config(config)
+    )

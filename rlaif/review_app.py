@@ -1,0 +1,323 @@
+"""The review web service: a page for people and a JSON API beside it, over one `ReviewStore`.
+
+Safety, since the page shows model output and may face a network:
+- every page, asset and API route answers 401 without a valid reviewer token (Bearer header for the
+  API; the page signs in once and keeps the token in an HttpOnly, SameSite=Strict cookie);
+- state-changing requests are refused when they come from another site (Origin / Sec-Fetch-Site) and,
+  when authenticated by the cookie, unless they carry the CSRF token derived from the reviewer's token;
+- model output is escaped by Jinja2; Markdown goes through markdown-it with raw HTML off and then the
+  nh3 sanitiser; a strict Content-Security-Policy forbids inline scripts besides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import nh3
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rlaif.review_store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
+from rlaif.schema import ReviewLabel
+
+COOKIE = "rlaif_review"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'; connect-src 'self'"
+)
+CHOICES: dict[str, ReviewLabel | None] = {"tie": "tie", "both_bad": "both_bad", "skip": None}
+
+
+class NotSignedIn(Exception):
+    """No valid token: answered 401 (the sign-in form for pages, JSON for the API)."""
+
+    def __init__(self, message: str = "a valid reviewer token is required") -> None:
+        self.message = message
+
+
+class CrossSiteRequest(Exception):
+    """A state-changing request from another site, or without the CSRF token: answered 403."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class LabelBody(BaseModel):
+    label: ReviewLabel = Field(description="a, b, tie or both_bad; a and b are the answers as stored.")
+    comment: str | None = Field(None, max_length=4000)
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    name: str
+    token: str
+    by_cookie: bool
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.token)
+
+
+def csrf_token(token: str) -> str:
+    """A per-reviewer CSRF token: another site cannot compute it without the reviewer's token."""
+    return hashlib.sha256(f"rlaif-review-csrf:{token}".encode()).hexdigest()
+
+
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def render_markdown(text: str) -> Markup:
+    """Untrusted Markdown to safe HTML: raw HTML is escaped by the parser, the result sanitised by nh3."""
+    return Markup(nh3.clean(_markdown.render(text), link_rel="noopener noreferrer nofollow"))
+
+
+def current_reviewer(request: Request) -> Reviewer:
+    """The signed-in reviewer (Bearer header or cookie); cookie-authenticated writes must carry the CSRF token."""
+    store: ReviewStore = request.app.state.store
+    token, by_cookie = _token_of(request)
+    name = store.authenticate(token)
+    if name is None:
+        raise NotSignedIn("unknown or revoked token" if token else "a valid reviewer token is required")
+    person = Reviewer(name, token, by_cookie)
+    if request.method not in SAFE_METHODS and by_cookie:
+        sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "csrf_form", None) or ""
+        if not hmac.compare_digest(sent, person.csrf):
+            raise CrossSiteRequest("missing or wrong CSRF token")
+    return person
+
+
+async def form_reviewer(request: Request) -> Reviewer:
+    """`current_reviewer` for form posts, which carry the CSRF token as a form field (they cannot send headers)."""
+    form = await request.form()
+    value = form.get("csrf")
+    request.state.csrf_form = value if isinstance(value, str) else None
+    return current_reviewer(request)
+
+
+SignedIn = Annotated[Reviewer, Depends(current_reviewer)]
+FormSignedIn = Annotated[Reviewer, Depends(form_reviewer)]
+
+
+def create_app(
+    store: ReviewStore,
+    lease_s: float = 900.0,
+    on_queue_emptied: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The review app over `store`; `on_queue_emptied(run_id)` is called once when a run's last item is finished."""
+    app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    web = Path(str(resources.files("rlaif").joinpath("review_web")))
+    templates = Jinja2Templates(directory=str(web))
+    templates.env.filters["markdown"] = render_markdown
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        if request.method not in SAFE_METHODS and _cross_site(request):
+            response: Response = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        else:
+            response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make browsers send Origin: null
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, exc: NotSignedIn) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return templates.TemplateResponse(
+            request, "signin.html.j2", {"message": exc.message, "next": request.url.path}, status_code=401
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Without a valid token even a missing page answers 401: nothing about the service is revealed.
+        if exc.status_code in (404, 405) and store.authenticate(_token_of(request)[0]) is None:
+            return await not_signed_in(request, NotSignedIn())
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(CrossSiteRequest)
+    async def cross_site(request: Request, exc: CrossSiteRequest) -> Response:
+        return JSONResponse({"detail": exc.message}, status_code=403)
+
+    # -- sign-in ----------------------------------------------------------------------------------------
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/") -> Response:
+        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        if store.authenticate(token.strip()) is None:
+            return templates.TemplateResponse(
+                request, "signin.html.j2", {"message": "unknown or revoked token", "next": target}, status_code=401
+            )
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            COOKIE,
+            token.strip(),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            max_age=30 * 24 * 3600,
+        )
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(person: FormSignedIn) -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # -- pages ------------------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, person: SignedIn) -> Response:
+        runs = [store.stats(run_id, person.name) for run_id in store.runs()]
+        return templates.TemplateResponse(request, "runs.html.j2", {"runs": runs, "reviewer": person})
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def review_page(request: Request, run_id: str, person: SignedIn) -> Response:
+        stats = _stats_or_404(store, run_id, person.name)
+        queued = store.claim_next(run_id, person.name, lease_s)
+        if queued is None:
+            return templates.TemplateResponse(
+                request, "done.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id}
+            )
+        left, right = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
+        return templates.TemplateResponse(
+            request,
+            "item.html.j2",
+            {
+                "stats": stats,
+                "reviewer": person,
+                "run_id": run_id,
+                "item": queued,
+                "left": left.text,
+                "right": right.text,
+            },
+        )
+
+    @app.post("/runs/{run_id}/items/{item_id}")
+    def review_submit(
+        run_id: str,
+        item_id: str,
+        person: FormSignedIn,
+        choice: Annotated[Literal["left", "right", "tie", "both_bad", "skip"], Form()],
+        comment: Annotated[str, Form(max_length=4000)] = "",
+    ) -> Response:
+        queued = _item_or_404(store, item_id)
+        label = stored_label(choice, queued.shown_swapped)
+        _submit(store, item_id, person.name, label, comment, on_queue_emptied)
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str, person: SignedIn) -> Response:
+        media = {"review.js": "text/javascript", "review.css": "text/css"}
+        if name not in media:
+            raise HTTPException(404)
+        return Response((web / name).read_text(encoding="utf-8"), media_type=media[name])
+
+    # -- JSON API ---------------------------------------------------------------------------------------
+
+    @app.get("/api/runs")
+    def api_runs(person: SignedIn) -> list[dict[str, Any]]:
+        return [store.stats(run_id, person.name) for run_id in store.runs()]
+
+    @app.get("/api/runs/{run_id}/next")
+    def api_next(run_id: str, person: SignedIn) -> Response:
+        _stats_or_404(store, run_id, person.name)
+        queued = store.claim_next(run_id, person.name, lease_s)
+        if queued is None:
+            return Response(status_code=204)
+        return JSONResponse(queued.to_json())
+
+    @app.post("/api/items/{item_id}/label")
+    def api_label(item_id: str, body: LabelBody, person: SignedIn) -> dict[str, Any]:
+        _item_or_404(store, item_id)
+        result = _submit(store, item_id, person.name, body.label, body.comment, on_queue_emptied)
+        return {"item": item_id, "label": body.label, "status": result.status, "repeated": result.repeated}
+
+    @app.post("/api/items/{item_id}/skip")
+    def api_skip(item_id: str, person: SignedIn) -> dict[str, Any]:
+        _item_or_404(store, item_id)
+        result = _submit(store, item_id, person.name, None, None, on_queue_emptied)
+        return {"item": item_id, "status": result.status}
+
+    @app.get("/api/runs/{run_id}/stats")
+    def api_stats(run_id: str, person: SignedIn) -> dict[str, Any]:
+        return _stats_or_404(store, run_id, person.name)
+
+    return app
+
+
+def stored_label(choice: str, shown_swapped: bool) -> ReviewLabel | None:
+    """The label in the pair's stored order for a choice made on the page (left/right as displayed)."""
+    if choice in CHOICES:
+        return CHOICES[choice]
+    left_is_a = not shown_swapped
+    return "a" if (choice == "left") == left_is_a else "b"
+
+
+def _submit(
+    store: ReviewStore,
+    item_id: str,
+    reviewer: str,
+    label: ReviewLabel | None,
+    comment: str | None,
+    on_queue_emptied: Callable[[str], None] | None,
+) -> Any:
+    try:
+        result = store.submit(item_id, reviewer, label, comment)
+    except ClaimConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    if result.queue_emptied and on_queue_emptied is not None:
+        on_queue_emptied(result.run_id)
+    return result
+
+
+def _item_or_404(store: ReviewStore, item_id: str) -> QueuedItem:
+    try:
+        return store.get(item_id)
+    except ItemNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _stats_or_404(store: ReviewStore, run_id: str, reviewer: str) -> dict[str, Any]:
+    try:
+        return store.stats(run_id, reviewer)
+    except ItemNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _token_of(request: Request) -> tuple[str, bool]:
+    """The token a request carries, and whether it came from the cookie (else the Bearer header)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, bearer = header.partition(" ")
+    if header and scheme.lower() == "bearer" and bearer.strip():
+        return bearer.strip(), False
+    return request.cookies.get(COOKIE, ""), True
+
+
+def _cross_site(request: Request) -> bool:
+    """A browser request from another origin: its Origin differs from our Host, or Sec-Fetch-Site says so."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    if origin == "null":
+        return True
+    return urlsplit(origin).netloc != request.headers.get("host", "")

@@ -1,0 +1,229 @@
+"""`rlaif review ...` and `rlaif merge`: the review service, reviewer tokens, queue export/import, the merge."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from rlaif.cli_errors import friendly_errors
+from rlaif.config import Config, load_config
+from rlaif.run_files import write_json_atomic, write_jsonl_atomic
+
+review_app = typer.Typer(
+    help="The human-review queue: serve it, hand out tokens, export and import.", no_args_is_help=True
+)
+token_app = typer.Typer(help="Reviewer tokens (stored hashed).", no_args_is_help=True)
+review_app.add_typer(token_app, name="token")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Review database URL; default: the review.db of --config (runs/review.db)."),
+]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config whose review.db to use.")]
+
+
+def database_url(db: str | None, config: Path | None) -> str:
+    """--db if given, else the config's review.db (checked like any config value)."""
+    return load_config(config, [f"review.db={json.dumps(db)}"] if db else []).review_db()
+
+
+def _open(db: str | None, config: Path | None):  # noqa: ANN202 - returns ReviewStore (imported lazily)
+    from rlaif.review_store import ReviewStore
+
+    return ReviewStore.open(database_url(db, config))
+
+
+@token_app.command("add")
+@friendly_errors
+def token_add(
+    name: Annotated[str, typer.Argument(help="The reviewer's name (shown on the page and stored with labels).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a reviewer (or renew their token) and print the token alone on the last line."""
+    with _open(db, config) as store:
+        token = store.add_reviewer(name)
+    typer.echo(f"reviewer {name.strip()}: new token (shown once; only its hash is stored):", err=True)
+    typer.echo(token)
+
+
+@token_app.command("list")
+@friendly_errors
+def token_list(db: DbOption = None, config: ConfigOption = None) -> None:
+    """Reviewers, when their token was made, and whether it is active."""
+    with _open(db, config) as store:
+        for name, created, active in store.reviewers():
+            typer.echo(f"{name}\t{created.isoformat(timespec='seconds')}Z\t{'active' if active else 'revoked'}")
+
+
+@token_app.command("revoke")
+@friendly_errors
+def token_revoke(name: str, db: DbOption = None, config: ConfigOption = None) -> None:
+    """Revoke a reviewer's token: every request with it answers 401 from now on."""
+    with _open(db, config) as store:
+        store.revoke_reviewer(name)
+    typer.echo(f"revoked {name}")
+
+
+@review_app.command("serve")
+@friendly_errors
+def serve(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind TLS.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    lease_s: Annotated[float | None, typer.Option(help="Seconds a claim lasts; default review.lease_s.")] = None,
+) -> None:
+    """Serve the review page and JSON API until interrupted."""
+    import uvicorn
+
+    from flows.review import emit_queue_emptied
+    from rlaif.review_app import create_app
+
+    cfg = load_config(config)
+    store = _open(db, config)
+    if not _is_loopback(host):
+        typer.echo(
+            f"warning: binding {host}: the review service is reachable from other machines; tokens travel in "
+            "clear text unless a TLS proxy sits in front",
+            err=True,
+        )
+    app = create_app(store, lease_s=lease_s or cfg.review.lease_s, on_queue_emptied=emit_queue_emptied)
+    typer.echo(f"review service on http://{host}:{port}/ (database {store.engine.url!r})", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        store.close()
+
+
+@review_app.command("enqueue")
+@friendly_errors
+def enqueue(
+    run_dir: Annotated[Path, typer.Argument(help="A labelled run directory.")],
+    db: DbOption = None,
+) -> None:
+    """Put a labelled run's routed pairs into the review database (labeling runs do this themselves)."""
+    from rlaif.labeling import read_review_queue
+    from rlaif.run_directory import RunDirectory
+
+    cfg = _run_config(run_dir, db)
+    with _open(cfg.review_db(), None) as store:
+        added = store.enqueue(
+            cfg.run.name,
+            read_review_queue(RunDirectory(run_dir).review_queue),
+            labels_needed=cfg.review.labels_per_item,
+            max_skips=cfg.review.max_skips,
+        )
+    typer.echo(f"{added} new items in the review queue of run {cfg.run.name}")
+
+
+@review_app.command("stats")
+@friendly_errors
+def stats(run: str, db: DbOption = None, config: ConfigOption = None) -> None:
+    """A run's queue: items by status and reason, labels, agreement between reviewers (JSON)."""
+    with _open(db, config) as store:
+        typer.echo(json.dumps(store.stats(run), indent=2))
+
+
+@review_app.command("export")
+@friendly_errors
+def export(
+    run: str,
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    export_format: Annotated[
+        Literal["jsonl", "label-studio"], typer.Option("--format", help="jsonl (re-importable) or label-studio.")
+    ] = "jsonl",
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a run's queue with its labels as JSONL, or as Label Studio tasks (JSON)."""
+    from rlaif.review_store import label_studio_tasks
+
+    with _open(db, config) as store:
+        store.stats(run)  # an unknown run fails here with its name
+        if export_format == "jsonl":
+            count = write_jsonl_atomic(out, store.export_rows(run))
+        else:
+            tasks = label_studio_tasks(store.export_rows(run))
+            write_json_atomic(out, tasks)
+            count = len(tasks)
+    typer.echo(f"{count} items written to {out}")
+
+
+@review_app.command("import")
+@friendly_errors
+def import_queue(
+    path: Annotated[Path, typer.Argument(help="A JSONL file written by `rlaif review export`.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Load an exported queue: missing items and labels are added, existing ones kept."""
+    from rlaif.review_store import ReviewStoreError
+
+    def rows():  # noqa: ANN202
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ReviewStoreError(f"{path}:{number}: not JSON: {exc}") from None
+
+    with _open(db, config) as store:
+        items, labels = store.import_rows(rows(), source=str(path))
+    typer.echo(f"imported {items} new items and {labels} new labels from {path}")
+
+
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A labelled run directory.")],
+    db: DbOption = None,
+    on_pending: Annotated[
+        Literal["block", "judge"] | None,
+        typer.Option(help="Unlabelled review items: block the merge, or keep the judge's label (flagged)."),
+    ] = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also push the dataset to this Hub repository.")] = None,
+) -> None:
+    """Build RUN_DIR/dataset: judge labels, overridden by human labels, in TRL's prompt/chosen/rejected form."""
+    from rlaif.merge import merge_run
+
+    cfg = _run_config(run_dir, db)
+    with _open(cfg.review_db(), None) as store:
+        result = merge_run(run_dir, cfg, store, on_pending=on_pending)
+    figures = result.figures
+    audit = figures["audit_agreement"]
+    typer.echo(
+        f"dataset: {result.path} ({figures['rows']} rows; label sources {figures['label_sources']}; "
+        f"left out {figures['dropped'] or 'none'})"
+    )
+    if audit:
+        typer.echo(
+            f"judge vs people on the audit sample: {100 * audit['agreement']:.1f}% of {audit['n']} "
+            f"(95% CI {100 * audit['ci95'][0]:.1f}-{100 * audit['ci95'][1]:.1f}%)"
+        )
+    if push_to_hub:
+        import datasets
+
+        datasets.load_from_disk(str(result.path)).push_to_hub(push_to_hub)
+        typer.echo(f"pushed to {push_to_hub}")
+
+
+def _run_config(run_dir: Path, db: str | None) -> Config:
+    """The config a run was labelled with (RUN_DIR/config.yaml), with --db applied."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a labelled run directory")
+    overrides = [f"run.dir={json.dumps(str(run_dir))}"] + ([f"review.db={json.dumps(db)}"] if db else [])
+    return load_config(path, overrides)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

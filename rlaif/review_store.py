@@ -1,0 +1,790 @@
+"""The human-review queue: items, claims with leases, labels and reviewer tokens, in SQLite or PostgreSQL.
+
+One database holds the queues of many runs. Every write that hands out or completes an item runs in a
+transaction serialised per run (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-level advisory
+lock on the run), so two reviewers never hold the same slot of an item and each slot is labelled once.
+A label is acknowledged only after its transaction commits (SQLite in WAL mode with synchronous=FULL),
+so a process killed mid-submit loses nothing it answered for.
+
+Item status: `pending` (waiting), `claimed` (a reviewer holds a lease on it), `done` (it has
+`labels_needed` labels), `skipped` (set aside after `max_skips` reviewers skipped it). Labels refer to
+the pair's stored A/B order; `shown_swapped` is the order the page shows, fixed per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
+
+SCHEMA_VERSION = 1
+LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
+
+
+class ReviewStoreError(ValueError):
+    """A review database that cannot be used, or a request the queue refuses; the message says why."""
+
+
+class ItemNotFound(ReviewStoreError):
+    pass
+
+
+class ClaimConflict(ReviewStoreError):
+    """The reviewer's claim on an item expired and the item went to someone else, or it is finished."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    __tablename__ = "rlaif_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class ReviewerRow(Base):
+    __tablename__ = "review_reviewers"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RunRow(Base):
+    __tablename__ = "review_runs"
+    run_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    emptied_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ItemRow(Base):
+    __tablename__ = "review_items"
+    __table_args__ = (UniqueConstraint("run_id", "pair_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(256), ForeignKey("review_runs.run_id"), index=True)
+    pair_id: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    shown_swapped: Mapped[bool] = mapped_column(Boolean)
+    labels_needed: Mapped[int] = mapped_column(Integer)
+    max_skips: Mapped[int] = mapped_column(Integer)
+    pair_json: Mapped[str] = mapped_column(Text)
+    judgment_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ClaimRow(Base):
+    __tablename__ = "review_claims"
+    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("review_items.id"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(256), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class LabelRow(Base):
+    __tablename__ = "review_labels"
+    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("review_items.id"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(256), index=True)
+    label: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: the reviewer skipped it
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """An item as a reviewer sees it: the pair (stored order), the order to show it in, and its state."""
+
+    item: ReviewItem
+    pair: Pair
+    judgment: Judgment
+    shown_swapped: bool
+    labels_needed: int
+    lease_expires_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API form: labels a/b refer to `pair.a`/`pair.b`; `shown_swapped` says the page shows B first."""
+        return {
+            "id": self.item.id,
+            "run_id": self.item.run_id,
+            "pair_id": self.item.pair_id,
+            "reason": self.item.reason,
+            "status": self.item.status,
+            "prompt": [m.model_dump() for m in self.pair.prompt.messages],
+            "a": self.pair.a.text,
+            "b": self.pair.b.text,
+            "shown_swapped": self.shown_swapped,
+            "lease_expires_at": self.lease_expires_at.isoformat() + "Z" if self.lease_expires_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The outcome of a label or skip: the item's new status, and whether this emptied the run's queue."""
+
+    item_id: str
+    run_id: str
+    status: ReviewStatus
+    queue_emptied: bool
+    repeated: bool = False  # the same label was already stored (a client retry): nothing changed
+
+
+@dataclass(frozen=True)
+class HumanDecision:
+    """What people said about one routed pair, for the merge."""
+
+    item_id: str
+    pair_id: str
+    reason: ReviewReason
+    status: ReviewStatus
+    labels: tuple[tuple[str, ReviewLabel], ...]  # (reviewer, label); skips are not labels
+    judgment: Judgment
+
+    @property
+    def label(self) -> ReviewLabel | None:
+        """The majority label; a split vote between a and b is a tie. None when nobody labelled it."""
+        if not self.labels:
+            return None
+        counts = Counter(label for _, label in self.labels).most_common()
+        if len(counts) > 1 and counts[0][1] == counts[1][1]:
+            return "tie"
+        return counts[0][0]
+
+
+def now() -> datetime:
+    """UTC now without tzinfo: SQLite keeps no time zone, so every stored time is naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def display_swapped(item_id: str) -> bool:
+    """The order the page shows an item in: fixed per item, half the items B first, unrelated to A/B."""
+    return hashlib.sha256(f"display:{item_id}".encode()).digest()[0] % 2 == 1
+
+
+class ReviewStore:
+    """The review queue in one database. Open with `ReviewStore.open(url)`; close with `close()`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def open(cls, url: str) -> ReviewStore:
+        """Connect, create the tables in a new database, and refuse one whose schema this code cannot use."""
+        engine = _engine(url)
+        store = cls(engine)
+        try:
+            store._check_schema()
+        except OperationalError as exc:
+            engine.dispose()
+            raise ReviewStoreError(f"cannot open review database {_safe_url(url)}: {exc.orig}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ReviewStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        tables = set(inspect(self.engine).get_table_names())
+        ours = {table.name for table in Base.metadata.sorted_tables}
+        if MetaRow.__tablename__ not in tables:
+            if tables & ours:
+                raise ReviewStoreError(
+                    f"review database {_safe_url(str(self.engine.url))} has review tables but no schema version: "
+                    "it was not made by this rlaif; use a new database"
+                )
+            with self._transaction() as conn:
+                Base.metadata.create_all(conn)
+                conn.execute(MetaRow.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        with self.engine.connect() as conn:
+            version = conn.execute(select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar()
+        if version is None or not version.isdigit():
+            raise ReviewStoreError(f"review database has no readable schema version ({version!r})")
+        if int(version) > SCHEMA_VERSION:
+            raise ReviewStoreError(
+                f"review database schema version {version} is newer than this rlaif supports ({SCHEMA_VERSION}): "
+                "upgrade rlaif-pipeline"
+            )
+        if int(version) < SCHEMA_VERSION:
+            raise ReviewStoreError(
+                f"review database schema version {version} is older than {SCHEMA_VERSION} and has no upgrade path: "
+                "export its queues with an older rlaif (`rlaif review export`) and import them into a new database"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar_one())
+
+    @contextmanager
+    def _transaction(self, run_id: str | None = None) -> Iterator[Connection]:
+        """A write transaction; with `run_id`, serialised against every other one on that run."""
+        with self.engine.begin() as conn:
+            if run_id is not None and self.is_postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(run_id)})
+            yield conn
+
+    # -- reviewers ------------------------------------------------------------------------------------
+
+    def add_reviewer(self, name: str) -> str:
+        """Create a reviewer (or give an existing one a new token) and return the token; only its hash is kept."""
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise ReviewStoreError("a reviewer name must be 1 to 128 characters")
+        token = secrets.token_urlsafe(32)
+        with self._transaction() as conn:
+            exists = conn.execute(select(ReviewerRow.name).where(ReviewerRow.name == name)).first()
+            values = {"token_hash": hash_token(token), "created_at": now(), "revoked_at": None}
+            if exists:
+                conn.execute(update(ReviewerRow).where(ReviewerRow.name == name).values(**values))
+            else:
+                conn.execute(ReviewerRow.__table__.insert().values(name=name, **values))
+        return token
+
+    def revoke_reviewer(self, name: str) -> None:
+        with self._transaction() as conn:
+            result = conn.execute(update(ReviewerRow).where(ReviewerRow.name == name).values(revoked_at=now()))
+        if result.rowcount == 0:
+            raise ReviewStoreError(f"no reviewer named {name!r}")
+
+    def reviewers(self) -> list[tuple[str, datetime, bool]]:
+        """(name, created, active) of every reviewer."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ReviewerRow.name, ReviewerRow.created_at, ReviewerRow.revoked_at).order_by(ReviewerRow.name)
+            ).all()
+        return [(name, created, revoked is None) for name, created, revoked in rows]
+
+    def authenticate(self, token: str) -> str | None:
+        """The reviewer whose token this is, or None (unknown or revoked)."""
+        if not token:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(ReviewerRow.name).where(
+                    ReviewerRow.token_hash == hash_token(token), ReviewerRow.revoked_at.is_(None)
+                )
+            ).scalar()
+
+    # -- enqueue --------------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        run_id: str,
+        entries: Iterable[tuple[ReviewItem, Pair, Judgment]],
+        labels_needed: int = 1,
+        max_skips: int = 1,
+    ) -> int:
+        """Add a run's routed pairs; items already queued are kept as they are. Returns how many were added."""
+        added = 0
+        with self._transaction(run_id) as conn:
+            if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
+                conn.execute(RunRow.__table__.insert().values(run_id=run_id, created_at=now()))
+            known = set(conn.execute(select(ItemRow.id).where(ItemRow.run_id == run_id)).scalars())
+            position = conn.execute(select(func.count()).where(ItemRow.run_id == run_id)).scalar_one()
+            for item, pair, judgment in entries:
+                if item.run_id != run_id or item.pair_id != pair.id or judgment.pair_id != pair.id:
+                    raise ReviewStoreError(f"review item {item.id} does not match run {run_id} and pair {pair.id}")
+                if item.id in known:
+                    continue
+                known.add(item.id)
+                stamp = now()
+                conn.execute(
+                    ItemRow.__table__.insert().values(
+                        id=item.id,
+                        run_id=run_id,
+                        pair_id=pair.id,
+                        position=position,
+                        reason=item.reason,
+                        status="pending",
+                        shown_swapped=display_swapped(item.id),
+                        labels_needed=labels_needed,
+                        max_skips=max_skips,
+                        pair_json=pair.model_dump_json(),
+                        judgment_json=judgment.model_dump_json(),
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+                position += 1
+                added += 1
+            if added:
+                conn.execute(update(RunRow).where(RunRow.run_id == run_id).values(emptied_at=None))
+        return added
+
+    # -- claims and labels ----------------------------------------------------------------------------
+
+    def claim_next(self, run_id: str, reviewer: str, lease_s: float = 900.0) -> QueuedItem | None:
+        """The reviewer's next item, claimed for `lease_s` seconds; the one they already hold, if any."""
+        stamp = now()
+        expires = stamp + timedelta(seconds=lease_s)
+        with self._transaction(run_id) as conn:
+            self._expire_claims(conn, run_id, stamp)
+            held = conn.execute(
+                select(ClaimRow.item_id).where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer)
+            ).scalar()
+            if held is None:
+                held = conn.execute(self._next_free_item(run_id, reviewer)).scalar()
+                if held is None:
+                    return None
+                conn.execute(
+                    ClaimRow.__table__.insert().values(
+                        item_id=held, reviewer=reviewer, run_id=run_id, expires_at=expires
+                    )
+                )
+            else:
+                conn.execute(
+                    update(ClaimRow)
+                    .where(ClaimRow.item_id == held, ClaimRow.reviewer == reviewer)
+                    .values(expires_at=expires)
+                )
+            conn.execute(update(ItemRow).where(ItemRow.id == held).values(status="claimed", updated_at=stamp))
+            row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
+        return _queued(row, lease_expires_at=expires)
+
+    @staticmethod
+    def _next_free_item(run_id: str, reviewer: str) -> Any:
+        labelled = select(func.count()).where(LabelRow.item_id == ItemRow.id, LabelRow.label.is_not(None))
+        claimed = select(func.count()).where(ClaimRow.item_id == ItemRow.id)
+        mine = select(LabelRow.item_id).where(LabelRow.item_id == ItemRow.id, LabelRow.reviewer == reviewer)
+        return (
+            select(ItemRow.id)
+            .where(
+                ItemRow.run_id == run_id,
+                ItemRow.status.in_(("pending", "claimed")),
+                ~mine.exists(),
+                labelled.scalar_subquery() + claimed.scalar_subquery() < ItemRow.labels_needed,
+            )
+            .order_by(ItemRow.position)
+            .limit(1)
+        )
+
+    def _expire_claims(self, conn: Connection, run_id: str, stamp: datetime) -> None:
+        expired = conn.execute(
+            delete(ClaimRow).where(ClaimRow.run_id == run_id, ClaimRow.expires_at < stamp).returning(ClaimRow.item_id)
+        ).scalars()
+        for item_id in set(expired):
+            self._update_status(conn, item_id, stamp)
+
+    def submit(self, item_id: str, reviewer: str, label: ReviewLabel | None, comment: str | None = None) -> Submission:
+        """Store a reviewer's label for an item (None: they skip it) and release their claim.
+
+        Accepted when the reviewer holds a claim on the item, or holds none but the item still has a
+        free slot; a reviewer may change their own label. Refused (ClaimConflict) when the item went
+        to others meanwhile.
+        """
+        if label is not None and label not in LABELS:
+            raise ReviewStoreError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        comment = (comment or "").strip() or None
+        run_id = self._run_of(item_id)
+        stamp = now()
+        with self._transaction(run_id) as conn:
+            self._expire_claims(conn, run_id, stamp)
+            item = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).one()
+            mine = conn.execute(
+                select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
+            ).first()
+            if mine is not None:
+                if mine.label == label and mine.comment == comment:
+                    return Submission(item_id, run_id, item.status, False, repeated=True)
+                conn.execute(
+                    update(LabelRow)
+                    .where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
+                    .values(label=label, comment=comment, updated_at=stamp)
+                )
+            else:
+                holds = conn.execute(
+                    delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
+                ).rowcount
+                if not holds and (item.status not in ("pending", "claimed") or self._slots_left(conn, item) <= 0):
+                    raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
+                conn.execute(
+                    LabelRow.__table__.insert().values(
+                        item_id=item_id,
+                        reviewer=reviewer,
+                        run_id=run_id,
+                        label=label,
+                        comment=comment,
+                        created_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+            conn.execute(delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer))
+            status = self._update_status(conn, item_id, stamp)
+            emptied = self._mark_if_emptied(conn, run_id, stamp)
+        return Submission(item_id, run_id, status, emptied)
+
+    def release(self, item_id: str, reviewer: str) -> None:
+        """Give a claimed item back without labelling it."""
+        run_id = self._run_of(item_id)
+        with self._transaction(run_id) as conn:
+            conn.execute(delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer))
+            self._update_status(conn, item_id, now())
+
+    def _run_of(self, item_id: str) -> str:
+        with self.engine.connect() as conn:
+            run_id = conn.execute(select(ItemRow.run_id).where(ItemRow.id == item_id)).scalar()
+        if run_id is None:
+            raise ItemNotFound(f"no review item {item_id!r}")
+        return run_id
+
+    @staticmethod
+    def _slots_left(conn: Connection, item: Any) -> int:
+        labelled = conn.execute(
+            select(func.count()).where(LabelRow.item_id == item.id, LabelRow.label.is_not(None))
+        ).scalar_one()
+        claimed = conn.execute(select(func.count()).where(ClaimRow.item_id == item.id)).scalar_one()
+        return item.labels_needed - labelled - claimed
+
+    @staticmethod
+    def _update_status(conn: Connection, item_id: str, stamp: datetime) -> ReviewStatus:
+        item = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).one()
+        labelled = conn.execute(
+            select(func.count()).where(LabelRow.item_id == item_id, LabelRow.label.is_not(None))
+        ).scalar_one()
+        skipped = conn.execute(
+            select(func.count()).where(LabelRow.item_id == item_id, LabelRow.label.is_(None))
+        ).scalar_one()
+        claimed = conn.execute(select(func.count()).where(ClaimRow.item_id == item_id)).scalar_one()
+        status: ReviewStatus
+        if labelled >= item.labels_needed:
+            status = "done"
+        elif claimed:
+            status = "claimed"
+        elif skipped >= item.max_skips:
+            status = "skipped"
+        else:
+            status = "pending"
+        if status != item.status:
+            conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
+        return status
+
+    @staticmethod
+    def _mark_if_emptied(conn: Connection, run_id: str, stamp: datetime) -> bool:
+        """True exactly once per run: when its last open item is finished."""
+        open_items = conn.execute(
+            select(func.count()).where(ItemRow.run_id == run_id, ItemRow.status.in_(("pending", "claimed")))
+        ).scalar_one()
+        if open_items:
+            return False
+        result = conn.execute(
+            update(RunRow).where(RunRow.run_id == run_id, RunRow.emptied_at.is_(None)).values(emptied_at=stamp)
+        )
+        return result.rowcount == 1
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def runs(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(RunRow.run_id).order_by(RunRow.created_at, RunRow.run_id)).scalars())
+
+    def get(self, item_id: str) -> QueuedItem:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).first()
+        if row is None:
+            raise ItemNotFound(f"no review item {item_id!r}")
+        return _queued(row)
+
+    def stats(self, run_id: str, reviewer: str | None = None) -> dict[str, Any]:
+        """Counts of a run's queue by status and reason, labels given, and the agreement between reviewers."""
+        with self.engine.connect() as conn:
+            if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
+                raise ItemNotFound(f"no review queue for run {run_id!r}")
+            by_status = dict(
+                conn.execute(
+                    select(ItemRow.status, func.count()).where(ItemRow.run_id == run_id).group_by(ItemRow.status)
+                ).all()
+            )
+            by_reason = dict(
+                conn.execute(
+                    select(ItemRow.reason, func.count()).where(ItemRow.run_id == run_id).group_by(ItemRow.reason)
+                ).all()
+            )
+            labels = conn.execute(
+                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label).where(LabelRow.run_id == run_id)
+            ).all()
+        total = sum(by_status.values())
+        statuses = {s: by_status.get(s, 0) for s in ("pending", "claimed", "done", "skipped")}
+        given = [row for row in labels if row.label is not None]
+        return {
+            "run": run_id,
+            "total": total,
+            **statuses,
+            "finished": statuses["done"] + statuses["skipped"],
+            "by_reason": by_reason,
+            "labels": len(given),
+            "skips": len(labels) - len(given),
+            "by_label": dict(Counter(row.label for row in given)),
+            "mine": sum(1 for row in labels if row.reviewer == reviewer) if reviewer else None,
+            "inter_annotator_agreement": _pairwise_agreement(given),
+        }
+
+    def decisions(self, run_id: str) -> dict[str, HumanDecision]:
+        """Every item of a run with its labels, by pair id (what the merge needs)."""
+        with self.engine.connect() as conn:
+            items = conn.execute(select(ItemRow).where(ItemRow.run_id == run_id).order_by(ItemRow.position)).all()
+            labels = conn.execute(
+                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label)
+                .where(LabelRow.run_id == run_id, LabelRow.label.is_not(None))
+                .order_by(LabelRow.created_at, LabelRow.reviewer)
+            ).all()
+        by_item: dict[str, list[tuple[str, ReviewLabel]]] = {}
+        for item_id, reviewer, label in labels:
+            by_item.setdefault(item_id, []).append((reviewer, label))
+        return {
+            row.pair_id: HumanDecision(
+                item_id=row.id,
+                pair_id=row.pair_id,
+                reason=row.reason,
+                status=row.status,
+                labels=tuple(by_item.get(row.id, [])),
+                judgment=Judgment.model_validate_json(row.judgment_json),
+            )
+            for row in items
+        }
+
+    # -- export and import ----------------------------------------------------------------------------
+
+    def export_rows(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """One JSON-able row per item: the item, its pair and judgment, and every label and skip."""
+        with self.engine.connect() as conn:
+            items = conn.execute(select(ItemRow).where(ItemRow.run_id == run_id).order_by(ItemRow.position)).all()
+            labels = conn.execute(select(LabelRow).where(LabelRow.run_id == run_id)).all()
+        by_item: dict[str, list[dict[str, Any]]] = {}
+        for label in labels:
+            by_item.setdefault(label.item_id, []).append(
+                {
+                    "reviewer": label.reviewer,
+                    "label": label.label,
+                    "comment": label.comment,
+                    "created_at": label.created_at.isoformat() + "Z",
+                }
+            )
+        for row in items:
+            yield {
+                "item": _item(row).model_dump(mode="json"),
+                "pair": json.loads(row.pair_json),
+                "judgment": json.loads(row.judgment_json),
+                "shown_swapped": row.shown_swapped,
+                "labels_needed": row.labels_needed,
+                "max_skips": row.max_skips,
+                "labels": sorted(by_item.get(row.id, []), key=lambda entry: entry["reviewer"]),
+            }
+
+    def import_rows(self, rows: Iterable[dict[str, Any]], source: str = "import") -> tuple[int, int]:
+        """Load exported rows: items missing here are added, labels missing here are added. Returns (items, labels)."""
+        items_added = labels_added = 0
+        for number, row in enumerate(rows, start=1):
+            try:
+                item = ReviewItem.model_validate(row["item"])
+                pair = Pair.model_validate(row["pair"])
+                judgment = Judgment.model_validate(row["judgment"])
+                labels = [
+                    (entry["reviewer"], entry["label"], entry.get("comment"), _parse_time(entry.get("created_at")))
+                    for entry in row.get("labels", [])
+                ]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ReviewStoreError(f"{source}:{number}: not an exported review row: {exc}") from None
+            items_added += self.enqueue(
+                item.run_id, [(item, pair, judgment)], int(row.get("labels_needed", 1)), int(row.get("max_skips", 1))
+            )
+            for reviewer, label, comment, created in labels:
+                if label is not None and label not in LABELS:
+                    raise ReviewStoreError(f"{source}:{number}: unknown label {label!r}")
+                labels_added += self._import_label(item, reviewer, label, comment, created)
+        return items_added, labels_added
+
+    def _import_label(
+        self, item: ReviewItem, reviewer: str, label: ReviewLabel | None, comment: str | None, created: datetime
+    ) -> int:
+        stamp = now()
+        with self._transaction(item.run_id) as conn:
+            exists = conn.execute(
+                select(LabelRow.item_id).where(LabelRow.item_id == item.id, LabelRow.reviewer == reviewer)
+            ).first()
+            if exists:
+                return 0
+            conn.execute(
+                LabelRow.__table__.insert().values(
+                    item_id=item.id,
+                    reviewer=reviewer,
+                    run_id=item.run_id,
+                    label=label,
+                    comment=comment,
+                    created_at=created,
+                    updated_at=stamp,
+                )
+            )
+            self._update_status(conn, item.id, stamp)
+            self._mark_if_emptied(conn, item.run_id, stamp)
+        return 1
+
+
+def label_studio_tasks(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exported rows as Label Studio tasks (a pairwise choice between answer_a and answer_b)."""
+    names = {"a": "A", "b": "B", "tie": "Tie", "both_bad": "Both bad"}
+    tasks = []
+    for number, row in enumerate(rows, start=1):
+        pair = Pair.model_validate(row["pair"])
+        annotations = [
+            {
+                "completed_by": entry["reviewer"],
+                "result": [
+                    {
+                        "from_name": "preference",
+                        "to_name": "prompt",
+                        "type": "choices",
+                        "value": {"choices": [names[entry["label"]]]},
+                    }
+                ],
+            }
+            for entry in row["labels"]
+            if entry["label"] is not None
+        ]
+        tasks.append(
+            {
+                "id": number,
+                "data": {
+                    "item_id": row["item"]["id"],
+                    "pair_id": pair.id,
+                    "prompt": "\n\n".join(f"{m.role}: {m.content}" for m in pair.prompt.messages),
+                    "answer_a": pair.a.text,
+                    "answer_b": pair.b.text,
+                },
+                "annotations": annotations,
+            }
+        )
+    return tasks
+
+
+def _pairwise_agreement(labels: list[Any]) -> dict[str, Any] | None:
+    """Share of reviewer pairs on the same item who gave the same label (items with 2+ labels)."""
+    by_item: dict[str, list[str]] = {}
+    for row in labels:
+        by_item.setdefault(row.item_id, []).append(row.label)
+    agree = total = 0
+    for values in by_item.values():
+        for i in range(len(values)):
+            for j in range(i + 1, len(values)):
+                total += 1
+                agree += values[i] == values[j]
+    return {"pairs": total, "agreement": agree / total} if total else None
+
+
+def _parse_time(value: str | None) -> datetime:
+    """An exported timestamp (ISO 8601, UTC, trailing Z) as naive UTC; now when absent."""
+    if not value:
+        return now()
+    return datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=None)
+
+
+def _item(row: Any) -> ReviewItem:
+    return ReviewItem(id=row.id, run_id=row.run_id, pair_id=row.pair_id, reason=row.reason, status=row.status)
+
+
+def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
+    return QueuedItem(
+        item=_item(row),
+        pair=Pair.model_validate_json(row.pair_json),
+        judgment=Judgment.model_validate_json(row.judgment_json),
+        shown_swapped=row.shown_swapped,
+        labels_needed=row.labels_needed,
+        lease_expires_at=lease_expires_at,
+    )
+
+
+def _lock_key(run_id: str) -> int:
+    """A signed 64-bit advisory-lock key for a run."""
+    return int.from_bytes(hashlib.sha256(f"rlaif-review:{run_id}".encode()).digest()[:8], "big", signed=True)
+
+
+def _safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ReviewStoreError(
+            "review.db is not a database URL (use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB)"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Connection) -> None:
+            # Take the write lock at the start, so concurrent claims queue up instead of failing to upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    raise ReviewStoreError(f"review.db: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")

@@ -1,0 +1,165 @@
+"""The review store on SQLite and PostgreSQL: claims, leases, overlap, skips, schema versions, export/import."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from rlaif.config import ConfigError, load_config
+from rlaif.review_store import SCHEMA_VERSION, ClaimConflict, ReviewStore, ReviewStoreError, label_studio_tasks
+from tests.review_fixtures import fresh_postgres_database, queue_entries
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'review.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def store(db_url) -> Iterator[ReviewStore]:
+    with ReviewStore.open(db_url) as opened:
+        yield opened
+
+
+def test_enqueue_is_idempotent_and_keeps_the_order(store):
+    entries = queue_entries("run", 5)
+    assert store.enqueue("run", entries) == 5
+    assert store.enqueue("run", entries) == 0
+    first = store.claim_next("run", "alice")
+    assert first is not None and first.item.pair_id == entries[0][1].id
+    assert store.stats("run")["total"] == 5
+
+
+def test_two_reviewers_never_hold_the_same_item_and_a_claim_is_kept(store):
+    store.enqueue("run", queue_entries("run", 3))
+    alice = store.claim_next("run", "alice")
+    bob = store.claim_next("run", "bob")
+    assert alice.item.id != bob.item.id
+    assert store.claim_next("run", "alice").item.id == alice.item.id  # asking again returns the held item
+    assert store.stats("run")["claimed"] == 2
+
+
+def test_an_expired_lease_puts_the_item_back_and_a_late_label_is_refused(store):
+    store.enqueue("run", queue_entries("run", 1))
+    alice = store.claim_next("run", "alice", lease_s=0.2)
+    assert store.claim_next("run", "bob") is None  # alice holds the only item
+    time.sleep(0.4)
+    bob = store.claim_next("run", "bob")
+    assert bob is not None and bob.item.id == alice.item.id
+    store.submit(bob.item.id, "bob", "b")
+    with pytest.raises(ClaimConflict, match="no longer yours"):
+        store.submit(alice.item.id, "alice", "a")
+    decisions = store.decisions("run")
+    assert [d.labels for d in decisions.values()] == [(("bob", "b"),)]
+
+
+def test_a_late_label_is_accepted_while_nobody_else_took_the_item(store):
+    store.enqueue("run", queue_entries("run", 1))
+    alice = store.claim_next("run", "alice", lease_s=0.1)
+    time.sleep(0.3)
+    assert store.submit(alice.item.id, "alice", "tie").status == "done"
+
+
+def test_a_repeated_submit_is_acknowledged_once_and_a_change_is_kept(store):
+    store.enqueue("run", queue_entries("run", 1))
+    item = store.claim_next("run", "alice")
+    first = store.submit(item.item.id, "alice", "a", "because")
+    again = store.submit(item.item.id, "alice", "a", "because")
+    assert first.queue_emptied and not again.queue_emptied and again.repeated
+    store.submit(item.item.id, "alice", "b")
+    [decision] = store.decisions("run").values()
+    assert decision.labels == (("alice", "b"),) and decision.label == "b"
+
+
+def test_overlap_gives_each_item_to_k_reviewers_and_measures_agreement(store):
+    store.enqueue("run", queue_entries("run", 2), labels_needed=2)
+    for reviewer, labels in (("alice", ["a", "b"]), ("bob", ["a", "a"])):
+        for label in labels:
+            item = store.claim_next("run", reviewer)
+            store.submit(item.item.id, reviewer, label)
+        assert store.claim_next("run", reviewer) is None  # never the same item twice
+    stats = store.stats("run")
+    assert stats["done"] == 2 and stats["labels"] == 4
+    assert stats["inter_annotator_agreement"] == {"pairs": 2, "agreement": 0.5}
+    assert sorted(d.label for d in store.decisions("run").values()) == ["a", "tie"]  # a split vote is a tie
+
+
+def test_skips_set_an_item_aside_after_max_skips(store):
+    store.enqueue("run", queue_entries("run", 1), max_skips=2)
+    item = store.claim_next("run", "alice")
+    assert store.submit(item.item.id, "alice", None).status == "pending"
+    assert store.claim_next("run", "alice") is None  # alice skipped it: not offered to her again
+    item = store.claim_next("run", "bob")
+    result = store.submit(item.item.id, "bob", None)
+    assert result.status == "skipped" and result.queue_emptied
+    assert store.stats("run")["skips"] == 2
+
+
+def test_tokens_are_stored_hashed_and_can_be_revoked(store, db_url):
+    token = store.add_reviewer("alice")
+    assert store.authenticate(token) == "alice" and store.authenticate("wrong") is None
+    with store.engine.connect() as conn:
+        stored = conn.execute(text("SELECT token_hash FROM review_reviewers")).scalar()
+    assert token not in stored and len(stored) == 64
+    store.revoke_reviewer("alice")
+    assert store.authenticate(token) is None
+    with pytest.raises(ReviewStoreError, match="no reviewer named 'carol'"):
+        store.revoke_reviewer("carol")
+
+
+def test_export_then_import_into_a_new_database_keeps_items_and_labels(store, tmp_path):
+    store.enqueue("run", queue_entries("run", 3))
+    item = store.claim_next("run", "alice")
+    store.submit(item.item.id, "alice", "both_bad", "neither answers")
+    rows = list(store.export_rows("run"))
+    with ReviewStore.open(f"sqlite:///{tmp_path / 'copy.db'}") as copy:
+        assert copy.import_rows(json.loads(json.dumps(rows))) == (3, 1)
+        assert copy.import_rows(rows) == (0, 0)
+        assert list(copy.export_rows("run")) == rows
+        assert copy.stats("run")["done"] == 1
+    tasks = label_studio_tasks(rows)
+    assert tasks[0]["data"]["answer_a"] == "answer A0"
+    assert tasks[0]["annotations"][0]["result"][0]["value"]["choices"] == ["Both bad"]
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(db_url):
+    with ReviewStore.open(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE rlaif_meta SET value = '99' WHERE key = 'schema_version'"))
+    with pytest.raises(ReviewStoreError, match="schema version 99 is newer than this rlaif supports"):
+        ReviewStore.open(db_url)
+
+
+def test_an_older_schema_is_refused_with_the_way_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with ReviewStore.open(url) as store, store.engine.begin() as conn:
+        conn.execute(text("UPDATE rlaif_meta SET value = '0' WHERE key = 'schema_version'"))
+    with pytest.raises(ReviewStoreError, match="older than 1 and has no upgrade path: export"):
+        ReviewStore.open(url)
+
+
+def test_bad_database_urls_are_named_and_passwords_never_shown():
+    with pytest.raises(ReviewStoreError, match="not a database URL"):
+        ReviewStore.open("not a url")
+    with pytest.raises(ReviewStoreError, match="unsupported database 'mysql'"):
+        ReviewStore.open("mysql://root@127.0.0.1/test")
+    with pytest.raises(ConfigError, match="review.db: .*PGPASSWORD") as caught:
+        load_config(None, ["review.db=postgresql://root:hunter2@127.0.0.1/db"])
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ReviewStoreError) as refused:
+        ReviewStore.open("postgresql://nobody:hunter2@127.0.0.1:5432/absent_db")
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_default_database_sits_beside_the_run_directory(tmp_path):
+    assert load_config(None).review_db() == "sqlite:///runs/review.db"
+    assert load_config(None, [f"run.dir={tmp_path / 'x'}"]).review_db() == f"sqlite:///{tmp_path / 'review.db'}"
