@@ -65,7 +65,8 @@ class RewardModelScorer:
         if self.model.config.pad_token_id is None and self.tokenizer.pad_token_id is not None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
-        self.max_length = max_length
+        # A reward model trained by `rlaif train reward` records its input length in its tokenizer.
+        self.max_length = min(max_length, self.tokenizer.model_max_length)
         self.usage = TokenUsage()
         self._lock = threading.Lock()
 

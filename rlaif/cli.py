@@ -7,6 +7,7 @@ configs/demo.yaml) and `--set key.path=value` overrides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -108,6 +109,9 @@ def judge_eval(
     data_format: Annotated[str, typer.Option("--format", help="llmbar, pandalm or hh-rlhf.")],
     out: Annotated[Path | None, typer.Option(help="Write the report as JSON here.")] = None,
     limit: Annotated[int | None, typer.Option(help="Judge only the first N items.")] = None,
+    last: Annotated[
+        int | None, typer.Option(help="Judge only the last N items (the held-out split of `rlaif train`).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; default: the embedded demo config.")] = None,
     overrides: SetOption = None,
 ) -> None:
@@ -122,7 +126,9 @@ def judge_eval(
     check_judge(cfg.judge)
     if data_format not in ("llmbar", "pandalm", "hh-rlhf"):
         raise ConfigError(f"--format must be llmbar, pandalm or hh-rlhf, not {data_format!r}")
-    items = load_labelled(data, data_format, seed=cfg.run.seed)[:limit]  # type: ignore[arg-type]
+    items = load_labelled(data, data_format, seed=cfg.run.seed)  # type: ignore[arg-type]
+    items = items[-last:] if last else items
+    items = items[:limit]
     say(f"judging {len(items)} items of {data} with {cfg.judge.model} ({cfg.judge.mode})")
 
     async def run() -> dict[str, Any]:
@@ -165,7 +171,7 @@ def train(
         str | None, typer.Option("--format", help="merged (default), hh-rlhf, pandalm or llmbar.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model to start from: a path or a prepared name.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder; default RUN_DIR/train/<stage>.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder of the stage; default RUN_DIR/train/<stage>.")] = None,
     overrides: SetOption = None,
 ) -> None:
     """Train one stage on preference data: a reward model, DPO, PPO (needs a reward model) or SFT.
@@ -180,10 +186,9 @@ def train(
     if stage not in ("reward", "dpo", "ppo", "sft"):
         raise ConfigError(f"stage must be reward, dpo, ppo or sft, not {stage!r}")
     flags = [f"train.{key}={json.dumps(value)}" for key, value in (("data", data), ("format", data_format)) if value]
-    if out:
-        flags.append(f"train.out={json.dumps(str(out))}")
     cfg = load_config(config, [*(overrides or []), *flags])
-    report = run_stage(cfg, stage, say=say, model=model)  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout carries only the report
+        report = run_stage(cfg, stage, say=say, model=model, out=out)  # type: ignore[arg-type]
     typer.echo(json.dumps(report, indent=2))
 
 
@@ -276,3 +281,7 @@ def _sample(cfg: Config, path: Path) -> tuple[list[PromptItem], list[Candidate]]
             f"{len(result.failures)} of {len(prompts)} prompts failed (the others are in {path}):\n  {details}"
         )
     return prompts, result.candidates
+
+
+if __name__ == "__main__":  # `python -m rlaif.cli ...`, e.g. under `accelerate launch -m`
+    app()

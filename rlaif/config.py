@@ -305,7 +305,7 @@ class TrainSection(Section):
     )
     eval_size: int | None = Field(None, ge=1, description="The last N pairs are held out for evaluation.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share when eval_size is not set.")
-    out: str | None = Field(None, description="Output folder; default RUN_DIR/train/<stage>.")
+    out: str | None = Field(None, description="Folder of the stages' outputs (<out>/<stage>); default RUN_DIR/train.")
     method: Literal["dpo", "ppo"] = Field("dpo", description="What train_pipeline runs after the reward model.")
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
     reward: RewardSection = Field(default_factory=RewardSection)

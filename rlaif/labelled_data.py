@@ -94,11 +94,16 @@ def _pandalm(record: Any, index: int, path: Path) -> LabelledPair:
     extra = record.get("input") or ""
     return LabelledPair(
         prompt=_user_prompt(f"{instruction}\n\n{extra}" if extra.strip() else instruction),
-        first=_field(record, "response1", path, index),
-        second=_field(record, "response2", path, index),
+        first=_answer(_field(record, "response1", path, index)),
+        second=_answer(_field(record, "response2", path, index)),
         label=label,
         source_index=index,
     )
+
+
+def _answer(value: Any) -> str:
+    """An answer as text: PandaLM stores some one-word answers as JSON booleans or numbers (e.g. true)."""
+    return value if isinstance(value, str) else json.dumps(value) if value is not None else ""
 
 
 def parse_hh_dialogue(text: str) -> list[dict[str, str]]:

@@ -1,0 +1,282 @@
+"""Training stages: loaders, the reward model (usable as a judge with the same figure), DPO and PPO on a
+dataset the pipeline merged (checkpoints load back), and PPO's mechanics on tiny models with a toy reward."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+
+import datasets
+import pytest
+import torch
+
+from rlaif.config import PPOSection, load_config
+from rlaif.labelled_data import LabelledDataError
+from rlaif.review_store import ReviewStore
+from tests.review_fixtures import RLAIF
+from training.data import held_out_split, load_preferences
+from training.ppo import PPOTrainer, ValueModel, gae, token_bonus_reward
+
+HH = "hh_rlhf/harmless_base_test_0000_1799.jsonl.gz"
+
+
+def test_hh_rlhf_pandalm_and_llmbar_load_as_conversational_pairs(shared_data):
+    hh = load_preferences(shared_data / HH, "hh-rlhf")
+    row = hh[0]
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["chosen"] != row["rejected"] and len(hh) > 1700
+    assert not any("Human:" in m["content"] for m in row["prompt"])  # the dialogue is split into turns
+    for name, data_format in (("pandalm/testset-v1.json", "pandalm"), ("llmbar/natural.json", "llmbar")):
+        pairs = load_preferences(shared_data / name, data_format)
+        assert {"prompt", "chosen", "rejected", "confidence"} <= set(pairs.column_names) and len(pairs) > 50
+    train, held_out = held_out_split(hh, 300, 0.1)
+    assert len(held_out) == 300 and len(train) == len(hh) - 300 and held_out[0] == hh[len(hh) - 300]
+    with pytest.raises(LabelledDataError, match="nothing would be left"):
+        held_out_split(hh, len(hh), 0.1)
+
+
+def test_a_folder_that_is_not_a_merged_dataset_is_named(tmp_path):
+    with pytest.raises(LabelledDataError, match="not a merged dataset"):
+        load_preferences(tmp_path, "merged")
+
+
+def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):
+    """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.sh)."""
+    sample = tmp_path / "hh.jsonl"
+    import gzip
+
+    with gzip.open(shared_data / HH, "rt") as source:
+        sample.write_text("".join(next(source) for _ in range(160)))
+    out = tmp_path / "rm"
+    result = subprocess.run(
+        [
+            RLAIF,
+            "train",
+            "reward",
+            "--data",
+            str(sample),
+            "--format",
+            "hh-rlhf",
+            "--out",
+            str(out),
+            "--set",
+            "train.eval_size=40",
+            "--set",
+            "train.reward.max_length=96",
+            "--set",
+            "train.reward.epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["eval_pairs"] == 40 and 0.0 <= report["accuracy"] <= 1.0
+    assert json.loads(result.stdout)["accuracy"] == report["accuracy"]
+    evaluated = subprocess.run(
+        [
+            RLAIF,
+            "judge",
+            "eval",
+            "--data",
+            str(sample),
+            "--format",
+            "hh-rlhf",
+            "--last",
+            "40",
+            "--out",
+            str(tmp_path / "eval.json"),
+            "--set",
+            "judge.mode=reward_model",
+            "--set",
+            f"judge.model={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    judged = json.loads((tmp_path / "eval.json").read_text())
+    # The same pairs, scored by the judge's code path (other batches, other padding): a barely trained model
+    # has margins so close to 0 that float noise may flip one pair, hardly more.
+    assert judged["n"] == 40 and judged["agreement"] == pytest.approx(report["accuracy"], abs=1.01 / 40)
+
+
+def tiny_trainer(kl_coef: float, seed: int = 0) -> PPOTrainer:
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    policy = LlamaForCausalLM(config)
+    reference = LlamaForCausalLM(config)
+    reference.load_state_dict(policy.state_dict())
+    settings = PPOSection(
+        batch_size=16,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        learning_rate=3e-3,
+        value_learning_rate=3e-3,
+        max_new_tokens=8,
+        kl_coef=kl_coef,
+    )
+    return PPOTrainer(policy, reference, ValueModel(LlamaModel(config), 32), token_bonus_reward(7), settings, 0, None)
+
+
+def run_tiny(trainer: PPOTrainer, steps: int = 30) -> list[dict[str, float]]:
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, 32) for _ in range(rng.randrange(3, 7))] for _ in range(64)]
+    return [trainer.step(rng.sample(prompts, 16)) for _ in range(steps)]
+
+
+def test_ppo_raises_the_toy_reward_and_the_kl_coefficient_holds_the_policy_near_the_reference():
+    free = run_tiny(tiny_trainer(kl_coef=0.01))
+    held = run_tiny(tiny_trainer(kl_coef=1.0))
+    mean = lambda log, key, part: sum(s[key] for s in part(log)) / len(part(log))  # noqa: E731
+    first, last = (lambda log: log[:5]), (lambda log: log[-5:])
+    assert mean(free, "score", last) > mean(free, "score", first) + 0.3  # the bonus token is learnt
+    assert mean(free, "kl", last) > 5.0  # with a tiny coefficient the policy moves far from the reference
+    assert mean(held, "kl", last) < 1.0  # with a large one it stays close
+    assert mean(held, "kl", last) < mean(free, "kl", last) / 5
+    for stats in free + held:
+        assert {"entropy", "clip_fraction", "policy_loss", "value_loss", "kl", "score"} <= set(stats)
+
+
+def test_the_adaptive_kl_coefficient_moves_towards_its_target():
+    trainer = tiny_trainer(kl_coef=0.01)
+    trainer.settings = trainer.settings.model_copy(update={"kl_target": 0.5, "kl_horizon": 100})
+    from training.ppo import AdaptiveKLController
+
+    trainer.controller = AdaptiveKLController(0.01, 0.5, 100)
+    log = run_tiny(trainer, steps=20)
+    assert log[-1]["kl_coef"] > 0.01  # KL above the target raises the coefficient
+
+
+def test_gae_with_gamma_and_lambda_one_is_the_reward_to_go():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+    assert returns.tolist() == [[1.0, 1.0, 1.0, 0.0]] and advantages.tolist() == returns.tolist()
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def merged_run(tmp_path_factory, prefect_server):
+    """A run the pipeline labelled (scripted endpoint) and merged with the judge's labels for review items."""
+    from rlaif.merge import merge_run
+    from tests.test_merge import labelled_run
+
+    config = labelled_run(tmp_path_factory.mktemp("merged"), "merge.on_pending=judge")
+    with ReviewStore.open(config.review_db()) as store:
+        merge_run(config.run.directory(), config, store)
+    return config
+
+
+def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(merged_run, smollm2_dir):
+    from transformers import AutoModelForCausalLM
+
+    from flows.training import train_pipeline
+
+    run = merged_run.run.directory()
+    assert datasets.load_from_disk(str(run / "dataset")).num_rows > 5
+    common = [f"run.dir={run}", "train.eval_size=4"]
+    config = load_config(
+        None,
+        [
+            *common,
+            "train.method=dpo",
+            "train.reward.epochs=1",
+            "train.reward.max_length=64",
+            "train.dpo.max_steps=2",
+            "train.dpo.batch_size=2",
+            "train.dpo.max_length=128",
+        ],
+    )
+    reports = train_pipeline(config)
+    assert set(reports) == {"reward", "dpo"} and reports["dpo"]["steps"] == 2
+    assert reports["reward"]["accuracy"] is not None and reports["dpo"]["implicit_reward_accuracy"] is not None
+    ppo_flags = [
+        "train.ppo.steps=2",
+        "train.ppo.batch_size=2",
+        "train.ppo.mini_batch_size=1",
+        "train.ppo.max_new_tokens=8",
+    ]
+    result = subprocess.run(
+        [RLAIF, "train", "ppo", *[item for flag in [*common, *ppo_flags] for item in ("--set", flag)]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ppo = json.loads((run / "train" / "ppo" / "eval_report.json").read_text())
+    assert ppo["reward_model"] == str(run / "train" / "reward") and ppo["held_out_score_after"] is not None
+    assert len((run / "train" / "ppo" / "ppo_log.jsonl").read_text().splitlines()) == 2
+    extra = {
+        "dpo-lora": [
+            "dpo",
+            "train.dpo.max_steps=2",
+            "train.dpo.batch_size=2",
+            "train.dpo.max_length=128",
+            "train.dpo.lora.enabled=true",
+            "train.dpo.lora.r=4",
+        ],
+        "sft": ["sft", "train.sft.max_steps=2", "train.sft.batch_size=2", "train.sft.max_length=128"],
+    }
+    for name, (stage, *flags) in extra.items():
+        sets = [item for flag in [*common, *flags] for item in ("--set", flag)]
+        result = subprocess.run(
+            [RLAIF, "train", stage, "--out", str(run / "train" / name), *sets],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+        assert json.loads(result.stdout)["steps"] == 2  # stdout holds the report alone
+    vocab = AutoModelForCausalLM.from_pretrained(smollm2_dir).config.vocab_size
+    for stage in ("dpo", "ppo", "dpo-lora", "sft"):
+        model = AutoModelForCausalLM.from_pretrained(run / "train" / stage)
+        assert model.config.vocab_size == vocab
+    assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
+
+
+def test_ppo_without_a_reward_model_says_how_to_get_one(tmp_path, shared_data):
+    result = subprocess.run(
+        [
+            RLAIF,
+            "train",
+            "ppo",
+            "--data",
+            str(shared_data / "llmbar" / "natural.json"),
+            "--format",
+            "llmbar",
+            "--set",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "PPO needs a reward model" in result.stderr
+
+
+def test_train_rejects_an_unknown_stage_and_bad_settings():
+    assert subprocess.run([RLAIF, "train", "grpo"], capture_output=True, text=True).returncode == 2
+    with pytest.raises(Exception, match="train.dpo.beta"):
+        load_config(None, ["train.dpo.beta=-1"])

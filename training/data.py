@@ -1,0 +1,67 @@
+"""Training data: any supported source as TRL's conversational prompt/chosen/rejected, split for evaluation.
+
+Sources: a merged run (RUN_DIR or RUN_DIR/dataset: pairs with label a or b; ties and both-bad rows,
+kept for analysis, are not preferences and are dropped), or a human-labelled file in the formats of
+`rlaif.labelled_data` (hh-rlhf dialogues split at their shared prefix, PandaLM, LLMBar; ties dropped).
+Every row gets `confidence` (the judge's for merged rows, 1.0 for human-labelled files) so a reward
+model can use it as a margin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from rlaif.labelled_data import LabelledDataError, load_labelled
+
+DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
+
+
+def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0) -> Any:
+    """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order."""
+    import datasets
+
+    source = Path(path)
+    if data_format == "merged":
+        folder = source / "dataset" if (source / "dataset" / "dataset_info.json").is_file() else source
+        if not (folder / "dataset_info.json").is_file():
+            raise LabelledDataError(
+                f"{source}: not a merged dataset (no dataset_info.json there or in its dataset/): run `rlaif merge`"
+            )
+        merged = datasets.load_from_disk(str(folder))
+        missing = {"prompt", "chosen", "rejected"} - set(merged.column_names)
+        if missing:
+            raise LabelledDataError(f"{folder}: a merged dataset needs the columns {sorted(missing)}")
+        if "label" in merged.column_names:
+            merged = merged.filter(lambda row: row["label"] in ("a", "b"))
+        if "confidence" not in merged.column_names:
+            merged = merged.add_column("confidence", [1.0] * len(merged))
+        merged = merged.map(lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]})
+        return merged.select_columns(["prompt", "chosen", "rejected", "confidence"])
+    rows = []
+    for item in load_labelled(source, data_format, seed=seed):
+        if item.label == "tie":
+            continue
+        chosen, rejected = (item.first, item.second) if item.label == "a" else (item.second, item.first)
+        rows.append(
+            {
+                "prompt": item.prompt.chat(),
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "confidence": 1.0,
+            }
+        )
+    if not rows:
+        raise LabelledDataError(f"{source}: no usable preference pairs")
+    return datasets.Dataset.from_list(rows)
+
+
+def held_out_split(dataset: Any, eval_size: int | None, eval_fraction: float) -> tuple[Any, Any | None]:
+    """(train, eval): the last `eval_size` rows (or the last `eval_fraction` of them) are held out."""
+    size = eval_size if eval_size is not None else round(eval_fraction * len(dataset))
+    if size <= 0:
+        return dataset, None
+    if size >= len(dataset):
+        raise LabelledDataError(f"cannot hold out {size} of {len(dataset)} pairs: nothing would be left to train on")
+    cut = len(dataset) - size
+    return dataset.select(range(cut)), dataset.select(range(cut, len(dataset)))

@@ -1,0 +1,147 @@
+"""DPO: TRL's DPOTrainer with defaults chosen for speed, LoRA as an option, held-out implicit-reward accuracy.
+
+Speed levers (see `dpo_arguments`): the reference log-probs are computed once before training instead
+of in every step (`precompute_ref_log_probs`), pairs of similar length are batched together so little
+of each batch is padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16
+on a GPU, and gradient checkpointing as a switch for memory. TRL builds the reference model from the
+policy's path, so the policy is always given as a saved folder.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import DPOSection
+from rlaif.run_files import write_json_atomic
+
+MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
+
+
+def length_grouped_order(dataset: Any, batch_size: int, seed: int) -> Any:
+    """The dataset reordered so that each batch holds pairs of similar length, batches in random order.
+
+    Like transformers' LengthGroupedSampler, but done once on the data (by character length, a good
+    proxy for tokens), so it works whatever columns the trainer keeps.
+    """
+    lengths = [
+        sum(len(m["content"]) for m in row["prompt"])
+        + max(sum(len(m["content"]) for m in row["chosen"]), sum(len(m["content"]) for m in row["rejected"]))
+        for row in dataset.select_columns(["prompt", "chosen", "rejected"])
+    ]
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = MEGABATCH * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return dataset.select([i for batch in batches for i in batch])
+
+
+def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, has_eval: bool) -> Any:
+    """DPOConfig from our settings; bf16 defaults to on when a GPU is present."""
+    import torch
+    from trl import DPOConfig
+
+    on_gpu = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=str(output_dir),
+        beta=settings.beta,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=settings.max_length,
+        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        # The reference pass is inference only: bigger batches where the memory is (a GPU).
+        precompute_ref_batch_size=settings.batch_size * (4 if on_gpu else 1),
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=on_gpu if settings.bf16 is None else settings.bf16,
+        train_sampling_strategy="sequential" if settings.group_by_length else "random",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10,
+        report_to=[],
+        seed=seed,
+        use_cpu=not on_gpu,
+    )
+
+
+def lora_config(settings: DPOSection) -> Any:
+    if not settings.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora.r,
+        lora_alpha=settings.lora.alpha,
+        lora_dropout=settings.lora.dropout,
+        target_modules=settings.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_dpo_trainer(
+    train: Any, held_out: Any | None, settings: DPOSection, model_path: str, out: Path, seed: int = 0
+) -> Any:
+    """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here)."""
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    columns = ["prompt", "chosen", "rejected"]
+    train = train.select_columns(columns)
+    if settings.group_by_length:
+        train = length_grouped_order(train, settings.batch_size, seed)
+    return DPOTrainer(
+        model=model_path,
+        args=dpo_arguments(settings, out / "checkpoints", seed, held_out is not None),
+        train_dataset=train,
+        eval_dataset=held_out.select_columns(columns) if held_out is not None else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+    )
+
+
+def train_dpo(
+    train: Any, held_out: Any | None, settings: DPOSection, model_path: str, out: Path, seed: int = 0
+) -> dict[str, Any]:
+    """Align the policy at `model_path` on prompt/chosen/rejected pairs; save it (LoRA merged) and a report."""
+    started = time.monotonic()
+    trainer = build_dpo_trainer(train, held_out, settings, model_path, out, seed)
+    tokenizer = trainer.processing_class
+    result = trainer.train()
+    metrics = trainer.evaluate() if held_out is not None else {}
+    model = trainer.model
+    if settings.lora.enabled:
+        model = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    report = {
+        "stage": "dpo",
+        "model": model_path,
+        "train_pairs": len(train),
+        "eval_pairs": len(held_out) if held_out is not None else 0,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "implicit_reward_accuracy": metrics.get("eval_rewards/accuracies"),
+        "eval_margin": metrics.get("eval_rewards/margins"),
+        "eval_loss": metrics.get("eval_loss"),
+        "settings": settings.model_dump(mode="json"),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(out / "eval_report.json", report)
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return report

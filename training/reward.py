@@ -1,0 +1,158 @@
+"""Reward model: TRL's RewardTrainer on a sequence-classification model with one output (Bradley-Terry).
+
+Pairs are tokenized here, exactly as `judges.reward_model` reads them when judging (chat template, or
+conversation/answer text pairs for encoders, the conversation cut from the left), so the trained model
+scores the same inputs it learnt from: TRL's own tokenization would filter pairs longer than max_length
+and ignore encoders' segment ids. The saved folder is usable as a judge (`judge.mode: reward_model`),
+for best-vs-worst pairing, and as the reward of PPO.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from judges.reward_model import encode_reward_inputs
+from rlaif.config import RewardSection
+from rlaif.run_files import write_json_atomic
+
+
+def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
+    """chosen_ids / rejected_ids (and segment ids, and a margin when asked) for RewardTrainer."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        answers = {side: [messages[-1]["content"] for messages in batch[side]] for side in ("chosen", "rejected")}
+        out: dict[str, list[Any]] = {}
+        for side in ("chosen", "rejected"):
+            encoded = encode_reward_inputs(tokenizer, batch["prompt"], answers[side], max_length)
+            out[f"{side}_ids"] = encoded["input_ids"]
+            if "token_type_ids" in encoded:
+                out[f"{side}_token_type_ids"] = encoded["token_type_ids"]
+        # What the length-grouped sampler sorts by (the Trainer reads this column).
+        out["length"] = [max(len(c), len(r)) for c, r in zip(out["chosen_ids"], out["rejected_ids"], strict=True)]
+        if margin_scale > 0:
+            out["margin"] = [margin_scale * float(c) for c in batch["confidence"]]
+        return out
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing pairs")
+
+
+class PairCollator:
+    """Chosen sequences first, then rejected, padded on the right; segment ids and margins kept."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        sequences = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        width = max(len(s) for s in sequences)
+        batch = {
+            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+        }
+        if "chosen_token_type_ids" in examples[0]:
+            segments = [e["chosen_token_type_ids"] for e in examples] + [e["rejected_token_type_ids"] for e in examples]
+            batch["token_type_ids"] = torch.tensor([s + [0] * (width - len(s)) for s in segments])
+        if "margin" in examples[0]:
+            batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
+        return batch
+
+
+def train_reward_model(
+    train: Any, held_out: Any | None, settings: RewardSection, model_path: str, out: Path, seed: int = 0
+) -> dict[str, Any]:
+    """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    on_gpu = torch.cuda.is_available()
+    args = RewardConfig(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size * 2,
+        max_length=None,  # already truncated (from the left) by tokenize_pairs
+        remove_unused_columns=False,
+        eval_strategy="epoch" if held_out is not None else "no",
+        save_strategy="no",
+        logging_steps=10,
+        report_to=[],
+        bf16=on_gpu,
+        seed=seed,
+        # Sequences of similar length in one batch: less padding.
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        dataset_num_proc=None,
+    )
+    train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
+    eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_tokens,
+        eval_dataset=eval_tokens,
+        processing_class=tokenizer,
+        data_collator=PairCollator(tokenizer.pad_token_id),
+    )
+    trainer.train()
+    held_out_figures = pairwise_accuracy(trainer.model, eval_tokens, PairCollator(tokenizer.pad_token_id))
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))
+    tokenizer.model_max_length = settings.max_length  # the judge then reads inputs as the model learnt them
+    tokenizer.save_pretrained(str(out))
+    report = {
+        "stage": "reward",
+        "model": model_path,
+        "train_pairs": len(train),
+        "eval_pairs": len(held_out) if held_out is not None else 0,
+        **held_out_figures,
+        "settings": settings.model_dump(mode="json"),
+        "wall_s": round(time.monotonic() - started, 1),
+        "device": "cuda" if on_gpu else "cpu",
+    }
+    write_json_atomic(out / "eval_report.json", report)
+    _drop_checkpoints(out)
+    return report
+
+
+def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batch_size: int = 32) -> dict[str, Any]:
+    """Exact held-out accuracy (share of pairs whose chosen answer scores higher) and mean margin."""
+    import torch
+
+    if pairs is None or len(pairs) == 0:
+        return {"accuracy": None, "mean_margin": None}
+    model.eval()
+    margins: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            rows = [pairs[i] for i in range(start, min(start + batch_size, len(pairs)))]
+            batch = {k: v.to(model.device) for k, v in collate(rows).items() if k != "margin"}
+            scores = model(**batch).logits[:, 0].float()
+            chosen, rejected = scores.chunk(2)
+            margins.extend((chosen - rejected).tolist())
+    return {
+        "accuracy": sum(1 for m in margins if m > 0) / len(margins),
+        "mean_margin": sum(margins) / len(margins),
+    }
+
+
+def _drop_checkpoints(out: Path) -> None:
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def read_report(out: Path) -> dict[str, Any]:
+    return json.loads((out / "eval_report.json").read_text(encoding="utf-8"))

@@ -1,0 +1,72 @@
+"""SFT warm start: TRL's SFTTrainer on the chosen answers (prompt -> chosen), loss on the answers only."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import SFTSection
+from rlaif.run_files import write_json_atomic
+
+
+def train_sft(
+    train: Any, held_out: Any | None, settings: SFTSection, model_path: str, out: Path, seed: int = 0
+) -> dict[str, Any]:
+    """Fine-tune the policy on prompt/chosen; save it and a report with the held-out loss."""
+    import torch
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.monotonic()
+    on_gpu = torch.cuda.is_available()
+
+    def as_completion(dataset: Any) -> Any:
+        return dataset.map(
+            lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
+            remove_columns=dataset.column_names,
+        )
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trainer = SFTTrainer(
+        model=model_path,
+        args=SFTConfig(
+            output_dir=str(out / "checkpoints"),
+            learning_rate=settings.learning_rate,
+            num_train_epochs=settings.epochs,
+            max_steps=settings.max_steps,
+            per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=settings.batch_size,
+            max_length=settings.max_length,
+            bf16=on_gpu if settings.bf16 is None else settings.bf16,
+            save_strategy="no",
+            logging_steps=10,
+            report_to=[],
+            seed=seed,
+            use_cpu=not on_gpu,
+        ),
+        train_dataset=as_completion(train),
+        eval_dataset=as_completion(held_out) if held_out is not None else None,
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    metrics = trainer.evaluate() if held_out is not None else {}
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    report = {
+        "stage": "sft",
+        "model": model_path,
+        "train_pairs": len(train),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "eval_loss": metrics.get("eval_loss"),
+        "settings": settings.model_dump(mode="json"),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(out / "eval_report.json", report)
+    return report

@@ -1,0 +1,65 @@
+"""The training stages behind `rlaif train` and the `rlaif-train` flow: data, split, model, output folder.
+
+Defaults come from the config's `train` section: data is the run's merged dataset (RUN_DIR/dataset),
+outputs go to <train.out or RUN_DIR/train>/<stage>, PPO's reward model is the reward stage's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from rlaif.config import Config
+from rlaif.models import resolve_model
+
+Stage = Literal["reward", "dpo", "ppo", "sft"]
+
+
+def stage_output(config: Config, stage: Stage) -> Path:
+    """Where a stage writes by default: <train.out or RUN_DIR/train>/<stage>."""
+    return (Path(config.train.out) if config.train.out else config.run.directory() / "train") / stage
+
+
+def run_stage(
+    config: Config,
+    stage: Stage,
+    say: Callable[[str], None] = print,
+    model: str | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json)."""
+    from training.data import held_out_split, load_preferences
+
+    data = config.train.data or str(config.run.directory())
+    dataset = load_preferences(data, config.train.format, seed=config.run.seed)
+    train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
+    out = out or stage_output(config, stage)
+    settings = getattr(config.train, stage)
+    model_path = str(resolve_model(model or settings.model, say=say))
+    say(
+        f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
+        f"from {data}, model {model_path} -> {out}"
+    )
+    seed = config.run.seed
+    if stage == "reward":
+        from training.reward import train_reward_model
+
+        return train_reward_model(train, held_out, settings, model_path, out, seed)
+    if stage == "dpo":
+        from training.dpo import train_dpo
+
+        return train_dpo(train, held_out, settings, model_path, out, seed)
+    if stage == "sft":
+        from training.sft import train_sft
+
+        return train_sft(train, held_out, settings, model_path, out, seed)
+    from training.ppo import train_ppo
+
+    reward_model = settings.reward_model or str(stage_output(config, "reward"))
+    if not (Path(reward_model) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"PPO needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
+            "or set train.ppo.reward_model)"
+        )
+    return train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say=say)
