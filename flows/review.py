@@ -15,6 +15,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
+from flows.parameters import ConfigOverrides, run_config
 from rlaif.config import Config
 from rlaif.merge import merge_run
 from rlaif.review_store import ReviewStore
@@ -34,8 +35,13 @@ def emit_queue_emptied(run_id: str) -> None:
 
 
 @flow(name="rlaif-merge")
-async def merge_flow(config: Config, on_pending: Literal["block", "judge"] | None = None) -> dict[str, Any]:
+async def merge_flow(
+    config: Config | str | None = None,
+    overrides: ConfigOverrides | None = None,
+    on_pending: Literal["block", "judge"] | None = None,
+) -> dict[str, Any]:
     """Merge a labelled run's judge labels and human labels into RUN_DIR/dataset."""
+    config = run_config(config, overrides)
     logger = get_run_logger()
     run_dir = config.run.directory()
     with ReviewStore.open(config.review_db()) as store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,6 +53,9 @@ def say(message: str) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
+    # Prefect reads its settings when first imported (the commands import it lazily, after this): the
+    # temporary local server that runs flows without PREFECT_API_URL sends no usage telemetry.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -194,13 +198,82 @@ def train(
 
 @app.command()
 @friendly_errors
-def demo(overrides: SetOption = None) -> None:
-    """The main job on the embedded defaults: SmolLM2 samples answers to MT-Bench prompts and judges them."""
+def deploy(config: ConfigArg = None, overrides: SetOption = None) -> None:
+    """Serve the deployments rlaif-pipeline, rlaif-label, rlaif-merge and rlaif-train (named deploy.name) with
+    the config's schedules, and run their flows here until interrupted. Needs PREFECT_API_URL.
+
+    Start runs with e.g. `prefect deployment run 'rlaif-pipeline/default' --param config=CONFIG
+    --param overrides='{"judge.prompt": "prompts/my_judge.md.j2"}'`.
+    """
+    cfg = load_config(config, overrides)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(
+            "rlaif deploy needs a Prefect server: start one (`prefect server start`) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    from flows.deployments import serve_deployments
+
+    say(f"serving rlaif-pipeline, rlaif-label, rlaif-merge, rlaif-train as '{cfg.deploy.name}'")
+    serve_deployments(str(config) if config else None, overrides or [], cfg)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    overrides: SetOption = None,
+    auto_review: Annotated[
+        bool,
+        typer.Option(
+            "--auto-review",
+            help="Demo only: answer the review queue with the judge's own verdicts (reviewer demo-auto-reviewer) "
+            "so the run goes on to merge and training. Without it the demo stops at the review step.",
+        ),
+    ] = False,
+) -> None:
+    """The main job on the embedded defaults: SmolLM2 samples and judges answers to MT-Bench prompts, people
+    review ~10%, then merge, a reward model and a short DPO; ends with a summary and RUN_DIR/report.html."""
+    from judges.factory import check_judge
+    from rlaif.prompt_sources import load_configured_prompts
+
     cfg = load_config(None, overrides)
-    report = _label(cfg)
+    check_judge(cfg.judge)
+    load_configured_prompts(cfg.prompts)
+    from flows.pipeline import rlaif_pipeline
+
+    result = asyncio.run(rlaif_pipeline(cfg, auto_review=auto_review))
     run = cfg.run.directory()
     _show_examples(run)
-    typer.echo(_report_lines(cfg, report))
+    typer.echo(_report_lines(cfg, result["label"]))
+    report = result["report"]
+    if result["status"] == "waiting_for_review":
+        from rlaif.review_store import ReviewStore
+
+        with ReviewStore.open(cfg.review_db()) as store:
+            token = store.add_reviewer("demo-reviewer")
+        typer.echo(
+            "\n".join(
+                [
+                    f"review: {result['open_review_items']} pairs wait for people. Serve the review page with",
+                    f"  rlaif review serve --db {cfg.review_db()}",
+                    "then open http://127.0.0.1:8000/ and sign in with this token (reviewer demo-reviewer):",
+                    f"  {token}",
+                    "When the queue is done, run the same `rlaif demo` command again: it reuses the labelled",
+                    "shards and goes on with the merge and training (`--auto-review` answers the queue itself).",
+                    f"report so far: {report}",
+                ]
+            )
+        )
+        return
+    merge = result["merge"]
+    lines = [
+        f"dataset: {merge['dataset']} ({merge['rows']} rows, label sources {merge['label_sources']})",
+        f"  card: {Path(merge['dataset']) / 'README.md'}",
+    ]
+    for stage, stage_report in result.get("train", {}).items():
+        figure = stage_report.get("accuracy", stage_report.get("implicit_reward_accuracy"))
+        lines.append(f"{stage}: {run / 'train' / stage} (held-out accuracy {figure})")
+    lines.append(f"report: {report} (open it in a browser)")
+    typer.echo("\n".join(lines))
 
 
 def _label(cfg: Config) -> dict[str, Any]:

@@ -248,7 +248,9 @@ class DPOSection(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
     precompute_ref_log_probs: bool = Field(
-        True, description="One pass of the reference model before training instead of one per step."
+        True,
+        description="One pass of the reference model before training instead of one per step (skipped when "
+        "max_steps stops training before it has seen every pair).",
     )
     group_by_length: bool = Field(True, description="Batch pairs of similar length: less padding.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
@@ -308,10 +310,34 @@ class TrainSection(Section):
     out: str | None = Field(None, description="Folder of the stages' outputs (<out>/<stage>); default RUN_DIR/train.")
     method: Literal["dpo", "ppo"] = Field("dpo", description="What train_pipeline runs after the reward model.")
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
+    in_pipeline: bool = Field(True, description="rlaif-pipeline trains (rlaif-train) after the merge.")
     reward: RewardSection = Field(default_factory=RewardSection)
     dpo: DPOSection = Field(default_factory=DPOSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
     sft: SFTSection = Field(default_factory=SFTSection)
+
+
+class ScheduleSection(Section):
+    """One schedule of `rlaif deploy`: which flow, when (cron or interval), and its own parameters."""
+
+    flow: Literal["rlaif-pipeline", "rlaif-label", "rlaif-merge", "rlaif-train"] = "rlaif-pipeline"
+    cron: str | None = Field(None, description="Cron expression, e.g. '0 2 * * *' (nightly at 02:00).")
+    interval_s: float | None = Field(None, gt=0, description="Or: every this many seconds.")
+    timezone: str = Field("UTC", description="Time zone of the cron expression.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Config keys this schedule's runs override, e.g. {'prompts.limit': 100}."
+    )
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleSection:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("give either cron or interval_s")
+        return self
+
+
+class DeploySection(Section):
+    name: str = Field("default", description="Deployment name: `prefect deployment run 'rlaif-pipeline/<name>'`.")
+    schedules: list[ScheduleSection] = Field(default_factory=list, description="Schedules of `rlaif deploy`.")
 
 
 class Config(Section):
@@ -326,6 +352,7 @@ class Config(Section):
     review: ReviewSection = Field(default_factory=ReviewSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    deploy: DeploySection = Field(default_factory=DeploySection)
 
     def review_db(self) -> str:
         """The review database URL: `review.db`, or a SQLite file beside the run directory."""

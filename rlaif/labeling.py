@@ -27,7 +27,7 @@ from judges.reward_model import RewardModelScorer
 from rlaif.config import Config
 from rlaif.generation import BackendError, GenerationBackend
 from rlaif.pairs import make_pairs
-from rlaif.review_store import ReviewStore
+from rlaif.review_store import ReviewStore, ReviewStoreError
 from rlaif.routing import RoutingDecision, route_for_review, routing_counts
 from rlaif.run_directory import RunDirectory, read_records, source_hash
 from rlaif.run_files import write_json_atomic, write_jsonl_atomic
@@ -197,7 +197,7 @@ def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]
                         Judgment.model_validate(row["judgment"]),
                     )
                 except (KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"{path}:{number}: not a review queue row: {exc}") from None
+                    raise ReviewStoreError(f"{path}:{number}: not a review queue row: {exc}") from None
 
 
 def enqueue_routed(run: RunDirectory, config: Config) -> int:

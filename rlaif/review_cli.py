@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from rlaif.cli_errors import friendly_errors
 from rlaif.config import Config, load_config
 from rlaif.run_files import write_json_atomic, write_jsonl_atomic
+
+if TYPE_CHECKING:
+    from rlaif.review_store import ReviewStore
 
 review_app = typer.Typer(
     help="The human-review queue: serve it, hand out tokens, export and import.", no_args_is_help=True
@@ -31,7 +35,7 @@ def database_url(db: str | None, config: Path | None) -> str:
     return load_config(config, [f"review.db={json.dumps(db)}"] if db else []).review_db()
 
 
-def _open(db: str | None, config: Path | None):  # noqa: ANN202 - returns ReviewStore (imported lazily)
+def _open(db: str | None, config: Path | None) -> ReviewStore:
     from rlaif.review_store import ReviewStore
 
     return ReviewStore.open(database_url(db, config))
@@ -164,7 +168,7 @@ def import_queue(
     """Load an exported queue: missing items and labels are added, existing ones kept."""
     from rlaif.review_store import ReviewStoreError
 
-    def rows():  # noqa: ANN202
+    def rows() -> Iterator[dict[str, Any]]:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if line.strip():

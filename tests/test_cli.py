@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import datasets
 import typer.main
 
 from rlaif.cli import app
@@ -89,27 +90,41 @@ def test_sample_through_a_launched_transformers_server(smollm2_dir, tmp_path):
     assert {r["model"] for r in rows} == {"smollm2-135m-instruct"}
 
 
-def test_demo_runs_on_the_embedded_defaults(smollm2_dir, tmp_path, shared_data):
+def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm2_dir, tmp_path, shared_data, browser):
     project = Path(__file__).resolve().parent.parent
     run = tmp_path / "run"
-    result = rlaif(
-        "demo",
-        "--set",
-        "prompts.limit=1",
-        "--set",
-        "sampling.n=2",
-        "--set",
-        "sampling.max_tokens=8",
-        "--set",
-        f"run.dir={run}",
-        cwd=project,
+    small = ["prompts.limit=2", "sampling.n=3", "sampling.max_tokens=16", f"run.dir={run}", "review.fraction=0.4"]
+    small += ["train.reward.epochs=1", "train.dpo.max_steps=1"]
+    sets = [item for value in small for item in ("--set", value)]
+
+    stopped = rlaif("demo", *sets, cwd=project)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "PROMPT: Compose an engaging travel blog post" in stopped.stdout  # a judged pair is shown
+    assert "2 prompts, 6 candidates, 6 pairs judged in both orders" in stopped.stdout
+    assert (
+        "pairs wait for people" in stopped.stdout and f"rlaif review serve --db sqlite:///{tmp_path}" in stopped.stdout
     )
-    assert result.returncode == 0, result.stderr
-    assert "PROMPT: Compose an engaging travel blog post" in result.stdout  # a judged pair is shown
-    assert f"run directory: {run}" in result.stdout and f"summary: {run / 'report.json'}" in result.stdout
-    assert "1 prompts, 2 candidates, 1 pairs judged in both orders" in result.stdout
-    report = json.loads((run / "report.json").read_text())
-    assert report["judge_mode"] == "logprob" and report["judged_ok"] == 1
+    token = stopped.stdout.split("sign in with this token (reviewer demo-reviewer):")[1].split()[0]
+    assert len(token) > 30 and not (run / "dataset").exists()
+
+    finished = rlaif("demo", "--auto-review", *sets, cwd=project)
+    assert finished.returncode == 0, finished.stderr
+    assert "finished earlier, reused" in finished.stderr  # the labelled shards of the first run
+    assert f"dataset: {run / 'dataset'}" in finished.stdout and f"report: {run / 'report.html'}" in finished.stdout
+    rows = datasets.load_from_disk(str(run / "dataset"))
+    assert "demo-auto-reviewer" in {name for names in rows["reviewers"] for name in names}
+    for stage in ("reward", "dpo"):
+        assert (run / "train" / stage / "eval_report.json").is_file()
+
+    page = browser.new_page(viewport={"width": 1000, "height": 1400})
+    page.goto((run / "report.html").as_uri())
+    for chart in ("#chart-confidence", "#chart-label-sources", "#chart-audit", "#chart-accuracy"):
+        assert page.locator(chart).count() == 1, chart
+    assert page.locator("#chart-label-sources svg rect").count() >= 1
+    assert page.locator("#chart-accuracy svg rect").count() == 2  # reward model and DPO
+    screenshot = page.screenshot(full_page=True)
+    page.close()
+    assert len(screenshot) > 20_000 and screenshot[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_missing_api_key_variable_is_named():

@@ -179,7 +179,12 @@ def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_t
 
     with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
         overrides = scripted_overrides(
-            server, prompts_file(tmp_path, 12), tmp_path / "run", "review.fraction=0.25", "run.name=waiting"
+            server,
+            prompts_file(tmp_path, 12),
+            tmp_path / "run",
+            "review.fraction=0.25",
+            "run.name=waiting",
+            "train.in_pipeline=false",
         )
         config = load_config(None, overrides)
         first = asyncio.run(rlaif_pipeline(config))

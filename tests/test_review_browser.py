@@ -3,39 +3,14 @@ label with the keyboard, see progress; hostile candidates show as text and run n
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
-import pytest
-
 from rlaif.review_app import stored_label
 from rlaif.review_store import ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
 from tests.review_fixtures import RLAIF, ReviewServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCRIPT = "<script>window.__pwned = 'script'</script>"
 IMAGE = "<img src=x onerror=\"window.__pwned = 'img'\">"
 LINK = "[click me](javascript:window.__pwned='link')"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def hostile_queue(run_id: str) -> list[tuple[ReviewItem, Pair, Judgment]]:

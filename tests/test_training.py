@@ -192,7 +192,7 @@ def merged_run(tmp_path_factory, prefect_server):
 def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(merged_run, smollm2_dir):
     from transformers import AutoModelForCausalLM
 
-    from flows.training import train_pipeline
+    from flows.train import train_pipeline
 
     run = merged_run.run.directory()
     assert datasets.load_from_disk(str(run / "dataset")).num_rows > 5

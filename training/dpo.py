@@ -43,12 +43,18 @@ def length_grouped_order(dataset: Any, batch_size: int, seed: int) -> Any:
     return dataset.select([i for batch in batches for i in batch])
 
 
-def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, has_eval: bool) -> Any:
-    """DPOConfig from our settings; bf16 defaults to on when a GPU is present."""
+def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs: int) -> Any:
+    """DPOConfig from our settings; bf16 defaults to on when a GPU is present.
+
+    The reference pass is precomputed only when training sees every pair at least once: a short run
+    (max_steps) would pay for log-probs of pairs it never trains on.
+    """
     import torch
     from trl import DPOConfig
 
     on_gpu = torch.cuda.is_available()
+    pairs_seen = settings.max_steps * settings.batch_size * settings.gradient_accumulation_steps
+    precompute = settings.precompute_ref_log_probs and (settings.max_steps < 0 or pairs_seen >= train_pairs)
     return DPOConfig(
         output_dir=str(output_dir),
         beta=settings.beta,
@@ -59,7 +65,7 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, has_eval: b
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
-        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        precompute_ref_log_probs=precompute,
         # The reference pass is inference only: bigger batches where the memory is (a GPU).
         precompute_ref_batch_size=settings.batch_size * (4 if on_gpu else 1),
         gradient_checkpointing=settings.gradient_checkpointing,
@@ -104,7 +110,7 @@ def build_dpo_trainer(
         train = length_grouped_order(train, settings.batch_size, seed)
     return DPOTrainer(
         model=model_path,
-        args=dpo_arguments(settings, out / "checkpoints", seed, held_out is not None),
+        args=dpo_arguments(settings, out / "checkpoints", seed, len(train)),
         train_dataset=train,
         eval_dataset=held_out.select_columns(columns) if held_out is not None else None,
         processing_class=tokenizer,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlaif.config import Config
+from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
@@ -33,6 +34,8 @@ def run_stage(
 
     data = config.train.data or str(config.run.directory())
     dataset = load_preferences(data, config.train.format, seed=config.run.seed)
+    if len(dataset) < 2:
+        raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
     train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
     out = out or stage_output(config, stage)
     settings = getattr(config.train, stage)

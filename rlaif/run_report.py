@@ -1,0 +1,74 @@
+"""RUN_DIR/report.html: one static page with the figures and charts of a run, readable without a server.
+
+Charts are inline SVG drawn from the run's files: label sources of the merged dataset, the judge's
+confidence histogram, judge-vs-human agreement on the audit sample (with its 95% interval) and the
+held-out accuracy of the trained models. Parts whose files are missing are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from rlaif.run_directory import RunDirectory, read_manifest, read_records
+from rlaif.run_files import write_text_atomic
+from rlaif.schema import Judgment
+
+BINS = 10
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def bars(values: dict[str, float], maximum: float | None = None) -> list[dict[str, Any]]:
+    """Bar geometry (share of the largest, 0..1) for a label -> value mapping."""
+    top = maximum if maximum is not None else max(values.values(), default=0) or 1
+    return [{"label": str(k), "value": v, "share": (v / top) if top else 0} for k, v in values.items()]
+
+
+def confidence_histogram(run: RunDirectory) -> list[dict[str, Any]]:
+    counts = [0] * BINS
+    manifest = read_manifest(run)
+    for shard in manifest["shards"]:
+        for judgment in read_records(run.root / shard["judgments"], Judgment):
+            if judgment.confidence is not None:
+                counts[min(BINS - 1, int(judgment.confidence * BINS))] += 1
+    return bars({f"{i / BINS:.1f}-{(i + 1) / BINS:.1f}": c for i, c in enumerate(counts)})
+
+
+def write_html_report(run_dir: Path) -> Path:
+    """Render RUN_DIR/report.html from whatever stages of the run have finished."""
+    run = RunDirectory(run_dir)
+    labeling = _json(run.report) or {}
+    merge = _json(run.dataset / "merge.json")
+    training = {stage: _json(run_dir / "train" / stage / "eval_report.json") for stage in ("reward", "dpo", "ppo")}
+    accuracies = {
+        name: value
+        for name, value in (
+            ("reward model: held-out accuracy", (training["reward"] or {}).get("accuracy")),
+            ("DPO: implicit-reward accuracy", (training["dpo"] or {}).get("implicit_reward_accuracy")),
+        )
+        if value is not None
+    }
+    audit = (merge or {}).get("audit_agreement")
+    environment = Environment(
+        loader=PackageLoader("rlaif", "review_web"), undefined=StrictUndefined, autoescape=select_autoescape(["j2"])
+    )
+    page = environment.get_template("report.html.j2").render(
+        run=labeling.get("run", run_dir.name),
+        run_dir=str(run_dir),
+        labeling=labeling,
+        merge=merge,
+        training={k: v for k, v in training.items() if v},
+        label_sources=bars(merge["label_sources"]) if merge else [],
+        confidence=confidence_histogram(run) if run.manifest.is_file() else [],
+        audit=audit,
+        accuracies=bars(accuracies, maximum=1.0),
+    )
+    target = run_dir / "report.html"
+    write_text_atomic(target, page)
+    return target

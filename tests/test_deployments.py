@@ -1,0 +1,205 @@
+"""End to end with a real `prefect server start` on loopback: `rlaif deploy` serves the deployments,
+`prefect deployment run` starts them with parameters (a custom judge prompt among them), a bad parameter
+is refused when the run is created, a cron schedule fires, and the review service's queue-emptied
+event starts the merge deployment."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import httpx
+import pytest
+import yaml
+
+from rlaif.run_directory import read_records
+from rlaif.schema import Judgment
+from tests.review_fixtures import ReviewServer, free_port
+from tests.scripted_openai_server import ScriptedOpenAIServer
+from tests.test_labeling_flow import fake_judge_or_policy, prompts_file
+
+BIN = Path(sys.executable).parent
+PREFECT = str(BIN / "prefect")
+RLAIF = str(BIN / "rlaif")
+
+
+def wait_for(check, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """`prefect server start` on a free loopback port, with its own home and database."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    }
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for(lambda: _healthy(url), 120, "the Prefect server")
+        yield {**env, "PREFECT_API_URL": url}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_trigger(prefect_api, tmp_path):
+    template = tmp_path / "my_judge.md.j2"
+    template.write_text(
+        "---\nname: my_judge\nversion: 1\nmodes: [verdict]\n---\n"
+        "MY JUDGE. {{ question }}\n<answer_a>\n{{ answer_a }}\n</answer_a>\n<answer_b>\n{{ answer_b }}\n</answer_b>\n"
+        "Answer [[A]] or [[B]].\n"
+    )
+    with ScriptedOpenAIServer(reply=fake_judge_or_policy) as endpoint:
+        config = {
+            "run": {"name": "nightly", "dir": str(tmp_path / "runs" / "nightly"), "prompts_per_shard": 5},
+            "prompts": {"path": str(prompts_file(tmp_path, 8))},
+            "policy": {"backend": "openai", "base_urls": [endpoint.base_url], "model": "policy"},
+            "sampling": {"n": 3},
+            "judge": {"backend": "openai", "base_urls": [endpoint.base_url], "model": "judge", "mode": "verdict"},
+            "review": {"fraction": 0.25, "audit_fraction": 0.1},
+            "train": {"in_pipeline": False},
+            "deploy": {
+                "name": "e2e",
+                "schedules": [
+                    {
+                        "flow": "rlaif-label",
+                        "cron": "* * * * *",
+                        "overrides": {"run.name": "cron", "run.dir": str(tmp_path / "runs" / "cron")},
+                    }
+                ],
+            },
+        }
+        config_path = tmp_path / "nightly.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log = tmp_path / "deploy.log"
+        served = subprocess.Popen(
+            [RLAIF, "deploy", str(config_path)],
+            env=prefect_api,
+            cwd=tmp_path,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(
+                lambda: "rlaif-merge/e2e" in prefect(prefect_api, "deployment", "ls").stdout, 120, "the deployments"
+            )
+
+            # A bad parameter is refused when the run is created, naming the key.
+            refused = prefect(
+                prefect_api, "deployment", "run", "rlaif-label/e2e", "--param", 'overrides={"sampling.nn": 3}'
+            )
+            assert refused.returncode != 0 and "sampling.nn" in refused.stdout + refused.stderr
+
+            # The pipeline with a custom judge prompt, started from the CLI, nothing routed: it ends merged.
+            overrides = {
+                "judge.prompt": str(template),
+                "run.name": "custom",
+                "run.dir": str(tmp_path / "runs" / "custom"),
+                "review.fraction": 0.0,
+                "review.audit_fraction": 0.0,
+            }
+            started = prefect(
+                prefect_api,
+                "deployment",
+                "run",
+                "rlaif-pipeline/e2e",
+                "--param",
+                f"config={config_path}",
+                "--param",
+                f"overrides={json.dumps(overrides)}",
+                "--watch",
+                timeout=600,
+            )
+            assert started.returncode == 0, started.stdout + log.read_text()[-4000:]
+            custom = tmp_path / "runs" / "custom"
+            expected_hash = hashlib.sha256(template.read_bytes()).hexdigest()[:16]
+            judgments = [j for p in (custom / "judgments").glob("*.jsonl") for j in read_records(p, Judgment)]
+            assert len(judgments) == 24 and {j.template_hash for j in judgments} == {expected_hash}
+            assert datasets.load_from_disk(str(custom / "dataset")).num_rows > 0
+
+            # The default run: items wait for review; people finish them; the event starts rlaif-merge.
+            labelled = prefect(prefect_api, "deployment", "run", "rlaif-label/e2e", "--watch", timeout=600)
+            assert labelled.returncode == 0, labelled.stdout + log.read_text()[-4000:]
+            nightly = tmp_path / "runs" / "nightly"
+            assert not (nightly / "dataset").exists()
+            db = f"sqlite:///{tmp_path / 'runs' / 'review.db'}"
+            from rlaif.review_store import ReviewStore
+
+            with ReviewStore.open(db) as store:
+                token = store.add_reviewer("carol")
+            with (
+                ReviewServer(db, prefect_api_url=prefect_api["PREFECT_API_URL"]) as review,
+                httpx.Client(base_url=review.url, headers={"Authorization": f"Bearer {token}"}) as client,
+            ):
+                while (response := client.get("/api/runs/nightly/next")).status_code == 200:
+                    client.post(f"/api/items/{response.json()['id']}/label", json={"label": "a"}).raise_for_status()
+                wait_for(lambda: (nightly / "dataset" / "merge.json").is_file(), 120, "the triggered merge")
+            merged = json.loads((nightly / "dataset" / "merge.json").read_text())
+            assert merged["label_sources"]["human"] > 0 and merged["review_status"] == {"done": merged["routed"]}
+
+            # The cron schedule (every minute) has fired by now or does within a minute.
+            wait_for(lambda: (tmp_path / "runs" / "cron" / "report.json").is_file(), 150, "the cron run", 2)
+        finally:
+            served.terminate()
+            try:
+                served.wait(30)
+            except subprocess.TimeoutExpired:
+                served.kill()
+
+
+def test_prefect_yaml_deploys_into_process_work_pools(prefect_api):
+    """`prefect deploy --all` with the project's prefect.yaml registers the four deployments in their pools."""
+    project = Path(__file__).resolve().parent.parent
+    for pool in ("rlaif-cpu", "rlaif-gpu"):
+        created = prefect(prefect_api, "work-pool", "create", pool, "--type", "process")
+        assert created.returncode == 0, created.stdout + created.stderr
+    deployed = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"],
+        env=prefect_api,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    listed = prefect(prefect_api, "deployment", "ls").stdout
+    for name in ("rlaif-pipeline/default", "rlaif-label/default", "rlaif-merge/default", "rlaif-train/default"):
+        assert name in listed
+    inspected = prefect(prefect_api, "deployment", "inspect", "rlaif-train/default").stdout
+    assert "rlaif-gpu" in inspected
