@@ -1,0 +1,161 @@
+"""Sampling throughput of the in-process transformers backend against a plain `model.generate` loop,
+same prompts, same settings, same run.
+
+    python benchmarks/sampling_gpu.py --tokenizer DIR --out results.json [--prompts 128] [--n 4] [--max-tokens 256]
+
+SmolLM2-135M-shaped model from config (random weights: it rarely stops early, so every answer runs to
+max_tokens and both sides generate the same amount). The backend groups requests by settings and
+batches prompts of similar length; the plain loop takes them in the given order. `--tiny` for a CPU check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build_model(tokenizer_dir: str, folder: Path, tiny: bool) -> str:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    shape = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        if tiny
+        else dict(
+            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+        )
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, **shape)
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return str(folder)
+
+
+def plain_loop(model_path: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The peer: model.generate over the prompts in order, batch by batch, bf16 on a GPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+    ).to(device)
+    started = time.perf_counter()
+    generated = 0
+    for start in range(0, len(texts), args.batch):
+        chat = [
+            tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            for t in texts[start : start + args.batch]
+        ]
+        inputs = tokenizer(chat, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                do_sample=True,
+                temperature=0.8,
+                top_p=0.95,
+                top_k=None,  # as the backend (and OpenAI-style APIs): nucleus sampling over the whole vocabulary
+                max_new_tokens=args.max_tokens,
+                num_return_sequences=args.n,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        generated += int((new != tokenizer.pad_token_id).sum())
+    seconds = time.perf_counter() - started
+    return {
+        "name": "plain model.generate loop",
+        "seconds": round(seconds, 2),
+        "tokens": generated,
+        "tokens_per_s": round(generated / seconds, 1),
+    }
+
+
+def backend(model_path: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    from rlaif.generation import GenerationRequest
+    from rlaif.transformers_backend import TransformersBackend
+
+    engine = TransformersBackend(model_path, batch_size=args.batch)
+    requests = [
+        GenerationRequest(
+            messages=[{"role": "user", "content": t}],
+            n=args.n,
+            temperature=0.8,
+            top_p=0.95,
+            max_tokens=args.max_tokens,
+            seed=i,
+        )
+        for i, t in enumerate(texts)
+    ]
+    started = time.perf_counter()
+    asyncio.run(engine.generate(requests))
+    seconds = time.perf_counter() - started
+    tokens = engine.usage.completion_tokens
+    return {
+        "name": "rlaif transformers backend",
+        "seconds": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="/tmp/rlaif-sampling")
+    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16, help="Prompts per generate call (both sides).")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    folder = Path(args.work)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = build_model(args.tokenizer, folder / "model", args.tiny)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rng = random.Random(0)
+    texts = [
+        tokenizer.decode([rng.randrange(200, 49000) for _ in range(rng.randint(16, 256))], skip_special_tokens=True)
+        for _ in range(args.prompts)
+    ]
+    plain_loop(model_path, texts[: args.batch], args)  # warm-up (CUDA kernels, allocator)
+    runs = [plain_loop(model_path, texts, args), backend(model_path, texts, args)]
+    import transformers
+
+    results = {
+        "benchmark": "sampling, in-process transformers backend vs plain generate loop",
+        "model": "SmolLM2-135M-shaped (random weights)" if not args.tiny else "tiny Llama",
+        "prompts": args.prompts,
+        "n": args.n,
+        "batch": args.batch,
+        "max_tokens": args.max_tokens,
+        "runs": runs,
+        "ratio_backend_vs_plain": round(runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"], 3),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
