@@ -464,13 +464,6 @@ class ReviewStore:
             emptied = self._mark_if_emptied(conn, run_id, stamp)
         return Submission(item_id, run_id, status, emptied)
 
-    def release(self, item_id: str, reviewer: str) -> None:
-        """Give a claimed item back without labelling it."""
-        run_id = self._run_of(item_id)
-        with self._transaction(run_id) as conn:
-            conn.execute(delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer))
-            self._update_status(conn, item_id, now())
-
     def _run_of(self, item_id: str) -> str:
         with self.engine.connect() as conn:
             run_id = conn.execute(select(ItemRow.run_id).where(ItemRow.id == item_id)).scalar()

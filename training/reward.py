@@ -9,7 +9,6 @@ for best-vs-worst pairing, and as the reward of PPO.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +151,3 @@ def _drop_checkpoints(out: Path) -> None:
     import shutil
 
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
-
-def read_report(out: Path) -> dict[str, Any]:
-    return json.loads((out / "eval_report.json").read_text(encoding="utf-8"))
