@@ -27,19 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_model(tokenizer_dir: str, folder: Path, tiny: bool) -> str:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    shape = (
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-        if tiny
-        else dict(
-            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
-        )
-    )
+    from benchmarks.training_gpu import smollm2_shaped_config
+
     torch.manual_seed(0)
-    LlamaForCausalLM(
-        LlamaConfig(vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, **shape)
-    ).save_pretrained(folder)
+    LlamaForCausalLM(smollm2_shaped_config(tiny)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
     return str(folder)
 

@@ -30,6 +30,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+TINY_SHAPE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+SMOLLM2_SHAPE = dict(
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+)
+
+
+def smollm2_shaped_config(tiny: bool) -> Any:
+    """A Llama config of SmolLM2-135M's shape (or a tiny one), for models built with random weights."""
+    from transformers import LlamaConfig
+
+    shape = TINY_SHAPE if tiny else SMOLLM2_SHAPE
+    return LlamaConfig(vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, **shape)
+
+
 def environment() -> dict[str, Any]:
     import transformers
     import trl
@@ -74,7 +90,7 @@ def qwen2_half_billion(tokenizer_dir: str, folder: Path, tiny: bool) -> str:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     shape = (
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        TINY_SHAPE
         if tiny
         else dict(
             hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
@@ -177,20 +193,13 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+    from transformers import LlamaForCausalLM, LlamaModel
 
     from rlaif.config import PPOSection
     from training.ppo import PPOTrainer, ValueModel, token_bonus_reward
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    shape = (
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-        if args.tiny
-        else dict(
-            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
-        )
-    )
-    config = LlamaConfig(vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True, **shape)
+    config = smollm2_shaped_config(args.tiny)
     torch.manual_seed(0)
     policy = LlamaForCausalLM(config).to(device)
     reference = LlamaForCausalLM(config).to(device)

@@ -36,9 +36,13 @@ def database_url(db: str | None, config: Path | None) -> str:
 
 
 def _open(db: str | None, config: Path | None) -> ReviewStore:
+    return _store(database_url(db, config))
+
+
+def _store(url: str) -> ReviewStore:
     from rlaif.review_store import ReviewStore
 
-    return ReviewStore.open(database_url(db, config))
+    return ReviewStore.open(url)
 
 
 @token_app.command("add")
@@ -115,7 +119,7 @@ def enqueue(
     from rlaif.run_directory import RunDirectory
 
     cfg = _run_config(run_dir, db)
-    with _open(cfg.review_db(), None) as store:
+    with _store(cfg.review_db()) as store:
         added = store.enqueue(
             cfg.run.name,
             read_review_queue(RunDirectory(run_dir).review_queue),
@@ -195,7 +199,7 @@ def merge(
     from rlaif.merge import merge_run
 
     cfg = _run_config(run_dir, db)
-    with _open(cfg.review_db(), None) as store:
+    with _store(cfg.review_db()) as store:
         result = merge_run(run_dir, cfg, store, on_pending=on_pending)
     figures = result.figures
     audit = figures["audit_agreement"]

@@ -67,3 +67,15 @@ def browser() -> Iterator[object]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         yield launched
         launched.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh review database: a SQLite file, then a new database on the PostgreSQL server on loopback."""
+    from tests.review_fixtures import fresh_postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'review.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url

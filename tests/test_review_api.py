@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,16 +13,7 @@ from fastapi.testclient import TestClient
 
 from rlaif.review_app import create_app, csrf_token, stored_label
 from rlaif.review_store import ReviewStore
-from tests.review_fixtures import RLAIF, ReviewServer, fresh_postgres_database, queue_entries
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'review.db'}"
-    else:
-        with fresh_postgres_database() as url:
-            yield url
+from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
 
 
 def add_reviewer(db_url: str, name: str) -> str:

@@ -11,16 +11,7 @@ from sqlalchemy import text
 
 from rlaif.config import ConfigError, load_config
 from rlaif.review_store import SCHEMA_VERSION, ClaimConflict, ReviewStore, ReviewStoreError, label_studio_tasks
-from tests.review_fixtures import fresh_postgres_database, queue_entries
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'review.db'}"
-    else:
-        with fresh_postgres_database() as url:
-            yield url
+from tests.review_fixtures import queue_entries
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from rlaif.run_files import write_json_atomic
+from training.outputs import finish_stage, load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
 
@@ -98,12 +98,9 @@ def build_dpo_trainer(
     train: Any, held_out: Any | None, settings: DPOSection, model_path: str, out: Path, seed: int = 0
 ) -> Any:
     """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here)."""
-    from transformers import AutoTokenizer
     from trl import DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     columns = ["prompt", "chosen", "rejected"]
     train = train.select_columns(columns)
     if settings.group_by_length:
@@ -146,8 +143,4 @@ def train_dpo(
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    write_json_atomic(out / "eval_report.json", report)
-    import shutil
-
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return report
+    return finish_stage(out, report)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from rlaif.config import PPOSection
+from training.outputs import finish_stage, load_tokenizer
 
 # score(queries, query_mask, responses, response_mask) -> one reward per sequence
 RewardFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -348,15 +349,13 @@ def train_ppo(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """PPO on the prompts of a preference dataset, rewarded by a reward model; saves the policy and a log."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from judges.reward_model import RewardModelScorer
 
     started = time.monotonic()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     policy = AutoModelForCausalLM.from_pretrained(model_path).to(device)
     reference = AutoModelForCausalLM.from_pretrained(model_path).to(device)
     value_model = ValueModel.from_pretrained(model_path).to(device)
@@ -406,10 +405,7 @@ def train_ppo(
         "wall_s": round(time.monotonic() - started, 1),
         "device": device,
     }
-    from rlaif.run_files import write_json_atomic
-
-    write_json_atomic(out / "eval_report.json", report)
-    return report
+    return finish_stage(out, report)
 
 
 @torch.no_grad()

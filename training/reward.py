@@ -15,7 +15,7 @@ from typing import Any
 
 from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
-from rlaif.run_files import write_json_atomic
+from training.outputs import finish_stage, load_tokenizer
 
 
 def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
@@ -66,13 +66,11 @@ def train_reward_model(
 ) -> dict[str, Any]:
     """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     on_gpu = torch.cuda.is_available()
@@ -121,9 +119,7 @@ def train_reward_model(
         "wall_s": round(time.monotonic() - started, 1),
         "device": "cuda" if on_gpu else "cpu",
     }
-    write_json_atomic(out / "eval_report.json", report)
-    _drop_checkpoints(out)
-    return report
+    return finish_stage(out, report)
 
 
 def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batch_size: int = 32) -> dict[str, Any]:
@@ -145,9 +141,3 @@ def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batc
         "accuracy": sum(1 for m in margins if m > 0) / len(margins),
         "mean_margin": sum(margins) / len(margins),
     }
-
-
-def _drop_checkpoints(out: Path) -> None:
-    import shutil
-
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)

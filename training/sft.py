@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from rlaif.run_files import write_json_atomic
+from training.outputs import finish_stage, load_tokenizer
 
 
 def train_sft(
@@ -16,7 +15,6 @@ def train_sft(
 ) -> dict[str, Any]:
     """Fine-tune the policy on prompt/chosen; save it and a report with the held-out loss."""
     import torch
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     started = time.monotonic()
@@ -28,9 +26,7 @@ def train_sft(
             remove_columns=dataset.column_names,
         )
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(
         model=model_path,
         args=SFTConfig(
@@ -57,7 +53,6 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     report = {
         "stage": "sft",
         "model": model_path,
@@ -68,5 +63,4 @@ def train_sft(
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    write_json_atomic(out / "eval_report.json", report)
-    return report
+    return finish_stage(out, report)
