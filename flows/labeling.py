@@ -1,10 +1,12 @@
-"""Prefect flows of the labeling pipeline: sample_candidates, judge_pairs, route_for_review, and rlaif-label.
+"""The Prefect flow of the labeling pipeline, rlaif-label: sample candidates, pair and judge them, route for review.
 
-Thin wrappers over `rlaif.labeling`. Tasks are coarse: one task run per shard (hundreds of items,
-with async concurrency inside), never one per item. A rerun skips finished shards: their files in
-the run directory are the cache, keyed by inputs, settings and the step's source code (Prefect's own
-result cache would live outside the run directory and outlive it). Models open on first use and
-stay open across the shards of a flow.
+Thin wrappers over `rlaif.labeling`. One flow run, with coarse tasks: a task run per shard and step
+(hundreds of items, with async concurrency inside), never one per item, and one for routing. The
+steps are plain functions inside the flow, not subflows: a subflow run costs API calls, and the shard
+plan is computed once. A rerun skips finished shards without starting a task run for them: their
+files in the run directory are the cache, keyed by inputs, settings and the step's source code
+(Prefect's own result cache would live outside the run directory and outlive it). Models open on
+first use and stay open across the shards of a step.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
@@ -23,6 +27,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from flows.parameters import ConfigOverrides, run_config
 from judges.factory import check_judge, open_judge
@@ -32,6 +37,7 @@ from rlaif.config import Config, dump_config
 from rlaif.generation import GenerationBackend, open_backend
 from rlaif.labeling import (
     ShardPlan,
+    count_lines,
     enqueue_routed,
     judge_shard,
     pair_shard,
@@ -41,9 +47,8 @@ from rlaif.labeling import (
     write_report,
 )
 from rlaif.models import resolve_model
-from rlaif.prompt_sources import load_configured_prompts
-from rlaif.routing import RoutingDecision
-from rlaif.run_directory import RunDirectory, read_records
+from rlaif.prompt_sources import iter_configured_prompts
+from rlaif.run_directory import RunDirectory
 from rlaif.run_files import write_text_atomic
 
 T = TypeVar("T")
@@ -75,15 +80,48 @@ async def _opened(value: T) -> AsyncIterator[T]:
 
 def _plans(config: Config) -> tuple[RunDirectory, list[ShardPlan]]:
     run = RunDirectory(config.run.directory())
-    prompts = load_configured_prompts(config.prompts)
-    return run, plan_shards(run, config, prompts)
+    return run, plan_shards(run, config, iter_configured_prompts(config.prompts))
 
 
-def _shard_line(step: str, plan: ShardPlan, total: int, count: int, reused: bool, seconds: float, unit: str) -> str:
-    if reused:
-        return f"{step} shard {plan.index + 1}/{total}: {count} {unit} (finished earlier, reused)"
-    rate = f", {count / seconds:.1f} {unit}/s" if seconds > 0 else ""
-    return f"{step} shard {plan.index + 1}/{total}: {count} {unit} in {seconds:.1f} s{rate}"
+class ShardProgress:
+    """Progress of a flow working through shards: a log line per shard it works on, one line for all the
+    shards finished earlier, and a progress artifact updated at most every few seconds.
+
+    Every log line and artifact update is a call to the Prefect API: on a rerun of 400 finished shards,
+    one line per shard would cost more than the work.
+    """
+
+    def __init__(self, step: str, unit: str, total: int, artifact: UUID, every_s: float = 5.0) -> None:
+        self.step, self.unit, self.total = step, unit, total
+        self.artifact, self.every_s = artifact, every_s
+        self.done = self.count = self.reused_shards = self.reused_count = 0
+        self._updated = time.monotonic()
+
+    async def shard_done(self, plan: ShardPlan, count: int, reused: bool, seconds: float) -> None:
+        self.done += 1
+        self.count += count
+        if reused:
+            self.reused_shards += 1
+            self.reused_count += count
+        else:
+            self._say_reused()
+            rate = f", {count / seconds:.1f} {self.unit}/s" if seconds > 0 else ""
+            self._say(f"{self.step} shard {plan.index + 1}/{self.total}: {count} {self.unit} in {seconds:.1f} s{rate}")
+        now = time.monotonic()
+        if self.done == self.total or now - self._updated >= self.every_s:
+            self._updated = now
+            self._say_reused()
+            await aupdate_progress_artifact(self.artifact, 100.0 * self.done / self.total)
+
+    def _say_reused(self) -> None:
+        if self.reused_shards:
+            self._say(
+                f"{self.step} {self.reused_shards} shards: {self.reused_count} {self.unit} (finished earlier, reused)"
+            )
+            self.reused_shards = self.reused_count = 0
+
+    def _say(self, line: str) -> None:
+        get_run_logger().info(line)
 
 
 @task(name="sample-shard", cache_policy=NO_CACHE)
@@ -91,84 +129,74 @@ async def sample_shard_task(plan: ShardPlan, config: Config, policy: OnFirstUse[
     return await sample_shard(plan, config, policy)
 
 
-@task(name="pair-shard", cache_policy=NO_CACHE)
-async def pair_shard_task(plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer]) -> tuple[int, bool]:
-    return await pair_shard(plan, config, scorer)
-
-
 @task(name="judge-shard", cache_policy=NO_CACHE)
-async def judge_shard_task(plan: ShardPlan, judge: OnFirstUse[Judge]) -> tuple[int, bool]:
+async def judge_shard_task(
+    plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer], judge: OnFirstUse[Judge]
+) -> tuple[int, bool]:
+    """Pairs of one shard, then their judgments: one task run, as pairing is quick next to judging."""
+    await pair_shard(plan, config, scorer)
     return await judge_shard(plan, judge)
 
 
-@flow(name="sample_candidates")
-async def sample_candidates_flow(config: Config) -> dict[str, int]:
-    """Sample `sampling.n` candidates per prompt, shard by shard."""
+async def _shard_step(output: Path, step: Task[..., Any], *arguments: Any) -> tuple[int, bool]:
+    """Run a shard step as a task, or count its finished file without starting a task run.
+
+    Arguments are quoted: Prefect would otherwise walk every prompt of the plan and every field of the
+    config looking for futures, on every task run.
+    """
+    if output.is_file():
+        return count_lines(output), True
+    return await step(*(quote(argument) for argument in arguments))
+
+
+async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:
+    """Sample `sampling.n` candidates per prompt, a task run per unfinished shard; returns the count."""
     logger = get_run_logger()
-    run, plans = _plans(config)
-    progress = await acreate_progress_artifact(
+    artifact = await acreate_progress_artifact(
         progress=0.0, key="sampling-progress", description="Shards of prompts sampled"
     )
-    total = 0
+    progress = ShardProgress("sampled", "candidates", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
-        for done, plan in enumerate(plans, start=1):
+        for plan in plans:
             started = time.monotonic()
-            count, reused = await sample_shard_task(plan, config, policy)
-            total += count
-            logger.info(
-                _shard_line("sampled", plan, len(plans), count, reused, time.monotonic() - started, "candidates")
-            )
-            await aupdate_progress_artifact(progress, 100.0 * done / len(plans))
-    return {"shards": len(plans), "candidates": total}
+            count, reused = await _shard_step(plan.candidates, sample_shard_task, plan, config, policy)
+            await progress.shard_done(plan, count, reused, time.monotonic() - started)
+    return progress.count
 
 
-@flow(name="judge_pairs")
-async def judge_pairs_flow(config: Config) -> dict[str, int]:
-    """Build pairs from the sampled candidates and judge each in both orders, shard by shard."""
+async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
+    """Pair the sampled candidates and judge each pair in both orders, a task run per unfinished shard."""
     logger = get_run_logger()
-    check_judge(config.judge)
-    run, plans = _plans(config)
-    missing = [p.candidates for p in plans if not p.candidates.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} candidate shards are missing (first: {missing[0]}); run sample_candidates first"
-        )
-    progress = await acreate_progress_artifact(progress=0.0, key="judging-progress", description="Shards judged")
-    judged = 0
+    artifact = await acreate_progress_artifact(progress=0.0, key="judging-progress", description="Shards judged")
+    progress = ShardProgress("judged", "pairs", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: _opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
         judge = OnFirstUse(stack, lambda: open_judge(config.judge, seed=config.run.seed, say=logger.info))
-        for done, plan in enumerate(plans, start=1):
-            await pair_shard_task(plan, config, scorer)
+        for plan in plans:
             started = time.monotonic()
-            count, reused = await judge_shard_task(plan, judge)
-            judged += count
-            logger.info(_shard_line("judged", plan, len(plans), count, reused, time.monotonic() - started, "pairs"))
-            await aupdate_progress_artifact(progress, 100.0 * done / len(plans))
+            count, reused = await _shard_step(plan.judgments, judge_shard_task, plan, config, scorer, judge)
+            await progress.shard_done(plan, count, reused, time.monotonic() - started)
         if judge.value is not None:
             usage = judge.value.usage()
             logger.info(
                 f"judge: {usage.requests} requests, {usage.prompt_tokens} prompt and "
                 f"{usage.completion_tokens} completion tokens"
             )
-    return {"shards": len(plans), "judgments": judged}
+    return progress.count
 
 
-@flow(name="route_for_review")
-async def route_for_review_flow(config: Config) -> dict[str, int]:
+@task(name="route-for-review", cache_policy=NO_CACHE)
+async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Config) -> dict[str, int]:
     """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident."""
-    logger = get_run_logger()
-    run, plans = _plans(config)
     write_text_atomic(run.config, dump_config(config))
-    decisions = route_run(run, plans, config)
-    routed = sum(1 for d in decisions if d.decision == "review")
+    counts = route_run(run, plans, config)
     added = enqueue_routed(run, config)
-    logger.info(
-        f"routed {routed} of {len(decisions)} pairs to review ({run.review_queue}); "
+    get_run_logger().info(
+        f"routed {counts['routed']} of {counts['pairs']} pairs to review ({run.review_queue}); "
         f"{added} new items in the review queue of run {config.run.name!r}"
     )
-    return {"pairs": len(decisions), "routed": routed, "enqueued": added}
+    return {**counts, "enqueued": added}
 
 
 @flow(name="rlaif-label")
@@ -183,15 +211,13 @@ async def label_pipeline(
     logger = get_run_logger()
     check_judge(config.judge)  # a broken template fails here, before any model is loaded
     started = time.monotonic()
-    await sample_candidates_flow(config)
-    await judge_pairs_flow(config)
-    await route_for_review_flow(config)
     run, plans = _plans(config)
-    decisions = list(read_records(run.routing, RoutingDecision))
+    await sample_candidates(config, plans)
+    await judge_pairs(config, plans)
+    await route_for_review(quote(run), quote(plans), quote(config))
     report = write_report(
         run,
         plans,
-        decisions,
         {
             "run": config.run.name,
             "wall_s": round(time.monotonic() - started, 2),

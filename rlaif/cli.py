@@ -233,11 +233,11 @@ def demo(
     """The main job on the embedded defaults: SmolLM2 samples and judges answers to MT-Bench prompts, people
     review ~10%, then merge, a reward model and a short DPO; ends with a summary and RUN_DIR/report.html."""
     from judges.factory import check_judge
-    from rlaif.prompt_sources import load_configured_prompts
+    from rlaif.prompt_sources import check_configured_prompts
 
     cfg = load_config(None, overrides)
     check_judge(cfg.judge)
-    load_configured_prompts(cfg.prompts)
+    check_configured_prompts(cfg.prompts)
     from flows.pipeline import rlaif_pipeline
 
     result = asyncio.run(rlaif_pipeline(cfg, auto_review=auto_review))
@@ -278,10 +278,10 @@ def demo(
 
 def _label(cfg: Config) -> dict[str, Any]:
     from judges.factory import check_judge
-    from rlaif.prompt_sources import load_configured_prompts
+    from rlaif.prompt_sources import check_configured_prompts
 
     check_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
-    load_configured_prompts(cfg.prompts)
+    check_configured_prompts(cfg.prompts)
     from flows.labeling import label_pipeline
 
     return asyncio.run(label_pipeline(cfg))

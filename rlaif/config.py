@@ -32,7 +32,10 @@ class RunSection(Section):
     dir: str | None = Field(None, description="Run directory; default runs/<name>.")
     seed: int = Field(0, description="Seed for everything random in the run (sampling seeds, pair order).")
     prompts_per_shard: int = Field(
-        32, ge=1, description="Prompts per shard: one Prefect task samples, pairs and judges one shard."
+        256,
+        ge=1,
+        description="Prompts per shard: one Prefect task samples a shard, one pairs and judges it; a shard is "
+        "also what a rerun after a crash does again. Smaller for slow in-process models.",
     )
 
     def directory(self) -> Path:
@@ -89,6 +92,19 @@ class ModelSection(Section):
         False,
         description="openai backend: the server continues a final assistant message (vLLM does), so judge "
         "templates can prefill the reply (e.g. with '[[') and read the verdict at a fixed position.",
+    )
+    prompts_per_request: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="openai backend: above 1, greedy requests (a judge's) go to the completions API as text "
+        "rendered with the model's chat template, this many prompts per request (vLLM and SGLang answer a list; "
+        "a server that takes one prompt or has no completions API is detected and used as it is).",
+    )
+    chat_template_from: str | None = Field(
+        None,
+        description="openai backend with prompts_per_request > 1: the local model folder (or prepared name) "
+        "whose chat template renders the prompts; default: `model` when it is a local folder.",
     )
     batch_size: int = Field(8, ge=1, description="transformers backend: prompts per forward batch.")
     device: str = Field("auto", description="transformers backend: cpu, cuda, cuda:1, ... or auto.")

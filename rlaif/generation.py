@@ -14,9 +14,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rlaif.config import ModelSection, read_api_key
+from rlaif.config import ConfigError, ModelSection, read_api_key
+
+if TYPE_CHECKING:
+    from rlaif.chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,32 @@ async def open_backend(
             max_retries=section.max_retries,
             n_mode=section.n_mode,
             continue_final_message=section.continue_final_message,
+            prompts_per_request=section.prompts_per_request,
+            chat_template=_chat_template(section, where, say) if section.prompts_per_request > 1 else None,
         )
         stack.push_async_callback(backend.aclose)
+        if section.prompts_per_request > 1:
+            found = await backend.probe_completions()
+            say(f"{where}: {COMPLETIONS_SUPPORT[found]} ({backend.model_name} at {base_urls[0]})")
         yield backend
+
+
+COMPLETIONS_SUPPORT = {
+    "list": "the completions API takes a list of prompts: many prompts per request",
+    "single": "the completions API takes one prompt per request: one prompt per request",
+    "none": "no completions API: one chat request per prompt",
+}
+
+
+def _chat_template(section: ModelSection, where: str, say: Callable[[str], None]) -> ChatTemplate:
+    from rlaif.chat_template import ChatTemplate, ChatTemplateError
+    from rlaif.models import resolve_model
+
+    folder = resolve_model(section.chat_template_from or section.model, say=say)
+    try:
+        return ChatTemplate.from_model_dir(folder)
+    except ChatTemplateError as exc:
+        raise ConfigError(
+            f"{where}.prompts_per_request needs the model's chat template: {exc}; "
+            f"set {where}.chat_template_from to a local folder of the model (its tokenizer files suffice)"
+        ) from None

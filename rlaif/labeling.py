@@ -9,7 +9,8 @@ first use: a rerun with nothing left to do loads no model at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from rlaif.config import Config
 from rlaif.generation import BackendError, GenerationBackend
 from rlaif.pairs import make_pairs
 from rlaif.review_store import ReviewStore, ReviewStoreError
-from rlaif.routing import RoutingDecision, route_for_review, routing_counts
+from rlaif.routing import RoutingDecision, choose_for_review, decision_for, routing_counts
 from rlaif.run_directory import RunDirectory, read_records, source_hash
 from rlaif.run_files import write_json_atomic, write_jsonl_atomic
 from rlaif.sampling import sample_candidates
-from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, content_id
+from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewReason, content_id
 
 SAMPLING_CODE = source_hash(rlaif.sampling)
 PAIRING_CODE = source_hash(rlaif.pairs)
@@ -41,29 +42,41 @@ JUDGING_CODE = source_hash(judges.pairwise, judges.verdicts, judges.combine, jud
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard of the run: its prompts and the files each step writes for it.
+    """One shard of the run: how many prompts it has and the files each step writes for it.
 
     Keys chain: the pairs key depends on the candidates key, the judgments key on the pairs key,
-    so a change upstream invalidates everything downstream.
+    so a change upstream invalidates everything downstream. The shard's prompts are in its own
+    file, so that a run of any size is planned without holding its prompts in memory.
     """
 
     index: int
-    prompts: tuple[PromptItem, ...]
+    prompt_count: int
+    prompts: Path
     candidates: Path
     pairs: Path
     judgments: Path
 
+    def read_prompts(self) -> list[PromptItem]:
+        return list(read_records(self.prompts, PromptItem))
 
-def plan_shards(run: RunDirectory, config: Config, prompts: Sequence[PromptItem]) -> list[ShardPlan]:
-    """The shards of a run, computed from the config and prompts alone (no file is read)."""
+
+def plan_shards(run: RunDirectory, config: Config, prompts: Iterable[PromptItem]) -> list[ShardPlan]:
+    """The shards of a run, from the config and the prompts (read once, in order).
+
+    Each shard's prompts are written to its prompts file unless it is there already; nothing else is read
+    or written.
+    """
     per_shard = config.run.prompts_per_shard
     judge = judge_identity(config.judge)
     plans = []
-    for index, start in enumerate(range(0, len(prompts), per_shard)):
-        shard = tuple(prompts[start : start + per_shard])
+    for index, shard in enumerate(_chunks(prompts, per_shard)):
+        ids = [p.id for p in shard]
+        prompts_file = run.shard("prompts", index, content_id("prompts", ids))
+        if not prompts_file.is_file():
+            write_jsonl_atomic(prompts_file, shard)
         candidates_key = content_id(
             "candidates",
-            [p.id for p in shard],
+            ids,
             config.policy.model_dump(include={"backend", "model"}),
             config.sampling.model_dump(),
             config.run.seed,
@@ -74,13 +87,25 @@ def plan_shards(run: RunDirectory, config: Config, prompts: Sequence[PromptItem]
         plans.append(
             ShardPlan(
                 index=index,
-                prompts=shard,
+                prompt_count=len(shard),
+                prompts=prompts_file,
                 candidates=run.shard("candidates", index, candidates_key),
                 pairs=run.shard("pairs", index, pairs_key),
                 judgments=run.shard("judgments", index, judgments_key),
             )
         )
     return plans
+
+
+def _chunks(items: Iterable[PromptItem], size: int) -> Iterator[list[PromptItem]]:
+    chunk: list[PromptItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def count_lines(path: Path) -> int:
@@ -95,12 +120,12 @@ async def sample_shard(
     if plan.candidates.is_file():
         return count_lines(plan.candidates), True
     result = await sample_candidates(
-        await policy(), plan.prompts, config.sampling, run_seed=config.run.seed, model_label=config.policy.model
+        await policy(), plan.read_prompts(), config.sampling, run_seed=config.run.seed, model_label=config.policy.model
     )
     if result.failures:
         first = next(iter(result.failures.values()))
         raise BackendError(
-            f"sampling shard {plan.index}: {len(result.failures)} of {len(plan.prompts)} prompts failed: {first}"
+            f"sampling shard {plan.index}: {len(result.failures)} of {plan.prompt_count} prompts failed: {first}"
         )
     return write_jsonl_atomic(plan.candidates, result.candidates), False
 
@@ -114,15 +139,16 @@ async def pair_shard(
     by_prompt: dict[str, list[Candidate]] = {}
     for candidate in read_records(plan.candidates, Candidate):
         by_prompt.setdefault(candidate.prompt_id, []).append(candidate)
+    prompts = plan.read_prompts()
     scores = None
     if config.pairs.strategy == "best_worst":
         scoring = await scorer()
-        listed = [(p, c) for p in plan.prompts for c in by_prompt.get(p.id, [])]
+        listed = [(p, c) for p in prompts for c in by_prompt.get(p.id, [])]
         values = scoring.score([p for p, _ in listed], [c.text for _, c in listed])
         scores = {c.id: v for (_, c), v in zip(listed, values, strict=True)}
     pairs = [
         pair
-        for prompt in plan.prompts
+        for prompt in prompts
         for pair in make_pairs(
             prompt,
             by_prompt.get(prompt.id, []),
@@ -144,25 +170,42 @@ async def judge_shard(plan: ShardPlan, judge: Callable[[], Awaitable[Judge]]) ->
     return write_jsonl_atomic(plan.judgments, judgments), False
 
 
-def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> list[RoutingDecision]:
-    """Route the whole run's judgments; write routing.jsonl and review_queue.jsonl."""
-    judgments = [j for plan in plans for j in read_records(plan.judgments, Judgment)]
-    decisions = route_for_review(judgments, config.review.fraction, config.review.audit_fraction, config.run.seed)
-    write_jsonl_atomic(run.routing, decisions)
-    routed = {d.pair_id: d for d in decisions if d.decision == "review"}
-    by_pair = {j.pair_id: j for j in judgments if j.pair_id in routed}
+def _run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
+    for plan in plans:
+        yield from read_records(plan.judgments, Judgment)
+
+
+def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> dict[str, int]:
+    """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
+
+    Streams the shards (one pass to choose, one to write the decisions, one over the pairs for the
+    queue) and keeps only the routed pairs' judgments: memory does not grow with the run.
+    Returns the counts: pairs, routed, and routed per reason.
+    """
+    total = sum(count_lines(plan.judgments) for plan in plans)
+    review = config.review
+    reasons = choose_for_review(_run_judgments(plans), total, review.fraction, review.audit_fraction, config.run.seed)
+    routed: dict[str, tuple[ReviewReason, Judgment]] = {}
+
+    def decisions() -> Iterator[RoutingDecision]:
+        for judgment in _run_judgments(plans):
+            decision = decision_for(judgment, reasons)
+            if decision.reason is not None:
+                routed[judgment.pair_id] = (decision.reason, judgment)
+            yield decision
+
+    write_jsonl_atomic(run.routing, decisions())
 
     def queue_rows() -> Iterator[dict[str, Any]]:
         for plan in plans:
             for pair in read_records(plan.pairs, Pair):
                 if pair.id in routed:
-                    reason = routed[pair.id].reason
-                    assert reason is not None
+                    reason, judgment = routed[pair.id]
                     item = ReviewItem(run_id=config.run.name, pair_id=pair.id, reason=reason)
                     yield {
                         "item": item.model_dump(mode="json"),
                         "pair": pair.model_dump(mode="json"),
-                        "judgment": by_pair[pair.id].model_dump(mode="json"),
+                        "judgment": judgment.model_dump(mode="json"),
                     }
 
     write_jsonl_atomic(run.review_queue, queue_rows())
@@ -178,10 +221,10 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
                 }
                 for plan in plans
             ],
-            "routed": [{"pair_id": d.pair_id, "reason": d.reason} for d in decisions if d.decision == "review"],
+            "routed": [{"pair_id": pair_id, "reason": reason} for pair_id, (reason, _) in routed.items()],
         },
     )
-    return decisions
+    return {"pairs": total, "routed": len(routed), **Counter(reason for reason, _ in routed.values())}
 
 
 def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:
@@ -211,27 +254,38 @@ def enqueue_routed(run: RunDirectory, config: Config) -> int:
         )
 
 
-def write_report(
-    run: RunDirectory, plans: Sequence[ShardPlan], decisions: Sequence[RoutingDecision], extra: dict[str, Any]
-) -> dict[str, Any]:
-    """report.json: the counts and rates of the run (see README for each field)."""
-    judgments = [j for plan in plans for j in read_records(plan.judgments, Judgment)]
-    ok = [j for j in judgments if j.status == "ok"]
-    routed = [d for d in decisions if d.decision == "review"]
-    failed_by_status = {s: sum(1 for j in judgments if j.status == s) for s in ("parse_error", "backend_error")}
+def write_report(run: RunDirectory, plans: Sequence[ShardPlan], extra: dict[str, Any]) -> dict[str, Any]:
+    """report.json: the counts and rates of the run (see README for each field), from one pass over the files."""
+    judged = failed = consistent = 0
+    confidence_sum = 0.0
+    failed_by_status = dict.fromkeys(("parse_error", "backend_error"), 0)
+    winners = dict.fromkeys(("a", "b", "tie"), 0)
+    for judgment in _run_judgments(plans):
+        if judgment.status != "ok":
+            failed += 1
+            failed_by_status[judgment.status] += 1
+            continue
+        judged += 1
+        consistent += not judgment.order_disagreement
+        confidence_sum += judgment.confidence or 0.0
+        if judgment.winner is not None:
+            winners[judgment.winner] += 1
+    decisions = read_records(run.routing, RoutingDecision)
+    by_reason = routing_counts(decisions)
+    routed = sum(by_reason.values())
     report = {
-        "prompts": sum(len(plan.prompts) for plan in plans),
+        "prompts": sum(plan.prompt_count for plan in plans),
         "candidates": sum(count_lines(plan.candidates) for plan in plans),
         "pairs": sum(count_lines(plan.pairs) for plan in plans),
-        "judged_ok": len(ok),
-        "judge_failed": len(judgments) - len(ok),
+        "judged_ok": judged,
+        "judge_failed": failed,
         "judge_failed_by_status": failed_by_status,
-        "routed_to_review": len(routed),
-        "routed_by_reason": routing_counts(decisions),
-        "review_fraction_actual": len(routed) / len(judgments) if judgments else 0.0,
-        "position_consistency": (sum(1 for j in ok if not j.order_disagreement) / len(ok)) if ok else None,
-        "mean_confidence": (sum(j.confidence or 0.0 for j in ok) / len(ok)) if ok else None,
-        "winners": {w: sum(1 for j in ok if j.winner == w) for w in ("a", "b", "tie")},
+        "routed_to_review": routed,
+        "routed_by_reason": by_reason,
+        "review_fraction_actual": routed / (judged + failed) if judged + failed else 0.0,
+        "position_consistency": consistent / judged if judged else None,
+        "mean_confidence": confidence_sum / judged if judged else None,
+        "winners": winners,
         **extra,
     }
     write_json_atomic(run.report, report)

@@ -24,28 +24,41 @@ class PromptSourceError(ValueError):
 
 def load_prompts(path: str | Path, limit: int | None = None, split: str = "train") -> list[PromptItem]:
     """All prompts of a source (the first `limit` when given), with duplicates removed, in file order."""
-    items: list[PromptItem] = []
+    return list(unique_prompts(path, limit, split))
+
+
+def unique_prompts(path: str | Path, limit: int | None = None, split: str = "train") -> Iterator[PromptItem]:
+    """The prompts of a source one by one, duplicates removed, stopping after `limit`; only their ids are kept."""
     seen: set[str] = set()
     for item in iter_prompts(path, split=split):
         if item.id in seen:
             continue
         seen.add(item.id)
-        items.append(item)
-        if limit is not None and len(items) >= limit:
+        yield item
+        if limit is not None and len(seen) >= limit:
             break
-    if not items:
+    if not seen:
         raise PromptSourceError(f"{path}: no prompts found")
-    return items
 
 
 def load_configured_prompts(section: PromptsSection) -> list[PromptItem]:
     """The prompts a config's `prompts` section names; a missing path says which key to set."""
+    return list(iter_configured_prompts(section))
+
+
+def check_configured_prompts(section: PromptsSection) -> int:
+    """Read every configured prompt (a bad line fails here, naming it) without keeping them; returns the count."""
+    return sum(1 for _ in iter_configured_prompts(section))
+
+
+def iter_configured_prompts(section: PromptsSection) -> Iterator[PromptItem]:
+    """The configured prompts one by one (as `load_configured_prompts`, without holding them all)."""
     if not Path(section.path).exists():
         raise PromptSourceError(
             f"prompts.path {section.path} does not exist (relative to {Path.cwd()}); "
             "set it in the config or with --set prompts.path=FILE"
         )
-    return load_prompts(section.path, limit=section.limit, split=section.split)
+    return unique_prompts(section.path, limit=section.limit, split=section.split)
 
 
 def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]:

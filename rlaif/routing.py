@@ -3,19 +3,22 @@
 The budget is `fraction` of all pairs (rounded). It is filled in this order:
 1. every failed judgment (parse or backend error): it has no usable label, so it always goes,
    even past the budget;
-2. a random audit sample of `audit_fraction` of the pairs, drawn uniformly (seeded) among the
-   judged ones regardless of confidence, so that comparing its human labels with the judge's
-   measures the judge without bias;
-3. the least confident of the rest, until the budget is used (ties broken by pair id).
-The same judgments and seed always give the same decisions.
+2. a random audit sample of `audit_fraction` of the pairs, drawn uniformly among the judged ones
+   regardless of confidence, so that comparing its human labels with the judge's measures the judge
+   without bias: the judgments whose seeded hash is smallest (a seeded random subset);
+3. the least confident of the rest, until the budget is used (ties broken by judgment id).
+The same judgments and seed always give the same decisions, in any order.
+
+The choice is made in one streaming pass that keeps only the candidates it may still pick (bounded
+heaps of at most the budget), so a run of any size is routed without holding its judgments in memory.
 """
 
 from __future__ import annotations
 
-import random
+import heapq
 from collections import Counter
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 from rlaif.schema import Judgment, Record, ReviewReason, content_id
 
@@ -32,39 +35,66 @@ class RoutingDecision(Record):
     confidence: float | None = None
 
 
+def choose_for_review(
+    judgments: Iterable[Judgment], total: int, fraction: float = 0.10, audit_fraction: float = 0.03, seed: int = 0
+) -> dict[str, ReviewReason]:
+    """The judgments to route (by judgment id) with their reasons, from one pass over `total` judgments."""
+    budget = round(fraction * total)
+    audit_size = round(audit_fraction * total)
+    failed: list[str] = []
+    # Bounded heaps of negated keys, so that heap[0] is the largest key kept (the first to give way).
+    audit: list[tuple[int, str]] = []  # the smallest seeded hashes
+    least_confident: list[tuple[float, int, str]] = []  # the lowest (confidence, id)
+    seen = 0
+    for judgment in judgments:
+        seen += 1
+        if judgment.status != "ok":
+            failed.append(judgment.id)
+            continue
+        _keep_smallest(audit, (-int(content_id("audit", seed, judgment.id), 16), judgment.id), audit_size)
+        confidence = judgment.confidence if judgment.confidence is not None else 0.0
+        _keep_smallest(least_confident, (-confidence, -int(judgment.id, 16), judgment.id), budget)
+    if seen != total:
+        raise ValueError(f"routing expected {total} judgments, got {seen}")
+    reasons: dict[str, ReviewReason] = dict.fromkeys(failed, "failed")
+    reasons.update((judgment_id, "audit") for _, judgment_id in audit)
+    by_confidence = [judgment_id for *_, judgment_id in sorted(least_confident, reverse=True)]
+    remaining = [judgment_id for judgment_id in by_confidence if judgment_id not in reasons]
+    for judgment_id in remaining[: max(0, budget - len(reasons))]:
+        reasons[judgment_id] = "low_confidence"
+    return reasons
+
+
 def route_for_review(
     judgments: Sequence[Judgment], fraction: float = 0.10, audit_fraction: float = 0.03, seed: int = 0
 ) -> list[RoutingDecision]:
     """One decision per judgment, in the order given."""
-    total = len(judgments)
-    budget = round(fraction * total)
-    reasons: dict[str, ReviewReason] = {}
-    for judgment in judgments:
-        if judgment.status != "ok":
-            reasons[judgment.id] = "failed"
-    judged = sorted((j for j in judgments if j.status == "ok"), key=lambda j: j.id)
-    audit_size = min(round(audit_fraction * total), len(judged))
-    rng = random.Random(content_id("audit", seed, total))
-    for judgment in rng.sample(judged, audit_size):
-        reasons[judgment.id] = "audit"
-    remaining = sorted(
-        (j for j in judged if j.id not in reasons),
-        key=lambda j: (j.confidence if j.confidence is not None else 0, j.id),
+    reasons = choose_for_review(judgments, len(judgments), fraction, audit_fraction, seed)
+    return [decision_for(j, reasons) for j in judgments]
+
+
+def decision_for(judgment: Judgment, reasons: dict[str, ReviewReason]) -> RoutingDecision:
+    """The decision for one judgment, given the reasons `choose_for_review` returned."""
+    reason = reasons.get(judgment.id)
+    return RoutingDecision(
+        pair_id=judgment.pair_id,
+        judgment_id=judgment.id,
+        decision="review" if reason else "judge",
+        reason=reason,
+        confidence=judgment.confidence,
     )
-    for judgment in remaining[: max(0, budget - len(reasons))]:
-        reasons[judgment.id] = "low_confidence"
-    return [
-        RoutingDecision(
-            pair_id=j.pair_id,
-            judgment_id=j.id,
-            decision="review" if j.id in reasons else "judge",
-            reason=reasons.get(j.id),
-            confidence=j.confidence,
-        )
-        for j in judgments
-    ]
 
 
-def routing_counts(decisions: Sequence[RoutingDecision]) -> dict[str, int]:
+def routing_counts(decisions: Iterable[RoutingDecision]) -> dict[str, int]:
     """How many pairs went to review for each reason."""
     return dict(Counter(d.reason for d in decisions if d.reason is not None))
+
+
+def _keep_smallest(heap: list[Any], item: tuple[Any, ...], size: int) -> None:
+    """Keep in `heap` the `size` items with the smallest keys seen so far; items carry negated keys."""
+    if size <= 0:
+        return
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item > heap[0]:
+        heapq.heapreplace(heap, item)

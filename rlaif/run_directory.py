@@ -1,6 +1,7 @@
 """The layout of a run directory, and the shard files that make a rerun skip finished work.
 
     runs/<name>/
+      prompts/shard-00000-<key>.jsonl       one shard of the run's prompts (deduplicated, in source order)
       candidates/shard-00000-<key>.jsonl    sampled answers of one shard of prompts
       pairs/shard-00000-<key>.jsonl         the pairs built from them
       judgments/shard-00000-<key>.jsonl     the judge's verdicts on those pairs

@@ -1,0 +1,261 @@
+"""What the labeling benchmarks share: the fake endpoint and a Prefect server as child processes, the peer
+harness copied to a scratch folder, the synthetic pairs written as a ready-to-judge run, timing of a whole
+process against the server's own counters, and the provenance every results file carries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_HARNESS = ROOT.parent / "shared" / "bench" / "distilabel"
+VENV_BIN = Path(sys.executable).parent
+RLAIF = str(VENV_BIN / "rlaif")
+FAKE_PORT = 8765  # the peer harness's distilabel script has this port built in
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(url: str, timeout_s: float, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s; log: {log}")
+
+
+@contextmanager
+def child_process(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, timeout_s=60.0):
+    """A server as a child process, healthy before the block runs, stopped after it."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_until(health_url, timeout_s, process, log)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class FakeEndpoint:
+    """The fake OpenAI-compatible server (benchmarks/fake_openai_server.py) and its counters."""
+
+    def __init__(self, port: int = FAKE_PORT) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def call(self, path: str, method: str = "GET") -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method, data=b"" if method == "POST" else None
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def prepare(self, delay_ms: float) -> None:
+        self.call(f"/config?delay_ms={delay_ms}", "POST")
+        self.call("/reset", "POST")
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("/stats")
+
+
+@contextmanager
+def fake_endpoint(workdir: Path, completions: str = "list", port: int = FAKE_PORT):
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is taken: stop whatever listens there (the peer harness needs it)")
+    command = [sys.executable, str(ROOT / "benchmarks" / "fake_openai_server.py"), "--port", str(port)]
+    command += ["--completions", completions]
+    with child_process(command, f"http://127.0.0.1:{port}/stats", workdir / "fake_server.log"):
+        yield FakeEndpoint(port)
+
+
+@contextmanager
+def prefect_server(workdir: Path):
+    """A Prefect server of its own (as a team runs one), and the environment that points flows at it.
+
+    Yields (environment, seconds it took to come up)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(workdir / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    started = time.monotonic()
+    command = [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with child_process(command, f"http://127.0.0.1:{port}/api/health", workdir / "prefect.log", env, timeout_s=180):
+        yield env, round(time.monotonic() - started, 2)
+
+
+def peer_harness(workdir: Path) -> Path:
+    """A scratch copy of the shared peer harness (it is never run from, nor copied into, the project)."""
+    if not PEER_HARNESS.is_dir():
+        raise RuntimeError(f"the peer harness is not beside the project ({PEER_HARNESS})")
+    scratch = workdir / "peer"
+    shutil.copytree(PEER_HARNESS, scratch, dirs_exist_ok=True)
+    (scratch / "cache").mkdir(exist_ok=True)
+    return scratch
+
+
+def distilabel_python(root: Path = ROOT / ".bench" / "venv-distilabel") -> Path:
+    """A virtual environment with distilabel 1.5.3 (the peer), made on first use (about a minute)."""
+    python = root / "bin" / "python"
+    if not python.exists():
+        print(f"creating {root} with distilabel[openai]==1.5.3 (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "distilabel[openai]==1.5.3", "requests"], check=True)
+    return python
+
+
+def synthetic_pairs(harness: Path, count: int) -> list[dict[str, Any]]:
+    """The peers' own data generator: `count` pairs of a 20-word question and two 80-word answers."""
+    sys.path.insert(0, str(harness))
+    try:
+        from data import make_pairs  # the peer harness's module
+    finally:
+        sys.path.remove(str(harness))
+    return make_pairs(count)
+
+
+def write_ready_run(folder: Path, pairs: list[dict[str, Any]], judge: dict[str, Any]) -> Path:
+    """A config whose candidates are already sampled: `rlaif label` with it only pairs, judges and routes.
+
+    Each question becomes a prompt with its two answers as the two candidates, written as the finished
+    candidate shards the sampling step would have made (one pair per prompt).
+    """
+    from rlaif.config import load_config
+    from rlaif.labeling import plan_shards
+    from rlaif.prompt_sources import load_configured_prompts
+    from rlaif.run_directory import RunDirectory
+    from rlaif.run_files import write_jsonl_atomic
+    from rlaif.schema import Candidate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts_file = folder / "prompts.jsonl"
+    with prompts_file.open("w", encoding="utf-8") as out:
+        for pair in pairs:
+            out.write(json.dumps({"prompt": pair["instruction"]}) + "\n")
+    config = {
+        "run": {"name": folder.name, "dir": str(folder / "run")},
+        "prompts": {"path": str(prompts_file)},
+        "policy": {"backend": "openai", "model": "bench-policy", "base_urls": [judge["base_urls"][0]]},
+        "sampling": {"n": 2},
+        "pairs": {"strategy": "all"},
+        "judge": judge,
+        "review": {"db": f"sqlite:///{folder / 'review.db'}"},
+    }
+    config_file = folder / "config.yaml"
+    config_file.write_text(json.dumps(config, indent=2))
+    loaded = load_config(config_file)
+    answers = iter(pairs)
+    for plan in plan_shards(RunDirectory(loaded.run.directory()), loaded, load_configured_prompts(loaded.prompts)):
+        candidates = []
+        for prompt in plan.read_prompts():
+            pair = next(answers)
+            for index, text in enumerate((pair["answer_a"], pair["answer_b"])):
+                candidates.append(Candidate(prompt_id=prompt.id, text=text, model="bench-policy", sample_index=index))
+        write_jsonl_atomic(plan.candidates, candidates)
+    return config_file
+
+
+@dataclass
+class ProcessTiming:
+    """A process's wall and CPU time, split by the server's first and last request."""
+
+    wall_s: float
+    cpu_s: float
+    startup_s: float | None  # process start -> first request at the server
+    steady_s: float | None  # first request -> last response
+    shutdown_s: float | None  # last response -> process exit
+    server: dict[str, Any]
+    stdout: str
+
+
+def timed_process(command: list[str], endpoint: FakeEndpoint | None, env: dict[str, str], cwd: Path) -> ProcessTiming:
+    """Run a command to completion, timing it against the endpoint's counters (which the caller reset)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    ended = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    server = endpoint.stats() if endpoint else {}
+    first, last = server.get("first_ts") or None, server.get("last_ts") or None
+    return ProcessTiming(
+        wall_s=round(ended - started, 3),
+        cpu_s=round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
+        startup_s=round(first - started, 3) if first else None,
+        steady_s=round(last - first, 3) if first and last else None,
+        shutdown_s=round(ended - last, 3) if last else None,
+        server=server,
+        stdout=done.stdout,
+    )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def provenance(extra_versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Machine, versions, date and the exact command, for every results file."""
+    versions = {"python": platform.python_version()}
+    for package in ("rlaif-pipeline", "openai", "prefect", "pydantic", "httpx2", "aiohttp"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    versions.update(extra_versions or {})
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), "
+        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, CPU only",
+        "versions": versions,
+        "command": " ".join(["python", *[str(a) for a in sys.argv]]).replace(str(ROOT) + "/", ""),
+    }
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
