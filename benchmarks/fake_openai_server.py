@@ -10,7 +10,8 @@ the same run. Answers are deterministic per prompt, so reruns and peers see the 
     POST /v1/completions       legacy completions; `prompt` may be a list (one choice per prompt, vLLM's
                                behaviour); `logprobs: K` answered for the first token
     GET  /v1/models            one model
-    GET  /stats                requests, prompts, peak requests in flight, first/last request times
+    GET  /stats                requests (in all and by path), prompts, peak requests in flight, first/last
+                               request times
     POST /reset                zero the counters
     POST /config?delay_ms=50   per-request delay
 
@@ -44,14 +45,16 @@ class Counters:
 
     def reset(self) -> None:
         self.requests = 0
+        self.by_path: dict[str, int] = {}
         self.prompts = 0
         self.in_flight = 0
         self.peak_in_flight = 0
         self.first_ts = 0.0
         self.last_ts = 0.0
 
-    def started(self) -> None:
+    def started(self, path: str) -> None:
         self.requests += 1
+        self.by_path[path] = self.by_path.get(path, 0) + 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if not self.first_ts:
@@ -64,6 +67,7 @@ class Counters:
     def as_dict(self, delay_s: float) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "requests_by_path": self.by_path,
             "prompts": self.prompts,
             "max_in_flight": self.peak_in_flight,
             "max_inflight_per_worker": [self.peak_in_flight],  # the shared peer harness reads this name
@@ -179,7 +183,7 @@ def make_app(delay_ms: float = 0.0, completions: str = "list") -> web.Applicatio
 
     async def answer(request: web.Request, make: Any) -> web.Response:
         """Count the request in flight from its arrival, read it, wait the delay, reply."""
-        counters.started()
+        counters.started(request.path)
         try:
             body = await request.json()
             prompts, reply = make(body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -190,36 +189,56 @@ def write_ready_run(folder: Path, pairs: list[dict[str, Any]], judge: dict[str, 
 
 @dataclass
 class ProcessTiming:
-    """A process's wall and CPU time, split by the server's first and last request."""
+    """A process's wall and CPU time and peak memory, split by the server's first and last request."""
 
     wall_s: float
     cpu_s: float
+    peak_rss_mib: float
     startup_s: float | None  # process start -> first request at the server
     steady_s: float | None  # first request -> last response
     shutdown_s: float | None  # last response -> process exit
     server: dict[str, Any]
     stdout: str
+    stderr: str
+
+
+# Runs the command and reports its rusage. Linux counts a process's memory before exec in its peak RSS, and
+# a process forked from this one (which holds the benchmark's data) starts as large as this one: the small
+# wrapper forks the measured command instead, as GNU time does.
+MEASURED = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_kib": usage.ru_maxrss}, out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def timed_process(command: list[str], endpoint: FakeEndpoint | None, env: dict[str, str], cwd: Path) -> ProcessTiming:
     """Run a command to completion, timing it against the endpoint's counters (which the caller reset)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
-    ended = time.time()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with tempfile.TemporaryDirectory() as scratch:
+        usage_file = Path(scratch) / "usage.json"
+        started = time.time()
+        wrapped = [sys.executable, "-c", MEASURED, str(usage_file), *command]
+        done = subprocess.run(wrapped, capture_output=True, text=True, env=env, cwd=cwd)
+        ended = time.time()
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        usage = json.loads(usage_file.read_text())
+    stdout, stderr = done.stdout, done.stderr
     server = endpoint.stats() if endpoint else {}
     first, last = server.get("first_ts") or None, server.get("last_ts") or None
     return ProcessTiming(
         wall_s=round(ended - started, 3),
-        cpu_s=round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
+        cpu_s=round(usage["cpu_s"], 3),
+        peak_rss_mib=round(usage["max_rss_kib"] / 1024, 1),
         startup_s=round(first - started, 3) if first else None,
         steady_s=round(last - first, 3) if first and last else None,
         shutdown_s=round(ended - last, 3) if last else None,
         server=server,
-        stdout=done.stdout,
+        stdout=stdout,
+        stderr=stderr,
     )
 
 

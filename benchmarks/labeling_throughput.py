@@ -99,7 +99,7 @@ def run_once(
         "pairs": count,
         "pairs_per_s": round(count / timing.wall_s, 1),
         "steady_pairs_per_s": round(count / timing.steady_s, 1) if timing.steady_s else None,
-        **{k: v for k, v in asdict(timing).items() if k not in ("stdout", "server")},
+        **{k: v for k, v in asdict(timing).items() if k not in ("stdout", "stderr", "server")},
         "server_requests": timing.server.get("requests"),
         "server_prompts": timing.server.get("prompts"),
         "server_peak_in_flight": timing.server.get("max_in_flight"),
