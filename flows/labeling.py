@@ -11,6 +11,7 @@ first use and stay open across the shards of a step.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -61,6 +62,7 @@ class OnFirstUse(Generic[T]):
         self._stack = stack
         self._opener = opener
         self._value: T | None = None
+        self._opening = asyncio.Lock()  # shards in flight together open it once
 
     @property
     def value(self) -> T | None:
@@ -68,8 +70,9 @@ class OnFirstUse(Generic[T]):
         return self._value
 
     async def __call__(self) -> T:
-        if self._value is None:
-            self._value = await self._stack.enter_async_context(self._opener())
+        async with self._opening:
+            if self._value is None:
+                self._value = await self._stack.enter_async_context(self._opener())
         return self._value
 
 
@@ -138,15 +141,37 @@ async def judge_shard_task(
     return await judge_shard(plan, judge)
 
 
-async def _shard_step(output: Path, step: Task[..., Any], *arguments: Any) -> tuple[int, bool]:
-    """Run a shard step as a task, or count its finished file without starting a task run.
+SHARDS_IN_FLIGHT = 2
 
-    Arguments are quoted: Prefect would otherwise walk every prompt of the plan and every field of the
-    config looking for futures, on every task run.
+
+async def _run_shards(
+    plans: list[ShardPlan],
+    output: Callable[[ShardPlan], Path],
+    step: Task[..., Any],
+    progress: ShardProgress,
+    *arguments: Any,
+) -> None:
+    """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
+
+    Two at a time: the next shard's requests fill the endpoint while the last, slowest requests of the
+    previous one finish (one at a time, the endpoint would idle at every shard's tail). A crash repeats at
+    most the shards in flight. Arguments are quoted: Prefect would otherwise walk every field of the plan
+    and the config looking for futures, on every task run.
     """
-    if output.is_file():
-        return count_lines(output), True
-    return await step(*(quote(argument) for argument in arguments))
+    in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
+
+    async def one(plan: ShardPlan) -> None:
+        async with in_flight:
+            started = time.monotonic()
+            if output(plan).is_file():
+                count, reused = count_lines(output(plan)), True
+            else:
+                count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
+            await progress.shard_done(plan, count, reused, time.monotonic() - started)
+
+    async with asyncio.TaskGroup() as shards:
+        for plan in plans:
+            shards.create_task(one(plan))
 
 
 async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:
@@ -158,10 +183,7 @@ async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:
     progress = ShardProgress("sampled", "candidates", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
-        for plan in plans:
-            started = time.monotonic()
-            count, reused = await _shard_step(plan.candidates, sample_shard_task, plan, config, policy)
-            await progress.shard_done(plan, count, reused, time.monotonic() - started)
+        await _run_shards(plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy)
     return progress.count
 
 
@@ -173,10 +195,7 @@ async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: _opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
         judge = OnFirstUse(stack, lambda: open_judge(config.judge, seed=config.run.seed, say=logger.info))
-        for plan in plans:
-            started = time.monotonic()
-            count, reused = await _shard_step(plan.judgments, judge_shard_task, plan, config, scorer, judge)
-            await progress.shard_done(plan, count, reused, time.monotonic() - started)
+        await _run_shards(plans, lambda plan: plan.judgments, judge_shard_task, progress, config, scorer, judge)
         if judge.value is not None:
             usage = judge.value.usage()
             logger.info(
