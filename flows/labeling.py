@@ -169,9 +169,12 @@ async def _run_shards(
                 count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
             await progress.shard_done(plan, count, reused, time.monotonic() - started)
 
-    async with asyncio.TaskGroup() as shards:
-        for plan in plans:
-            shards.create_task(one(plan))
+    try:
+        async with asyncio.TaskGroup() as shards:
+            for plan in plans:
+                shards.create_task(one(plan))
+    except ExceptionGroup as failed:  # the other shard in flight was cancelled; report the failure itself
+        raise failed.exceptions[0] from None
 
 
 async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:

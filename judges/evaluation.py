@@ -13,18 +13,22 @@ Every item is judged like a pipeline pair (both orders, combined). The report:
 - agreement_top90 / agreement_bottom10: agreement on the 90% most and the 10% least confident items
   (failures count as confidence 0): how much routing the least confident pairs to people helps.
 - tokens, wall_s: cost.
+- routing: what sending `review.fraction` of the items to people buys (see `routing_efficiency`).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from judges.protocol import Judge
+from rlaif.config import ReviewSection
 from rlaif.labelled_data import LabelledPair
-from rlaif.schema import Candidate, Judgment, Pair
+from rlaif.routing import choose_for_review
+from rlaif.schema import Candidate, Judgment, Pair, content_id
 
 CHUNK = 32  # pairs per judge call, so progress shows on long sets
 
@@ -39,7 +43,11 @@ def as_pair(item: LabelledPair) -> Pair | None:
 
 
 async def evaluate_judge(
-    judge: Judge, items: Sequence[LabelledPair], progress: Callable[[int], None] | None = None
+    judge: Judge,
+    items: Sequence[LabelledPair],
+    progress: Callable[[int], None] | None = None,
+    review: ReviewSection | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     started = time.monotonic()
     usable = [(item, pair) for item in items if (pair := as_pair(item)) is not None]
@@ -49,7 +57,10 @@ async def evaluate_judge(
         if progress:
             progress(len(judgments))
     usage = judge.usage()
-    report = agreement_report([item.label for item, _ in usable], judgments)
+    labels = [item.label for item, _ in usable]
+    report = agreement_report(labels, judgments)
+    review = review or ReviewSection()
+    report["routing"] = routing_efficiency(labels, judgments, review.fraction, review.audit_fraction, seed)
     report.update(
         skipped_identical=len(items) - len(usable),
         judge=judge.name,
@@ -96,6 +107,51 @@ def agreement_report(labels: Sequence[str], judgments: Sequence[Judgment]) -> di
     }
 
 
+def routing_efficiency(
+    labels: Sequence[str],
+    judgments: Sequence[Judgment],
+    fraction: float = 0.10,
+    audit_fraction: float = 0.03,
+    seed: int = 0,
+    random_draws: int = 50,
+) -> dict[str, Any]:
+    """How much the pipeline's routing improves the labels, against routing at random and an oracle.
+
+    Reviewers are simulated: a routed item gets the human label. Agreement is scored as `agreement`
+    (items with a human winner). `merged`: the judge's labels with the routed items relabelled by people,
+    routed as the pipeline routes (failures, audit, least confident); `random`: the same number of items
+    routed uniformly (mean of `random_draws` seeded draws); `oracle`: the same number routed among exactly
+    the judge's mistakes (failures and wrong answers first, then ties). `efficiency` =
+    (merged - judge) / (oracle - judge): 1 when routing finds the judge's errors as well as an oracle,
+    about `fraction` of that when it does no better than chance.
+    """
+    decided = [i for i, human in enumerate(labels) if human != "tie"]
+    if not decided:
+        return {"routed": 0, "efficiency": None}
+    scores = [_score(labels[i], judgments[i]) for i in range(len(labels))]
+    reasons = choose_for_review(judgments, len(judgments), fraction, audit_fraction, seed)
+    routed = {i for i, j in enumerate(judgments) if j.id in reasons}
+    budget = len(routed)
+
+    def agreement_with(people: set[int]) -> float:
+        return sum(1.0 if i in people else scores[i] for i in decided) / len(decided)
+
+    draws = random.Random(content_id("routing-efficiency", seed))
+    at_random = sum(agreement_with(set(draws.sample(range(len(labels)), budget))) for _ in range(random_draws))
+    worst_first = sorted(range(len(labels)), key=lambda i: (labels[i] == "tie", scores[i]))
+    oracle_routed = {i for i in worst_first[:budget] if labels[i] != "tie" and scores[i] < 1.0}
+    judge, merged, oracle = agreement_with(set()), agreement_with(routed), agreement_with(oracle_routed)
+    return {
+        "routed": budget,
+        "judge": judge,
+        "merged": merged,
+        "random": at_random / random_draws,
+        "oracle": oracle,
+        "efficiency": (merged - judge) / (oracle - judge) if oracle > judge else None,
+        "random_efficiency": (at_random / random_draws - judge) / (oracle - judge) if oracle > judge else None,
+    }
+
+
 def expected_calibration_error(decided: Sequence[tuple[str, Judgment]], bins: int = 10) -> float | None:
     points = []
     for human, judgment in decided:
@@ -117,8 +173,13 @@ def expected_calibration_error(decided: Sequence[tuple[str, Judgment]], bins: in
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A readable two-column table."""
-    rows = [(key, f"{value:.3f}" if isinstance(value, float) else str(value)) for key, value in report.items()]
+    """A readable two-column table; a nested section's keys are prefixed with its name (routing.merged)."""
+    flat = {
+        f"{key}.{inner}" if isinstance(value, dict) else key: inner_value
+        for key, value in report.items()
+        for inner, inner_value in (value.items() if isinstance(value, dict) else [(key, value)])
+    }
+    rows = [(key, f"{value:.3f}" if isinstance(value, float) else str(value)) for key, value in flat.items()]
     width = max(len(key) for key, _ in rows)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
 

@@ -1,7 +1,7 @@
 """The pairwise LLM judge: a chat prompt from a template, judged in both orders, in verdict or logprob mode.
 
-verdict: the label is parsed from the reply; a reply that does not parse is asked again once at
-temperature 0, then the pair gets status parse_error.
+verdict: the label is parsed from the reply; a sampled reply that does not parse is asked again once
+at temperature 0 (a greedy one would only repeat itself), then the pair gets status parse_error.
 logprob: one greedy pass; p(A) is read from the label tokens' probabilities at the verdict position
 (the RLAIF paper's method). It needs token log-probabilities: the in-process transformers backend,
 vLLM or OpenAI (`transformers serve` does not return them).
@@ -117,7 +117,7 @@ class PairwiseLLMJudge:
         await self._run(orders, self.temperature)
         if self.mode == "verdict":
             unparsed = [o for o in orders if o.failure == "parse_error"]
-            if unparsed:  # one more try, greedy
+            if unparsed and self.temperature > 0:  # one more try, greedy (a greedy reply would only repeat)
                 await self._run(unparsed, 0.0)
         return [self._judgment(orders[2 * i], orders[2 * i + 1]) for i in range(len(pairs))]
 

@@ -137,7 +137,8 @@ def judge_eval(
 
     async def run() -> dict[str, Any]:
         async with open_judge(cfg.judge, seed=cfg.run.seed, say=say) as judge:
-            return await evaluate_judge(judge, items, progress_printer(len(items), "items judged", say))
+            progress = progress_printer(len(items), "items judged", say)
+            return await evaluate_judge(judge, items, progress, review=cfg.review, seed=cfg.run.seed)
 
     report = {
         "data": str(data),

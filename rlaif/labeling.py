@@ -178,35 +178,35 @@ def _run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
 def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> dict[str, int]:
     """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
 
-    Streams the shards (one pass to choose, one to write the decisions, one over the pairs for the
-    queue) and keeps only the routed pairs' judgments: memory does not grow with the run.
+    Streams the shards: one pass to choose, one to write the decisions, one over the routed judgments and
+    pairs of each shard for the queue. What it keeps for the whole run is the routed pairs' ids.
     Returns the counts: pairs, routed, and routed per reason.
     """
     total = sum(count_lines(plan.judgments) for plan in plans)
     review = config.review
     reasons = choose_for_review(_run_judgments(plans), total, review.fraction, review.audit_fraction, config.run.seed)
-    routed: dict[str, tuple[ReviewReason, Judgment]] = {}
+    routed: list[tuple[str, ReviewReason]] = []  # (pair id, reason), in run order
 
     def decisions() -> Iterator[RoutingDecision]:
         for judgment in _run_judgments(plans):
             decision = decision_for(judgment, reasons)
             if decision.reason is not None:
-                routed[judgment.pair_id] = (decision.reason, judgment)
+                routed.append((judgment.pair_id, decision.reason))
             yield decision
 
     write_jsonl_atomic(run.routing, decisions())
 
     def queue_rows() -> Iterator[dict[str, Any]]:
         for plan in plans:
-            for pair in read_records(plan.pairs, Pair):
-                if pair.id in routed:
-                    reason, judgment = routed[pair.id]
-                    item = ReviewItem(run_id=config.run.name, pair_id=pair.id, reason=reason)
-                    yield {
-                        "item": item.model_dump(mode="json"),
-                        "pair": pair.model_dump(mode="json"),
-                        "judgment": judgment.model_dump(mode="json"),
-                    }
+            judged = {j.pair_id: j for j in read_records(plan.judgments, Judgment, keep=reasons.__contains__)}
+            for pair in read_records(plan.pairs, Pair, keep=judged.__contains__):
+                judgment = judged[pair.id]
+                item = ReviewItem(run_id=config.run.name, pair_id=pair.id, reason=reasons[judgment.id])
+                yield {
+                    "item": item.model_dump(mode="json"),
+                    "pair": pair.model_dump(mode="json"),
+                    "judgment": judgment.model_dump(mode="json"),
+                }
 
     write_jsonl_atomic(run.review_queue, queue_rows())
     write_json_atomic(
@@ -221,10 +221,10 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
                 }
                 for plan in plans
             ],
-            "routed": [{"pair_id": pair_id, "reason": reason} for pair_id, (reason, _) in routed.items()],
+            "routed": [{"pair_id": pair_id, "reason": reason} for pair_id, reason in routed],
         },
     )
-    return {"pairs": total, "routed": len(routed), **Counter(reason for reason, _ in routed.values())}
+    return {"pairs": total, "routed": len(routed), **Counter(reason for _, reason in routed)}
 
 
 def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from judges.evaluation import agreement_report, expected_calibration_error
+from judges.evaluation import agreement_report, expected_calibration_error, format_report, routing_efficiency
 from rlaif.labelled_data import LabelledDataError, load_labelled, split_hh_pair
 from rlaif.schema import Judgment
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
@@ -17,9 +17,11 @@ from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
 
-def judgment(winner: str | None, p_a: float | None, disagree: bool = False, status: str = "ok") -> Judgment:
+def judgment(
+    winner: str | None, p_a: float | None, disagree: bool = False, status: str = "ok", pair_id: str = "p"
+) -> Judgment:
     return Judgment(
-        pair_id="p",
+        pair_id=pair_id,
         winner=winner,
         p_a=p_a,
         confidence=None if p_a is None else abs(2 * p_a - 1),
@@ -78,6 +80,22 @@ def test_agreement_metrics():
     # by confidence: 0.8 (right), 0.2 (wrong), 0 (tie), 0 (failed): bottom 10% of 4 items is the last one
     assert report["agreement_top90"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert report["agreement_bottom10"] == 0.0
+
+
+def test_routing_finds_the_judges_errors_better_than_chance():
+    """80 confident right answers, 20 unsure wrong ones: routing 10% sends mostly the wrong ones to people."""
+    labels = ["a"] * 100
+    judgments = [judgment("a", 0.95, pair_id=f"right{i}") for i in range(80)]
+    judgments += [judgment("b", 0.45, pair_id=f"wrong{i}") for i in range(20)]
+    routing = routing_efficiency(labels, judgments, fraction=0.10, audit_fraction=0.03, seed=0)
+    assert routing["routed"] == 10
+    assert routing["judge"] == 0.8 and routing["oracle"] == 0.9
+    # 7 least confident are all wrong; the 3 audit picks are uniform (mostly right answers)
+    assert 0.87 <= routing["merged"] <= 0.9
+    assert routing["efficiency"] >= 0.7 - 1e-9
+    assert abs(routing["random"] - 0.82) < 0.01  # 10 random picks fix 2 errors on average
+    assert routing["random_efficiency"] < 0.3
+    assert "routing.efficiency" in format_report({"n": 100, "routing": routing})
 
 
 def test_calibration_error_is_zero_when_confidence_matches_accuracy():

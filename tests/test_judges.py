@@ -90,12 +90,20 @@ def test_an_unparseable_reply_is_retried_once_at_temperature_zero():
 
 def test_a_reply_that_never_parses_gets_parse_error_not_a_label():
     with ScriptedOpenAIServer(reply=lambda body: "No verdict from me.") as server:
-        judgments = run_judge(server)
-    assert len(server.requests) == 8  # 4 calls, each retried once
+        judgments = run_judge(server, temperature=0.7)
+    assert len(server.requests) == 8  # 4 calls, each retried once at temperature 0
     for judgment in judgments:
         assert judgment.status == "parse_error" and judgment.winner is None and judgment.p_a is None
         assert "no [[A]] / [[B]] verdict" in judgment.error
         assert judgment.raw_outputs == ("No verdict from me.", "No verdict from me.")
+
+
+def test_a_greedy_reply_that_does_not_parse_is_not_asked_again():
+    """At temperature 0 the same request gives the same reply: asking again would only cost a request."""
+    with ScriptedOpenAIServer(reply=lambda body: "No verdict from me.") as server:
+        judgments = run_judge(server)
+    assert len(server.requests) == 4 and {r["temperature"] for r in server.requests} == {0.0}
+    assert all(j.status == "parse_error" for j in judgments)
 
 
 def test_a_backend_failure_gets_backend_error():

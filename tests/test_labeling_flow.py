@@ -208,3 +208,22 @@ def test_the_pair_strategy_reaches_the_run(tmp_path):
         )
         report = asyncio.run(label_pipeline(load_config(None, overrides)))
     assert report["pairs"] == 5  # one random pair per prompt instead of all three
+
+
+def test_a_failed_shard_stops_the_run_with_its_own_message(tmp_path):
+    """Two shards are in flight at a time; a failing one stops the run, and the message is the failure's own."""
+    with ScriptedOpenAIServer(reply=lambda body: "[[A]]" if body["model"] == "judge" else None) as server:
+        overrides = scripted_overrides(
+            server,
+            prompts_file(tmp_path, 12),
+            tmp_path / "run",
+            "policy.max_retries=0",
+            "policy.base_urls=[http://127.0.0.1:9/v1]",
+        )
+        result = subprocess.run(
+            [RLAIF, "label", *sum((["--set", o] for o in overrides), [])], capture_output=True, text=True, timeout=300
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: sampling shard" in result.stderr and "connection failed" in result.stderr
+    assert "ExceptionGroup" not in result.stderr
+    assert not list((tmp_path / "run").glob("candidates/*.jsonl"))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from rlaif.routing import route_for_review, routing_counts
+import pytest
+
+from rlaif.routing import choose_for_review, route_for_review, routing_counts
 from rlaif.schema import Judgment
 
 
@@ -87,3 +89,19 @@ def test_the_audit_sample_is_uniform_over_confidence():
     chi_square = sum((o - expected) ** 2 / expected for o in observed)
     assert sum(observed) == 200 * 30
     assert chi_square < 27.88, (observed, chi_square)  # 9 degrees of freedom, p = 0.001
+
+
+def test_the_choice_does_not_depend_on_the_order_or_on_holding_the_judgments():
+    """One streaming pass over a generator gives the same reasons as over a shuffled list."""
+    items = judgments(2000, failed=7, seed=5)
+    streamed = choose_for_review((j for j in items), len(items), fraction=0.10, audit_fraction=0.03, seed=2)
+    shuffled = list(items)
+    random.Random(9).shuffle(shuffled)
+    assert streamed == choose_for_review(shuffled, len(items), fraction=0.10, audit_fraction=0.03, seed=2)
+    assert len(streamed) == 200 and sum(r == "failed" for r in streamed.values()) == 7
+
+
+def test_a_wrong_count_is_refused():
+    items = judgments(10)
+    with pytest.raises(ValueError, match="expected 11 judgments, got 10"):
+        choose_for_review(items, 11)

@@ -1,0 +1,129 @@
+"""Markdown tables of the labeling benchmarks' results files, for the README's Performance section.
+
+    .venv/bin/python benchmarks/performance_tables.py
+
+Reads benchmarks/results/labeling_throughput_fake*.json, labeling_scale_fake.json,
+labeling_real_server_smollm2.json and judge_quality.json (those that exist) and prints their tables, so
+that what the README shows is what the files hold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def throughput_table(document: dict[str, Any]) -> str:
+    lines = [
+        f"{document['pairs']:,} pairs, both orders; medians of {document['summary'][0]['rlaif']['repeats']} runs; "
+        f"{document['machine']}; {document['date']}",
+        "",
+        "| concurrency | delay ms | rlaif | rlaif-batched | plain | distilabel | rlaif / plain | rlaif / distilabel "
+        "| batched / plain | rlaif steady | plain steady | rlaif start-up + shutdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in document["summary"]:
+
+        def rate(contender: str, key: str = "pairs_per_s", row: dict[str, Any] = row) -> str:
+            return _cell(row[contender][key]) if contender in row else "n/a"
+
+        overhead = f"{row['rlaif']['startup_s']:.1f} + {row['rlaif']['shutdown_s']:.1f} s" if "rlaif" in row else "n/a"
+        lines.append(
+            f"| {row['concurrency']} | {row['delay_ms']:g} | {rate('rlaif')} | {rate('rlaif-batched')} | "
+            f"{rate('plain')} | {rate('distilabel')} | {_cell(row.get('rlaif/plain'), 2)} | "
+            f"{_cell(row.get('rlaif/distilabel'), 2)} | {_cell(row.get('rlaif-batched/plain'), 2)} | "
+            f"{rate('rlaif', 'steady_pairs_per_s')} | {rate('plain', 'steady_pairs_per_s')} | {overhead} |"
+        )
+    return "\n".join(lines)
+
+
+def scale_table(document: dict[str, Any]) -> str:
+    lines = [
+        f"mode {document['mode']}, concurrency {document['concurrency']}, "
+        f"{document['prompts_per_request']} prompts per request; {document['machine']}; {document['date']}",
+        "",
+        "| pairs | wall s | pairs/s | steady pairs/s | peak RSS MiB | requests | Prefect task runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in document["rows"]:
+        lines.append(
+            f"| {row['pairs']:,} | {_cell(row['wall_s'])} | {_cell(row['pairs_per_s'])} | "
+            f"{_cell(row['steady_pairs_per_s'])} | {_cell(row['peak_rss_mib'])} | {row['server_requests']:,} | "
+            f"{row['task_runs']} |"
+        )
+    return "\n".join(lines)
+
+
+def real_server_table(document: dict[str, Any]) -> str:
+    summary = document["summary"]
+    lines = [
+        f"{document['pairs']} pairs, concurrency {document['concurrency']}; {document['machine']}; {document['date']}",
+        "",
+        "| contender | pairs/s | requests | requests/s | pairs with a verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for contender in ("plain", "rlaif", "rlaif-prefill"):
+        row = summary[contender]
+        lines.append(
+            f"| {contender} | {row['pairs_per_s']:.3f} | {row['requests']:g} | {row['requests_per_s']:.3f} | "
+            f"{row['parsed']:g} of {document['pairs'] if contender != 'plain' else 2 * document['pairs']} |"
+        )
+    return "\n".join(lines)
+
+
+def quality_table(document: dict[str, Any]) -> str:
+    lines = [
+        f"{document['machine']}; {document['date']}",
+        "",
+        "| judge | set | n | agreement | with ties | position consistency | tie rate | ECE | routing efficiency "
+        "| at random | merged / judge alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in document["rows"]:
+        routing = row["routing"]
+        lines.append(
+            f"| {row['judge']} | {row['set']} | {row['n']} | {_cell(row['agreement'], 3)} | "
+            f"{_cell(row['agreement_with_ties'], 3)} | {_cell(row['position_consistency'], 3)} | "
+            f"{_cell(row['tie_rate'], 3)} | {_cell(row['ece'], 3)} | {_cell(routing.get('efficiency'), 2)} | "
+            f"{_cell(routing.get('random_efficiency'), 2)} | {_cell(routing.get('merged'), 3)} / "
+            f"{_cell(routing.get('judge'), 3)} |"
+        )
+    for reference in document["references"]:
+        lines.append(
+            f"| {reference['judge']} | {reference['set']} | | {_cell(reference.get('agreement'), 3)} | "
+            f"{_cell(reference.get('agreement_with_ties'), 3)} | | | | | | |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name, render in (
+        ("labeling_throughput_fake.json", throughput_table),
+        ("labeling_throughput_fake_10k.json", throughput_table),
+        ("labeling_scale_fake.json", scale_table),
+        ("labeling_real_server_smollm2.json", real_server_table),
+        ("judge_quality.json", quality_table),
+    ):
+        document = _load(name)
+        if document:
+            print(f"### {name}\n\n{render(document)}\n\n`{document['command']}`\n")
+
+
+if __name__ == "__main__":
+    main()
