@@ -8,9 +8,12 @@ Configurations (all that run here, on the CPU):
 - minilm-rm: the MiniLM-L6 reward model of the training stage (`rlaif train reward` on hh-rlhf with the
   recipe of benchmarks/reward_model_cpu.py, all but the last 300 pairs; trained once into
   .bench/reward-minilm), p(A) = sigmoid(rA - rB);
+- minilm-rm-full: the same reward model on whole sets (MT-Bench 200, PandaLM 999, hh-rlhf the 300 held
+  out of its training): fast, and enough routed items for a routing efficiency that means something;
 - ensemble: the mean p(A) of smollm2-logprob and minilm-rm (LLMBar Natural and hh-rlhf).
 Sets (../shared/data): LLMBar Natural (all 100), MT-Bench human votes and PandaLM (the first --items),
 hh-rlhf harmless (the last --items, held out from the reward model's training).
+`--only NAME ...` runs some configurations and replaces their rows in an existing results file.
 
 Each evaluation also reports the routing efficiency: simulated reviewers give the human label for the
 routed 10%; (merged - judge) / (oracle - judge), beside routing at random. Reference figures from
@@ -35,6 +38,7 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 REWARD_MODEL = ROOT / ".bench" / "reward-minilm"
 HH = DATA / "hh_rlhf" / "harmless_base_test_0000_1799.jsonl.gz"
+FULL_SETS = 1000  # items per set for the "-full" configurations: all of each set (hh-rlhf: its held-out 300)
 
 REFERENCES = [
     {
@@ -66,7 +70,7 @@ REFERENCES = [
 
 
 def sets(items: int) -> dict[str, list[str]]:
-    """Each set's `rlaif judge eval` arguments."""
+    """Each set's `rlaif judge eval` arguments: all of LLMBar Natural, `items` of the others."""
     return {
         "llmbar_natural": ["--data", str(DATA / "llmbar/natural.json"), "--format", "llmbar"],
         "mt_bench_human": [
@@ -78,7 +82,7 @@ def sets(items: int) -> dict[str, list[str]]:
             str(items),
         ],
         "pandalm": ["--data", str(DATA / "pandalm/testset-v1.json"), "--format", "pandalm", "--limit", str(items)],
-        "hh_rlhf": ["--data", str(HH), "--format", "hh-rlhf", "--last", str(items)],
+        "hh_rlhf": ["--data", str(HH), "--format", "hh-rlhf", "--last", str(min(items, 300))],
     }
 
 
@@ -94,6 +98,9 @@ def configurations() -> dict[str, tuple[list[str], list[str] | None]]:
         "smollm2-logprob": (["judge.mode=logprob"], None),
         "smollm2-verdict": (["judge.mode=verdict"], ["llmbar_natural"]),
         "minilm-rm": (["judge.mode=reward_model", f"judge.model={REWARD_MODEL}"], None),
+        # fast enough for whole sets (hh-rlhf: the 300 pairs held out of its training): routing
+        # efficiency needs more than the 5 routed items of a 50-item set
+        "minilm-rm-full": (["judge.mode=reward_model", f"judge.model={REWARD_MODEL}"], None),
         "ensemble": ([f"judge.ensemble={ensemble}"], ["llmbar_natural", "hh_rlhf"]),
     }
 
@@ -111,7 +118,9 @@ def train_reward_model() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=50, help="items of MT-Bench, PandaLM and hh-rlhf")
-    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    parser.add_argument(
+        "--only", nargs="*", help="configurations to run (default: all); their rows replace theirs in --out"
+    )
     parser.add_argument("--out", default=str(RESULTS / "judge_quality.json"))
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -121,7 +130,7 @@ def main() -> None:
     for name, (overrides, only_sets) in configurations().items():
         if args.only and name not in args.only:
             continue
-        for set_name, data_args in sets(args.items).items():
+        for set_name, data_args in sets(FULL_SETS if name.endswith("-full") else args.items).items():
             if only_sets and set_name not in only_sets:
                 continue
             out = RESULTS / f"judge_eval_{name}_{set_name}.json"
@@ -146,10 +155,14 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    earlier = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
+    ran = {row["judge"] for row in rows}
+    rows = [r for r in earlier.get("rows", []) if r["judge"] not in ran] + rows
     document = {
         "benchmark": "judge quality on the human-labelled sets, with routing efficiency",
         **provenance(),
         "items": args.items,
+        "earlier_commands": [*earlier.get("earlier_commands", []), earlier["command"]] if earlier else [],
         "rows": rows,
         "references": REFERENCES,
         "reward_model": json.loads((REWARD_MODEL / "eval_report.json").read_text()).get("accuracy"),

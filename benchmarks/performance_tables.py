@@ -29,9 +29,13 @@ def _cell(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _runs(repeats: int) -> str:
+    return f"medians of {repeats} runs" if repeats > 1 else "one run each"
+
+
 def throughput_table(document: dict[str, Any]) -> str:
     lines = [
-        f"{document['pairs']:,} pairs, both orders; medians of {document['summary'][0]['rlaif']['repeats']} runs; "
+        f"{document['pairs']:,} pairs, both orders; {_runs(document['summary'][0]['rlaif']['repeats'])}; "
         f"{document['machine']}; {document['date']}",
         "",
         "| concurrency | delay ms | rlaif | rlaif-batched | plain | distilabel | rlaif / plain | rlaif / distilabel "
@@ -75,14 +79,19 @@ def real_server_table(document: dict[str, Any]) -> str:
     lines = [
         f"{document['pairs']} pairs, concurrency {document['concurrency']}; {document['machine']}; {document['date']}",
         "",
-        "| contender | pairs/s | requests | requests/s | pairs with a verdict |",
+        "| contender | pairs/s | requests | requests/s | verdicts read |",
         "|---|---|---|---|---|",
     ]
     for contender in ("plain", "rlaif", "rlaif-prefill"):
         row = summary[contender]
+        # the peer counts replies with a verdict; rlaif counts pairs judged ok (both orders read)
+        parsed = (
+            f"{row['parsed']:g} of {2 * document['pairs']} replies"
+            if contender == "plain"
+            else f"{row['parsed']:g} of {document['pairs']} pairs"
+        )
         lines.append(
-            f"| {contender} | {row['pairs_per_s']:.3f} | {row['requests']:g} | {row['requests_per_s']:.3f} | "
-            f"{row['parsed']:g} of {document['pairs'] if contender != 'plain' else 2 * document['pairs']} |"
+            f"| {contender} | {row['pairs_per_s']:.3f} | {row['requests']:g} | {row['requests_per_s']:.3f} | {parsed} |"
         )
     return "\n".join(lines)
 

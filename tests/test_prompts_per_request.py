@@ -73,44 +73,43 @@ async def judge_with(server: str, smollm2_dir, prompts_per_request: int, items: 
         await backend.aclose()
 
 
-def expected_p_a(judge: PairwiseLLMJudge, template: ChatTemplate, pair: Pair) -> float:
-    """What the fake server answers for this pair's two rendered prompts, combined as the judge does."""
-    first = p_a_for(template.render(judge.prompt_messages(pair, False), "[["))
-    second = p_a_for(template.render(judge.prompt_messages(pair, True), "[["))
-    return (first + (1 - second)) / 2
+def judged_on(tmp_path, smollm2_dir, completions: str, count: int):
+    """`count` pairs judged in logprob mode against a server of the given kind: what the probe found, the
+    judge, the judgments and the chat template used, and what the server counted."""
+    items = pairs(count)
+    with fake_server(tmp_path, completions) as server:
+        found, judge, judgments, template = asyncio.run(judge_with(server, smollm2_dir, 8, items))
+        return items, found, judge, judgments, template, stats(server)
+
+
+def assert_each_answer_is_its_prompts(judge: PairwiseLLMJudge, template: ChatTemplate, items, judgments) -> None:
+    """p(A) of every pair is what the fake server answers for that pair's two rendered prompts."""
+    for pair, judgment in zip(items, judgments, strict=True):
+        first = p_a_for(template.render(judge.prompt_messages(pair, False), "[["))
+        second = p_a_for(template.render(judge.prompt_messages(pair, True), "[["))
+        assert math.isclose(judgment.p_a, (first + (1 - second)) / 2, abs_tol=1e-9)
 
 
 def test_a_list_of_prompts_per_request_keeps_each_answer_with_its_prompt(tmp_path, smollm2_dir):
-    items = pairs(10)
-    with fake_server(tmp_path, "list") as server:
-        found, judge, judgments, template = asyncio.run(judge_with(server, smollm2_dir, 8, items))
-        seen = stats(server)
+    items, found, judge, judgments, template, seen = judged_on(tmp_path, smollm2_dir, "list", 10)
     assert found == "list"
     # 20 orders in requests of 8, 8 and 4, after the probe (a list of 2); no chat request at all
     assert seen["requests_by_path"] == {"/v1/completions": 4}
     assert seen["prompts"] == 2 + 20
     assert all(j.status == "ok" for j in judgments)
-    for pair, judgment in zip(items, judgments, strict=True):
-        assert math.isclose(judgment.p_a, expected_p_a(judge, template, pair), abs_tol=1e-9)
+    assert_each_answer_is_its_prompts(judge, template, items, judgments)
     assert judge.max_tokens == 1 and judge.prefill == "[["  # the prefill is rendered into the prompt
 
 
 def test_a_server_that_takes_one_prompt_gets_one_per_request(tmp_path, smollm2_dir):
-    items = pairs(3)
-    with fake_server(tmp_path, "single") as server:
-        found, judge, judgments, template = asyncio.run(judge_with(server, smollm2_dir, 8, items))
-        seen = stats(server)
+    items, found, judge, judgments, template, seen = judged_on(tmp_path, smollm2_dir, "single", 3)
     assert found == "single"
     assert seen["requests_by_path"] == {"/v1/completions": 2 + 6}  # the refused list and the single probe, then 6
-    for pair, judgment in zip(items, judgments, strict=True):
-        assert math.isclose(judgment.p_a, expected_p_a(judge, template, pair), abs_tol=1e-9)
+    assert_each_answer_is_its_prompts(judge, template, items, judgments)
 
 
 def test_a_server_without_the_completions_api_is_judged_through_chat(tmp_path, smollm2_dir):
-    items = pairs(3)
-    with fake_server(tmp_path, "none") as server:
-        found, judge, judgments, _ = asyncio.run(judge_with(server, smollm2_dir, 8, items))
-        seen = stats(server)
+    _, found, judge, judgments, _, seen = judged_on(tmp_path, smollm2_dir, "none", 3)
     assert found == "none"
     assert seen["requests_by_path"] == {"/v1/chat/completions": 6}  # the 404 probe is not counted
     assert judge.prefill is None  # no completions API and no continue_final_message: nothing to prefill
