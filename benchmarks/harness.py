@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,9 @@ def wait_until(url: str, timeout_s: float, process: subprocess.Popen[bytes], log
 
 
 @contextmanager
-def child_process(command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, timeout_s=60.0):
+def child_process(
+    command: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
     """A server as a child process, healthy before the block runs, stopped after it."""
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -87,7 +90,7 @@ class FakeEndpoint:
 
 
 @contextmanager
-def fake_endpoint(workdir: Path, completions: str = "list", port: int = FAKE_PORT):
+def fake_endpoint(workdir: Path, completions: str = "list", port: int = FAKE_PORT) -> Iterator[FakeEndpoint]:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise RuntimeError(f"port {port} is taken: stop whatever listens there (the peer harness needs it)")
@@ -98,7 +101,7 @@ def fake_endpoint(workdir: Path, completions: str = "list", port: int = FAKE_POR
 
 
 @contextmanager
-def prefect_server(workdir: Path):
+def prefect_server(workdir: Path) -> Iterator[tuple[dict[str, str], float]]:
     """A Prefect server of its own (as a team runs one), and the environment that points flows at it.
 
     Yields (environment, seconds it took to come up)."""
