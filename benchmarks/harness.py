@@ -149,6 +149,21 @@ def synthetic_pairs(harness: Path, count: int) -> list[dict[str, Any]]:
     return make_pairs(count)
 
 
+def judge_section(base_url: str, model: str, concurrency: int, **settings: Any) -> dict[str, Any]:
+    """The judge config every benchmark starts from: verdict mode through the openai backend at `base_url`,
+    retries off, 16 tokens (as the peers' plain loop asks); `settings` add to it or replace."""
+    return {
+        "backend": "openai",
+        "model": model,
+        "base_urls": [base_url],
+        "max_concurrency": concurrency,
+        "max_retries": 0,
+        "max_tokens": 16,
+        "mode": "verdict",
+        **settings,
+    }
+
+
 def write_ready_run(folder: Path, pairs: list[dict[str, Any]], judge: dict[str, Any]) -> Path:
     """A config whose candidates are already sampled: `rlaif label` with it only pairs, judges and routes.
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import (  # noqa: E402
     RLAIF,
     ROOT,
+    judge_section,
     median,
     peer_harness,
     prefect_server,
@@ -40,22 +41,6 @@ from rlaif.model_server import ManagedServer  # noqa: E402
 from rlaif.models import prepare_model  # noqa: E402
 
 JUDGE_REQUESTS = re.compile(r"judge: (\d+) requests")
-
-
-def judge_section(base_url: str, model: str, contender: str, concurrency: int) -> dict[str, Any]:
-    judge: dict[str, Any] = {
-        "backend": "openai",
-        "model": model,
-        "base_urls": [base_url],
-        "max_concurrency": concurrency,
-        "max_retries": 0,
-        "timeout_s": 600,
-        "max_tokens": 16,
-        "mode": "verdict",
-    }
-    if contender == "rlaif-prefill":
-        judge.update(prompts_per_request=8, chat_template_from=model)
-    return judge
 
 
 def main() -> None:
@@ -80,7 +65,9 @@ def main() -> None:
                     cwd = harness
                 else:
                     folder = scratch_dir(f"{contender}-real-")
-                    judge = judge_section(server.base_url, model, contender, args.concurrency)
+                    prefill = {"prompts_per_request": 8, "chat_template_from": model}
+                    prefill = prefill if contender == "rlaif-prefill" else {}
+                    judge = judge_section(server.base_url, model, args.concurrency, timeout_s=600, **prefill)
                     command, cwd = [RLAIF, "label", str(write_ready_run(folder, pairs, judge))], folder
                 timing = timed_process(command, None, env, cwd)
                 if contender == "plain":

@@ -36,7 +36,7 @@ from benchmarks.harness import (  # noqa: E402
     timed_process,
     write_ready_run,
 )
-from benchmarks.labeling_throughput import judge_section  # noqa: E402
+from benchmarks.labeling_throughput import judge_for  # noqa: E402
 
 FLOW_RUN = re.compile(r"flow-run/([0-9a-f-]{36})")
 
@@ -70,7 +70,7 @@ def main() -> None:
     with fake_endpoint(workdir) as endpoint, prefect_server(workdir) as (env, _):
         for count in args.pairs:
             folder = scratch_dir(f"rlaif-scale-{count}-")
-            judge = judge_section(endpoint, contender, args.concurrency, args.prompts_per_request)
+            judge = judge_for(endpoint, contender, args.concurrency, args.prompts_per_request)
             config = write_ready_run(folder, synthetic_pairs(harness, count), judge)
             endpoint.prepare(0)
             timing = timed_process([RLAIF, "label", str(config)], endpoint, env, folder)

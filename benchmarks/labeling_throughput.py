@@ -38,6 +38,7 @@ from benchmarks.harness import (  # noqa: E402
     FakeEndpoint,
     distilabel_python,
     fake_endpoint,
+    judge_section,
     median,
     peer_harness,
     prefect_server,
@@ -51,19 +52,18 @@ from benchmarks.harness import (  # noqa: E402
 CONTENDERS = ("rlaif", "rlaif-batched", "plain", "distilabel")
 
 
-def judge_section(endpoint: FakeEndpoint, contender: str, concurrency: int, batch: int) -> dict[str, Any]:
-    judge: dict[str, Any] = {
-        "backend": "openai",
-        "model": "fake-judge",
-        "base_urls": [endpoint.base_url],
-        "max_concurrency": concurrency,
-        "max_retries": 0,
-        "max_tokens": 16,  # as the plain loop asks
-        "mode": "verdict",
-    }
+def judge_for(endpoint: FakeEndpoint, contender: str, concurrency: int, batch: int) -> dict[str, Any]:
+    """rlaif's judge config for a contender: verdict mode as the peers, or logprob with many prompts per request."""
     if contender == "rlaif-batched":
-        judge.update(mode="logprob", prompts_per_request=batch, chat_template_from="smollm2-135m-instruct")
-    return judge
+        return judge_section(
+            endpoint.base_url,
+            "fake-judge",
+            concurrency,
+            mode="logprob",
+            prompts_per_request=batch,
+            chat_template_from="smollm2-135m-instruct",
+        )
+    return judge_section(endpoint.base_url, "fake-judge", concurrency)
 
 
 def run_once(
@@ -80,7 +80,7 @@ def run_once(
     count = len(pairs)
     if contender.startswith("rlaif"):
         folder = scratch_dir(f"{contender}-c{concurrency}-d{delay_ms:g}-")
-        config = write_ready_run(folder, pairs, judge_section(endpoint, contender, concurrency, batch))
+        config = write_ready_run(folder, pairs, judge_for(endpoint, contender, concurrency, batch))
         command, cwd = [RLAIF, "label", str(config)], folder
     elif contender == "plain":
         command = [sys.executable, "baseline_openai.py", "--concurrency", str(concurrency), "--pairs", str(count)]

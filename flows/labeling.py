@@ -210,15 +210,16 @@ async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
 
 @task(name="route-for-review", cache_policy=NO_CACHE)
 async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Config) -> dict[str, int]:
-    """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident."""
+    """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident.
+    Returns how many were routed for each reason."""
     write_text_atomic(run.config, dump_config(config))
-    counts = route_run(run, plans, config)
+    judged, routed_by_reason = route_run(run, plans, config)
     added = enqueue_routed(run, config)
     get_run_logger().info(
-        f"routed {counts['routed']} of {counts['pairs']} pairs to review ({run.review_queue}); "
+        f"routed {sum(routed_by_reason.values())} of {judged} pairs to review ({run.review_queue}); "
         f"{added} new items in the review queue of run {config.run.name!r}"
     )
-    return {**counts, "enqueued": added}
+    return routed_by_reason
 
 
 @flow(name="rlaif-label")
@@ -236,10 +237,11 @@ async def label_pipeline(
     run, plans = _plans(config)
     await sample_candidates(config, plans)
     await judge_pairs(config, plans)
-    await route_for_review(quote(run), quote(plans), quote(config))
+    routed_by_reason = await route_for_review(quote(run), quote(plans), quote(config))
     report = write_report(
         run,
         plans,
+        routed_by_reason,
         {
             "run": config.run.name,
             "wall_s": round(time.monotonic() - started, 2),

@@ -29,7 +29,7 @@ from rlaif.config import Config
 from rlaif.generation import BackendError, GenerationBackend
 from rlaif.pairs import make_pairs
 from rlaif.review_store import ReviewStore, ReviewStoreError
-from rlaif.routing import RoutingDecision, choose_for_review, decision_for, routing_counts
+from rlaif.routing import RoutingDecision, choose_for_review, decision_for
 from rlaif.run_directory import RunDirectory, read_records, source_hash
 from rlaif.run_files import write_json_atomic, write_jsonl_atomic
 from rlaif.sampling import sample_candidates
@@ -175,12 +175,12 @@ def _run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
         yield from read_records(plan.judgments, Judgment)
 
 
-def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> dict[str, int]:
+def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> tuple[int, dict[str, int]]:
     """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
 
     Streams the shards: one pass to choose, one to write the decisions, one over the routed judgments and
     pairs of each shard for the queue. What it keeps for the whole run is the routed pairs' ids.
-    Returns the counts: pairs, routed, and routed per reason.
+    Returns the number of judged pairs and how many were routed for each reason.
     """
     total = sum(count_lines(plan.judgments) for plan in plans)
     review = config.review
@@ -224,7 +224,7 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
             "routed": [{"pair_id": pair_id, "reason": reason} for pair_id, reason in routed],
         },
     )
-    return {"pairs": total, "routed": len(routed), **Counter(reason for _, reason in routed)}
+    return total, dict(Counter(reason for _, reason in routed))
 
 
 def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:
@@ -254,8 +254,11 @@ def enqueue_routed(run: RunDirectory, config: Config) -> int:
         )
 
 
-def write_report(run: RunDirectory, plans: Sequence[ShardPlan], extra: dict[str, Any]) -> dict[str, Any]:
-    """report.json: the counts and rates of the run (see README for each field), from one pass over the files."""
+def write_report(
+    run: RunDirectory, plans: Sequence[ShardPlan], routed_by_reason: dict[str, int], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """report.json: the counts and rates of the run (see README for each field), from one pass over the
+    judgments and the routing counts `route_run` returned."""
     judged = failed = consistent = 0
     confidence_sum = 0.0
     failed_by_status = dict.fromkeys(("parse_error", "backend_error"), 0)
@@ -270,9 +273,7 @@ def write_report(run: RunDirectory, plans: Sequence[ShardPlan], extra: dict[str,
         confidence_sum += judgment.confidence or 0.0
         if judgment.winner is not None:
             winners[judgment.winner] += 1
-    decisions = read_records(run.routing, RoutingDecision)
-    by_reason = routing_counts(decisions)
-    routed = sum(by_reason.values())
+    routed = sum(routed_by_reason.values())
     report = {
         "prompts": sum(plan.prompt_count for plan in plans),
         "candidates": sum(count_lines(plan.candidates) for plan in plans),
@@ -281,7 +282,7 @@ def write_report(run: RunDirectory, plans: Sequence[ShardPlan], extra: dict[str,
         "judge_failed": failed,
         "judge_failed_by_status": failed_by_status,
         "routed_to_review": routed,
-        "routed_by_reason": by_reason,
+        "routed_by_reason": routed_by_reason,
         "review_fraction_actual": routed / (judged + failed) if judged + failed else 0.0,
         "position_consistency": consistent / judged if judged else None,
         "mean_confidence": confidence_sum / judged if judged else None,
