@@ -83,6 +83,12 @@ class ModelSection(Section):
     max_retries: int = Field(
         4, ge=0, description="openai backend: retries on 429, 5xx, timeouts and dropped connections."
     )
+    max_failures_in_row: int = Field(
+        10,
+        ge=0,
+        description="openai backend: a base URL where this many requests in a row failed for good (after their "
+        "retries) is taken out of the rotation; with none left the run stops with an error. 0: never.",
+    )
     n_mode: Literal["auto", "native", "seeds"] = Field(
         "auto",
         description="How n samples are obtained: `native` asks the server for n choices; `seeds` sends n "

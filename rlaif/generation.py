@@ -28,6 +28,16 @@ class BackendError(RuntimeError):
     """A request that failed for good (after retries); the message says where and why, never a secret."""
 
 
+class EndpointFailure(BackendError):
+    """A request that failed for good because of the endpoint (unreachable, timing out, 5xx, 429, garbled
+    answers), not because of what was asked: these count towards the endpoint's circuit breaker."""
+
+
+class EndpointDown(BackendError):
+    """No endpoint is answering (every circuit breaker is open): the run stops rather than failing each
+    remaining request one by one."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One chat request. `n` answers are wanted; `top_logprobs` asks for token log-probabilities."""
@@ -145,6 +155,7 @@ async def open_backend(
             max_concurrency=section.max_concurrency,
             timeout_s=section.timeout_s,
             max_retries=section.max_retries,
+            max_failures_in_row=section.max_failures_in_row,
             n_mode=section.n_mode,
             continue_final_message=section.continue_final_message,
             prompts_per_request=section.prompts_per_request,

@@ -5,6 +5,11 @@ its cap), 408/409, 5xx, timeouts and dropped connections. On top of it this back
 requests in flight, round-robin over several base URLs (replicas), token accounting, and `n > 1`
 emulated with distinct seeds for servers that ignore `n` (`transformers serve` does).
 
+A base URL that stops answering is taken out of the rotation: after `max_failures_in_row` requests in
+a row failed there for good (connection, timeout, 5xx, 429 or an answer that is not a completion, each
+after its retries), its circuit breaker opens. With every base URL out, each request fails at once with
+EndpointDown, which stops the run instead of routing every remaining pair to review as a failure.
+
 Many prompts per request: with `prompts_per_request > 1` and the model's chat template, requests go
 to the completions API as rendered text, greedy ones grouped `prompts_per_request` to a request (its
 `prompt` is a list: vLLM and SGLang answer each). That removes the per-request cost of client and
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +34,8 @@ from openai.types.chat import ChatCompletion
 from rlaif.chat_template import ChatTemplate
 from rlaif.generation import (
     BackendError,
+    EndpointDown,
+    EndpointFailure,
     Generation,
     GenerationRequest,
     Progress,
@@ -39,7 +46,7 @@ from rlaif.generation import (
 
 NMode = Literal["auto", "native", "seeds"]
 CompletionsSupport = Literal["list", "single", "none"]  # what a server's completions API takes
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 def redact_url(url: str) -> str:
@@ -50,6 +57,33 @@ def redact_url(url: str) -> str:
         netloc = f"{host}:{parts.port}" if parts.port else host
         parts = parts._replace(netloc=netloc)
     return urlunsplit(parts)
+
+
+class CircuitBreaker:
+    """The health of one base URL: open (out of the rotation) after `threshold` failures in a row; 0: never."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.failures_in_row = 0
+        self.last_failure = ""
+
+    @property
+    def open(self) -> bool:
+        return self.threshold > 0 and self.failures_in_row >= self.threshold
+
+    def succeeded(self) -> None:
+        self.failures_in_row = 0
+
+    def failed(self, failure: EndpointFailure) -> None:
+        self.failures_in_row += 1
+        self.last_failure = str(failure)
+
+
+class _Endpoint:
+    """One base URL: its client and its circuit breaker."""
+
+    def __init__(self, url: str, client: openai.AsyncOpenAI, breaker: CircuitBreaker) -> None:
+        self.url, self.client, self.breaker = url, client, breaker
 
 
 class OpenAIBackend:
@@ -67,6 +101,7 @@ class OpenAIBackend:
         continue_final_message: bool = False,
         prompts_per_request: int = 1,
         chat_template: ChatTemplate | None = None,
+        max_failures_in_row: int = 10,
     ) -> None:
         if not base_urls:
             raise ValueError("OpenAIBackend needs at least one base URL")
@@ -83,17 +118,34 @@ class OpenAIBackend:
         self.chat_template = chat_template
         self.completions: CompletionsSupport = "none"  # until probe_completions finds out
         # Local servers accept any key; the client insists on one.
-        self._clients = [
-            (
+        self._endpoints = [
+            _Endpoint(
                 redact_url(url),
                 openai.AsyncOpenAI(
                     base_url=url, api_key=api_key or "unused", timeout=timeout_s, max_retries=max_retries
                 ),
+                CircuitBreaker(max_failures_in_row),
             )
             for url in base_urls
         ]
-        self._next_client = itertools.cycle(self._clients)
+        self._rotation = itertools.cycle(self._endpoints)
         self._limit = asyncio.Semaphore(max_concurrency)
+
+    def _next_endpoint(self) -> _Endpoint:
+        """The next base URL in the rotation whose breaker is closed; EndpointDown when none is left."""
+        for _ in range(len(self._endpoints)):
+            endpoint = next(self._rotation)
+            if not endpoint.breaker.open:
+                return endpoint
+        details = "; ".join(
+            f"{e.url}: {e.breaker.failures_in_row} requests in a row failed, the last with "
+            f"{e.breaker.last_failure.removeprefix(e.url + ': ')}"
+            for e in self._endpoints
+        )
+        raise EndpointDown(
+            f"stopped sending requests: no endpoint is answering ({details}). "
+            "Finished shards are kept; rerun the same command once the endpoint is back."
+        )
 
     async def probe_completions(self) -> CompletionsSupport:
         """Ask the server (once) whether its completions API takes a list of prompts, one prompt, or nothing.
@@ -103,7 +155,7 @@ class OpenAIBackend:
         """
         if self.prompts_per_request <= 1:
             return self.completions
-        url, client = self._clients[0]
+        url, client = self._endpoints[0].url, self._endpoints[0].client
         probe = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0}
         try:
             listed = await client.post("/completions", body={**probe, "prompt": ["1", "2"]}, cast_to=Completion)
@@ -158,6 +210,9 @@ class OpenAIBackend:
         by_index: dict[int, RequestResult] = dict(zip(singles, answers[len(groups) :], strict=True))
         for group, answered in zip(groups, answers[: len(groups)], strict=True):
             by_index.update(zip(group, answered, strict=True))
+        down = next((r for r in by_index.values() if isinstance(r, EndpointDown)), None)
+        if down is not None:  # not a failure of some requests to report, but the end of the run
+            raise down
         return [by_index[i] for i in range(len(requests))]
 
     def _text_groups(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
@@ -198,7 +253,6 @@ class OpenAIBackend:
         return generations
 
     async def _complete(self, request: GenerationRequest, n: int, seed: int) -> list[Generation]:
-        url, client = next(self._next_client)
         kwargs: dict[str, Any] = {
             "model": self.model_name,
             "messages": list(request.messages),
@@ -223,17 +277,9 @@ class OpenAIBackend:
             kwargs["messages"].append({"role": "assistant", "content": request.prefill})
             kwargs.update(continue_final_message=True, add_generation_prompt=False)
         async with self._limit:
-            self.usage.requests += 1
-            # The client's generic POST: the same retries, timeouts and parsed response as
-            # `chat.completions.create`, without re-walking every message through its type transforms
-            # (about a quarter of the client's CPU per request; the body here is plain JSON already).
-            response = await self._send(
-                url, lambda: client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
-            )
+            response = await self._send("/chat/completions", kwargs, ChatCompletion)
         if response.usage:
             self.usage.add(response.usage.prompt_tokens, response.usage.completion_tokens)
-        if not response.choices:
-            raise BackendError(f"{url}: the response has no choices")
         per_choice_tokens = response.usage.completion_tokens if response.usage and len(response.choices) == 1 else None
         return [
             Generation(
@@ -264,41 +310,70 @@ class OpenAIBackend:
             body["stop"] = list(first.stop)
         if first.top_logprobs is not None:
             body["logprobs"] = first.top_logprobs
-        url, client = next(self._next_client)
         async with self._limit:
-            self.usage.requests += 1
-            response = await self._send(url, lambda: client.post("/completions", body=body, cast_to=Completion))
+            response = await self._send("/completions", body, Completion)
         if response.usage:
             self.usage.add(response.usage.prompt_tokens, response.usage.completion_tokens)
         choices = sorted(response.choices, key=lambda c: c.index)
         if len(choices) != len(prompts):
-            raise BackendError(f"{url}: {len(prompts)} prompts sent, {len(choices)} completions returned")
+            raise BackendError(f"{len(prompts)} prompts sent, {len(choices)} completions returned")
         return [
             Generation(text=choice.text, finish_reason=choice.finish_reason, logprobs=_text_logprobs(choice))
             for choice in choices
         ]
 
-    async def _send(self, url: str, call: Callable[[], Awaitable[T]]) -> T:
-        """A request through the client (with its retries); failures as BackendError naming the server."""
+    async def _send(self, path: str, body: dict[str, Any], cast_to: type[R]) -> R:
+        """POST a request to the next healthy base URL through the client's generic `post`: the same retries,
+        timeouts and parsed response as `chat.completions.create`, without re-walking every message through
+        its type transforms (about a quarter of the client's CPU per request; the body is plain JSON already).
+
+        The client retries 429 (honouring Retry-After), 5xx, timeouts and dropped connections; an answer
+        that is not a completion (cut short, or some other JSON) is asked again here, as often. Failures
+        come back as BackendError naming the server; those of the endpoint (not of this one request) count
+        towards its circuit breaker.
+        """
+        endpoint = self._next_endpoint()
+        self.usage.requests += 1
         try:
-            return await call()
-        except openai.APITimeoutError:
-            raise BackendError(
-                f"{url}: no answer within {self.timeout_s:g} s "
-                f"({self.max_retries + 1} attempts); is the server overloaded or hung?"
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise BackendError(
-                f"{url}: connection failed after {self.max_retries + 1} attempts ({_cause(exc)})"
-            ) from None
-        except openai.APIStatusError as exc:
-            raise BackendError(f"{url}: HTTP {exc.status_code}: {_short(exc.message)}") from None
-        except openai.OpenAIError as exc:
-            raise BackendError(f"{url}: {type(exc).__name__}: {_short(str(exc))}") from None
+            response = await self._post_checked(endpoint, path, body, cast_to)
+        except EndpointFailure as failure:
+            endpoint.breaker.failed(failure)
+            raise
+        endpoint.breaker.succeeded()
+        return response
+
+    async def _post_checked(self, endpoint: _Endpoint, path: str, body: dict[str, Any], cast_to: type[R]) -> R:
+        url, attempts = endpoint.url, self.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                response = await endpoint.client.post(path, body=body, cast_to=cast_to)
+            except openai.APITimeoutError:
+                raise EndpointFailure(
+                    f"{url}: no answer within {self.timeout_s:g} s ({attempts} attempts); "
+                    "is the server overloaded or hung?"
+                ) from None
+            except openai.APIConnectionError as exc:
+                raise EndpointFailure(f"{url}: connection failed after {attempts} attempts ({_cause(exc)})") from None
+            except openai.APIStatusError as exc:
+                message = f"{url}: HTTP {exc.status_code}: {_short(exc.message)}"
+                if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                    raise EndpointFailure(f"{message} ({attempts} attempts)") from None
+                raise BackendError(message) from None
+            except openai.OpenAIError as exc:
+                raise BackendError(f"{url}: {type(exc).__name__}: {_short(str(exc))}") from None
+            except ValueError as exc:  # the body is not JSON: the answer was cut short
+                problem = f"the answer is not valid JSON ({_short(str(exc), 80)})"
+            else:
+                if isinstance(getattr(response, "choices", None), list) and response.choices:  # type: ignore[attr-defined]
+                    return response
+                problem = "the answer is not a completion (it has no choices)"
+            if attempt + 1 < attempts:
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.0))
+        raise EndpointFailure(f"{url}: {problem} ({attempts} attempts)")
 
     async def aclose(self) -> None:
-        for _, client in self._clients:
-            await client.close()
+        for endpoint in self._endpoints:
+            await endpoint.client.close()
 
 
 def _text_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
