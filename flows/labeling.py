@@ -48,9 +48,10 @@ from rlaif.labeling import (
     write_report,
 )
 from rlaif.models import resolve_model
-from rlaif.prompt_sources import iter_configured_prompts
+from rlaif.prompt_sources import PromptCounts, iter_configured_prompts
 from rlaif.run_directory import RunDirectory
-from rlaif.run_files import write_text_atomic
+from rlaif.run_files import remove_partial_writes, write_text_atomic
+from rlaif.shard_claims import claim_path, try_claim, wait_claim
 
 T = TypeVar("T")
 
@@ -81,9 +82,11 @@ async def _opened(value: T) -> AsyncIterator[T]:
     yield value
 
 
-def _plans(config: Config) -> tuple[RunDirectory, list[ShardPlan]]:
+def _plans(config: Config) -> tuple[RunDirectory, list[ShardPlan], PromptCounts]:
+    """The run's shards, and what reading its prompts left out or truncated."""
     run = RunDirectory(config.run.directory())
-    return run, plan_shards(run, config, iter_configured_prompts(config.prompts))
+    counts = PromptCounts()
+    return run, plan_shards(run, config, iter_configured_prompts(config.prompts, counts)), counts
 
 
 class ShardProgress:
@@ -119,7 +122,8 @@ class ShardProgress:
     def _say_reused(self) -> None:
         if self.reused_shards:
             self._say(
-                f"{self.step} {self.reused_shards} shards: {self.reused_count} {self.unit} (finished earlier, reused)"
+                f"{self.step} {self.reused_shards} shards: {self.reused_count} {self.unit} "
+                "(finished earlier or by another worker, reused)"
             )
             self.reused_shards = self.reused_count = 0
 
@@ -145,6 +149,7 @@ SHARDS_IN_FLIGHT = 2
 
 
 async def _run_shards(
+    run: RunDirectory,
     plans: list[ShardPlan],
     output: Callable[[ShardPlan], Path],
     step: Task[..., Any],
@@ -155,29 +160,48 @@ async def _run_shards(
 
     Two at a time: the next shard's requests fill the endpoint while the last, slowest requests of the
     previous one finish (one at a time, the endpoint would idle at every shard's tail). A crash repeats at
-    most the shards in flight. Arguments are quoted: Prefect would otherwise walk every field of the plan
-    and the config looking for futures, on every task run.
+    most the shards in flight. Each shard is claimed first (`rlaif.shard_claims`): shards another worker on
+    the same run holds are left to it and waited for at the end, then counted as done, or done here if that
+    worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
+    the plan and the config looking for futures, on every task run.
     """
     in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
+    held_elsewhere: list[ShardPlan] = []
 
-    async def one(plan: ShardPlan) -> None:
+    async def one(plan: ShardPlan, wait: bool) -> None:
         async with in_flight:
             started = time.monotonic()
             if output(plan).is_file():
                 count, reused = count_lines(output(plan)), True
             else:
-                count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
+                where = claim_path(run.root, output(plan))
+                claim = await wait_claim(where) if wait else try_claim(where)
+                if claim is None:
+                    held_elsewhere.append(plan)
+                    return
+                with claim:
+                    if output(plan).is_file():  # finished by another worker while this one waited
+                        count, reused = count_lines(output(plan)), True
+                    else:
+                        remove_partial_writes(output(plan))  # of a worker killed while writing it
+                        count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
             await progress.shard_done(plan, count, reused, time.monotonic() - started)
 
-    try:
-        async with asyncio.TaskGroup() as shards:
-            for plan in plans:
-                shards.create_task(one(plan))
-    except ExceptionGroup as failed:  # the other shard in flight was cancelled; report the failure itself
-        raise failed.exceptions[0] from None
+    async def all_of(shards: list[ShardPlan], wait: bool) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for plan in shards:
+                    group.create_task(one(plan, wait))
+        except ExceptionGroup as failed:  # the other shard in flight was cancelled; report the failure itself
+            raise failed.exceptions[0] from None
+
+    await all_of(plans, wait=False)
+    if held_elsewhere:
+        get_run_logger().info(f"waiting for {len(held_elsewhere)} shards that another worker on this run holds")
+        await all_of(sorted(held_elsewhere, key=lambda plan: plan.index), wait=True)
 
 
-async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:
+async def sample_candidates(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
     """Sample `sampling.n` candidates per prompt, a task run per unfinished shard; returns the count."""
     logger = get_run_logger()
     artifact = await acreate_progress_artifact(
@@ -186,11 +210,11 @@ async def sample_candidates(config: Config, plans: list[ShardPlan]) -> int:
     progress = ShardProgress("sampled", "candidates", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
-        await _run_shards(plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy)
+        await _run_shards(run, plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy)
     return progress.count
 
 
-async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
+async def judge_pairs(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
     """Pair the sampled candidates and judge each pair in both orders, a task run per unfinished shard."""
     logger = get_run_logger()
     artifact = await acreate_progress_artifact(progress=0.0, key="judging-progress", description="Shards judged")
@@ -198,7 +222,7 @@ async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: _opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
         judge = OnFirstUse(stack, lambda: open_judge(config.judge, seed=config.run.seed, say=logger.info))
-        await _run_shards(plans, lambda plan: plan.judgments, judge_shard_task, progress, config, scorer, judge)
+        await _run_shards(run, plans, lambda plan: plan.judgments, judge_shard_task, progress, config, scorer, judge)
         if judge.value is not None:
             usage = judge.value.usage()
             logger.info(
@@ -211,10 +235,12 @@ async def judge_pairs(config: Config, plans: list[ShardPlan]) -> int:
 @task(name="route-for-review", cache_policy=NO_CACHE)
 async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Config) -> dict[str, int]:
     """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident.
-    Returns how many were routed for each reason."""
-    write_text_atomic(run.config, dump_config(config))
-    judged, routed_by_reason = route_run(run, plans, config)
-    added = enqueue_routed(run, config)
+    Returns how many were routed for each reason. Workers on one run route it one after the other (each
+    gets the same result; the second adds nothing to the review queue)."""
+    with await wait_claim(run.root / "claims" / "route.lock"):
+        write_text_atomic(run.config, dump_config(config))
+        judged, routed_by_reason = route_run(run, plans, config)
+        added = enqueue_routed(run, config)
     get_run_logger().info(
         f"routed {sum(routed_by_reason.values())} of {judged} pairs to review ({run.review_queue}); "
         f"{added} new items in the review queue of run {config.run.name!r}"
@@ -234,9 +260,11 @@ async def label_pipeline(
     logger = get_run_logger()
     check_judge(config.judge)  # a broken template fails here, before any model is loaded
     started = time.monotonic()
-    run, plans = _plans(config)
-    await sample_candidates(config, plans)
-    await judge_pairs(config, plans)
+    run, plans, prompt_counts = _plans(config)
+    if any(prompt_counts.as_dict().values()):
+        logger.warning(f"prompts left out or changed while reading {config.prompts.path}: {prompt_counts.as_dict()}")
+    await sample_candidates(config, run, plans)
+    await judge_pairs(config, run, plans)
     routed_by_reason = await route_for_review(quote(run), quote(plans), quote(config))
     report = write_report(
         run,
@@ -248,6 +276,7 @@ async def label_pipeline(
             "judge": config.judge.model,
             "judge_mode": config.judge.mode,
             "judge_prompt": config.judge.prompt,
+            "prompts_left_out_or_truncated": prompt_counts.as_dict(),
         },
     )
     summary = [{"measure": key, "value": str(value)} for key, value in report.items()]

@@ -18,6 +18,12 @@ parsed, and its variables checked against what the pipeline provides: an unknown
 required one the body never uses, or a bad header fails naming the file and line, before any model
 call. The template's hash (of the file's bytes) is stored on every judgment.
 
+Templates are code from outside the project, so the sandbox is strict: no attribute that starts with
+an underscore, no method that changes a value, no `str.format` reaching attributes, ranges of at most
+100,000, and no `*` or `**` that would build a string, list or number large enough to exhaust memory.
+A template that tries fails with TemplateError naming the file, at load time when its first render
+reaches the attempt, else at the render that does.
+
 Candidate answers are untrusted: before rendering, anything in them that looks like the template's
 delimiters (`<answer_a>`, `</question>`, ...) or a verdict (`[[A]]`) is defused, so an answer cannot
 close its own fence or plant a label.
@@ -36,6 +42,7 @@ from typing import Literal
 import jinja2
 import yaml
 from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -52,6 +59,26 @@ _VERDICT_PATTERN = re.compile(r"\[\[")
 
 class TemplateError(ValueError):
     """A template that cannot be used; the message names the file and line."""
+
+
+MAX_BUILT_SIZE = 1_000_000  # the longest string or list a template may build with `*`; the largest `**` result
+
+
+class JudgeSandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, also refusing `*` and `**` that would build something huge."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: object, right: object) -> object:
+        if operator == "*":
+            for sized, times in ((left, right), (right, left)):
+                if isinstance(sized, str | list | tuple) and isinstance(times, int):
+                    if len(sized) * times > MAX_BUILT_SIZE:
+                        raise SecurityError(f"the template builds a value of {len(sized) * times} items")
+        if operator == "**" and isinstance(left, int | float) and isinstance(right, int | float):
+            if abs(right) > 64 or abs(left) ** min(abs(right), 64) > MAX_BUILT_SIZE**2:
+                raise SecurityError(f"the template computes {left} ** {right}, too large")
+        return super().call_binop(context, operator, left, right)
 
 
 class Labels(BaseModel):
@@ -91,6 +118,7 @@ class JudgeTemplate:
     hash: str
     _compiled: jinja2.Template
     _system: jinja2.Template | None
+    body_line: int = 1  # the file's line where the body starts
 
     @property
     def name(self) -> str:
@@ -115,10 +143,25 @@ class JudgeTemplate:
             "labels": self.header.labels.model_dump(),
         }
         messages = []
-        if self._system is not None:
-            messages.append({"role": "system", "content": self._system.render(values).strip()})
-        messages.append({"role": "user", "content": self._compiled.render(values).strip()})
+        try:
+            if self._system is not None:
+                messages.append({"role": "system", "content": self._system.render(values).strip()})
+            messages.append({"role": "user", "content": self._compiled.render(values).strip()})
+        except Exception as exc:  # noqa: BLE001 - whatever a template's expressions raise is the template's fault
+            # (a sandbox refusal, an undefined name, 1/0, a range too large), here or in a branch the load-time
+            # render did not take
+            raise TemplateError(f"{self.path}:{self._line_of(exc)}: the template fails to render: {exc}") from None
         return messages
+
+    def _line_of(self, exc: Exception) -> int:
+        """The file line of a render error: Jinja's own, else the template's frame in the traceback."""
+        line = getattr(exc, "lineno", None)
+        frame = exc.__traceback__
+        while not line and frame is not None:
+            if frame.tb_frame.f_code.co_filename == "<template>":  # Jinja maps these frames to template lines
+                line = frame.tb_lineno
+            frame = frame.tb_next
+        return self.body_line + (line or 1) - 1
 
 
 def fence(text: str) -> str:
@@ -163,7 +206,7 @@ def load_template(reference: str, mode: str | None = None) -> JudgeTemplate:
             f"{path}:{_line_of(header_lines, 'modes')}: judge mode {mode!r} is not among "
             f"the template's modes {header.modes}"
         )
-    environment = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    environment = JudgeSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
     compiled = _compile(environment, path, body, body_first_line, header, header_lines)
     system = None
     if header.system is not None:
@@ -175,6 +218,7 @@ def load_template(reference: str, mode: str | None = None) -> JudgeTemplate:
         hash=hashlib.sha256(raw).hexdigest()[:16],
         _compiled=compiled,
         _system=system,
+        body_line=body_first_line,
     )
     _trial_render(template, path)
     return template
@@ -277,8 +321,4 @@ def _body_line(body: str, name: str) -> int:
 
 def _trial_render(template: JudgeTemplate, path: Path) -> None:
     """Render once with sample values, so errors that only show at render time show now."""
-    try:
-        template.render("question", "answer one", "answer two", principle=template.draw_principle(0, "trial"))
-    except jinja2.TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        raise TemplateError(f"{path}:{line or 1}: the template fails to render: {exc}") from None
+    template.render("question", "answer one", "answer two", principle=template.draw_principle(0, "trial"))

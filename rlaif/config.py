@@ -50,6 +50,17 @@ class PromptsSection(Section):
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     split: str = Field("train", description="Split to read when the path is a saved DatasetDict.")
+    max_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Longest prompt (all its messages, in characters; about 4 per token) the policy model "
+        "should see; longer ones are handled by `too_long`. None: no limit.",
+    )
+    too_long: Literal["skip", "truncate", "error"] = Field(
+        "skip",
+        description="A prompt over max_chars: skip it, truncate its last message to fit (its start is kept), "
+        "or stop with an error naming its line. Skipped and truncated prompts are counted in report.json.",
+    )
 
 
 class ServerSection(Section):

@@ -3,12 +3,20 @@
 A JSONL line is an object with either a `prompt` string or a `messages` list of {role, content};
 an MT-Bench line has `question_id`, `category` and `turns` (the first turn is the prompt). Other
 fields are kept as metadata. A malformed file fails naming the file, the line and what is wrong.
+
+What reading does with prompts that are not errors but not usable as they are, counted in
+`PromptCounts` (and so in report.json): a prompt seen before (same messages) is kept once, and a
+prompt over `prompts.max_chars` is skipped, truncated or refused (`prompts.too_long`). An empty prompt
+is an error naming its line, and so is an `id` used by two different prompts: the source's ids would
+no longer say which prompt is which.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +30,85 @@ class PromptSourceError(ValueError):
     """A prompt source that cannot be read; the message names the file and line."""
 
 
+@dataclass
+class PromptCounts:
+    """The prompts reading left out or changed (see the module docstring)."""
+
+    duplicates: int = 0
+    too_long_skipped: int = 0
+    truncated: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
 def load_prompts(path: str | Path, limit: int | None = None, split: str = "train") -> list[PromptItem]:
     """All prompts of a source (the first `limit` when given), with duplicates removed, in file order."""
     return list(unique_prompts(path, limit, split))
 
 
-def unique_prompts(path: str | Path, limit: int | None = None, split: str = "train") -> Iterator[PromptItem]:
-    """The prompts of a source one by one, duplicates removed, stopping after `limit`; only their ids are kept."""
+def unique_prompts(
+    path: str | Path,
+    limit: int | None = None,
+    split: str = "train",
+    max_chars: int | None = None,
+    too_long: str = "skip",
+    counts: PromptCounts | None = None,
+) -> Iterator[PromptItem]:
+    """The usable prompts of a source one by one, stopping after `limit`; only their ids are kept.
+
+    Duplicates are left out, prompts over `max_chars` handled by `too_long`, each
+    counted in `counts` when given.
+    """
+    counts = counts if counts is not None else PromptCounts()
     seen: set[str] = set()
-    for item in iter_prompts(path, split=split):
+    source_ids: dict[str, tuple[str, str]] = {}  # a source's own id -> (where it was, prompt id)
+    for where, item in _located_prompts(path, split):
+        source_id = item.metadata.get("source_id")
+        if source_id is not None:
+            first = source_ids.setdefault(json.dumps(source_id), (where, item.id))
+            if first[1] != item.id:
+                raise PromptSourceError(
+                    f"{where}: id {source_id!r} is already the id of a different prompt ({first[0]}); "
+                    "ids must be unique"
+                )
+        if max_chars is not None and _chars(item) > max_chars:
+            if too_long == "error":
+                raise PromptSourceError(
+                    f"{where}: the prompt has {_chars(item)} characters, over prompts.max_chars={max_chars} "
+                    "(set prompts.too_long to skip or truncate such prompts)"
+                )
+            if too_long == "skip":
+                counts.too_long_skipped += 1
+                continue
+            item = _truncated(item, max_chars)
+            counts.truncated += 1
         if item.id in seen:
+            counts.duplicates += 1
             continue
         seen.add(item.id)
         yield item
         if limit is not None and len(seen) >= limit:
             break
     if not seen:
-        raise PromptSourceError(f"{path}: no prompts found")
+        raise PromptSourceError(f"{path}: no usable prompts found ({_left_out(counts)})")
+
+
+def _chars(item: PromptItem) -> int:
+    return sum(len(message.content) for message in item.messages)
+
+
+def _truncated(item: PromptItem, max_chars: int) -> PromptItem:
+    """The prompt with its last message cut so that the whole fits in `max_chars` (its start kept)."""
+    earlier = _chars(item) - len(item.messages[-1].content)
+    room = max(0, max_chars - earlier)
+    last = item.messages[-1].model_copy(update={"content": item.messages[-1].content[:room]})
+    messages = [m.model_dump() for m in (*item.messages[:-1], last)]
+    return PromptItem(messages=messages, source=item.source, metadata={**item.metadata, "truncated_from": _chars(item)})
+
+
+def _left_out(counts: PromptCounts) -> str:
+    return ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in counts.as_dict().items()) + " left out"
 
 
 def load_configured_prompts(section: PromptsSection) -> list[PromptItem]:
@@ -51,18 +121,32 @@ def check_configured_prompts(section: PromptsSection) -> int:
     return sum(1 for _ in iter_configured_prompts(section))
 
 
-def iter_configured_prompts(section: PromptsSection) -> Iterator[PromptItem]:
-    """The configured prompts one by one (as `load_configured_prompts`, without holding them all)."""
+def iter_configured_prompts(section: PromptsSection, counts: PromptCounts | None = None) -> Iterator[PromptItem]:
+    """The configured prompts one by one (as `load_configured_prompts`, without holding them all); what was
+    left out or truncated is added to `counts`."""
     if not Path(section.path).exists():
         raise PromptSourceError(
             f"prompts.path {section.path} does not exist (relative to {Path.cwd()}); "
             "set it in the config or with --set prompts.path=FILE"
         )
-    return unique_prompts(section.path, limit=section.limit, split=section.split)
+    return unique_prompts(
+        section.path,
+        limit=section.limit,
+        split=section.split,
+        max_chars=section.max_chars,
+        too_long=section.too_long,
+        counts=counts,
+    )
 
 
 def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]:
     """Prompts one by one from a JSONL file or a saved dataset directory."""
+    for _, item in _located_prompts(path, split):
+        yield item
+
+
+def _located_prompts(path: str | Path, split: str) -> Iterator[tuple[str, PromptItem]]:
+    """(where, prompt) for each record: where is `file:line` or `directory row N`."""
     source = Path(path)
     if not source.exists():
         raise PromptSourceError(f"{source}: no such file or directory")
@@ -72,7 +156,7 @@ def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]
         yield from _iter_jsonl(source)
 
 
-def _iter_jsonl(path: Path) -> Iterator[PromptItem]:
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, PromptItem]]:
     with path.open("rb") as handle:
         for number, raw_line in enumerate(handle, start=1):
             where = f"{path}:{number}"
@@ -86,10 +170,26 @@ def _iter_jsonl(path: Path) -> Iterator[PromptItem]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptSourceError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-            yield prompt_from_record(record, where, source=path.name)
+            except RecursionError:
+                raise PromptSourceError(f"{where}: not valid JSON: nested too deeply") from None
+            if _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(record):
+                raise PromptSourceError(f"{where}: a \\ud800-\\udfff escape without its pair is not text")
+            yield where, prompt_from_record(record, where, source=path.name)
 
 
-def _iter_dataset(path: Path, split: str) -> Iterator[PromptItem]:
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(record: Any) -> bool:
+    """Whether decoded JSON holds a surrogate that no UTF-8 file can store (JSON can spell one alone)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _iter_dataset(path: Path, split: str) -> Iterator[tuple[str, PromptItem]]:
     import datasets  # heavy import, only when a dataset directory is read
 
     try:
@@ -101,7 +201,8 @@ def _iter_dataset(path: Path, split: str) -> Iterator[PromptItem]:
             raise PromptSourceError(f"{path}: no split {split!r} (has {', '.join(loaded)}); set prompts.split")
         loaded = loaded[split]
     for index, record in enumerate(loaded):
-        yield prompt_from_record(record, f"{path} row {index}", source=path.name)
+        where = f"{path} row {index}"
+        yield where, prompt_from_record(record, where, source=path.name)
 
 
 def prompt_from_record(record: Any, where: str, source: str = "") -> PromptItem:
@@ -127,7 +228,10 @@ def prompt_from_record(record: Any, where: str, source: str = "") -> PromptItem:
     try:
         return PromptItem(messages=messages, source=source, metadata=_json_safe(fields))
     except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'prompt'}: {e['msg']}" for e in exc.errors())
+        problem = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'prompt'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise PromptSourceError(f"{where}: {problem}") from None
 
 

@@ -8,6 +8,7 @@
       routing.jsonl                         review or judge, with the reason, for every judged pair
       review_queue.jsonl                    the routed pairs with their judgments, for people
       manifest.json                         the shard files of the labelled run and the routed pairs
+      claims/                               lock files by which workers on one run split its shards
       config.yaml                           the effective config of the run
       report.json                           counts and rates of the run
       dataset/                              the merged dataset (`rlaif merge`), its card and figures

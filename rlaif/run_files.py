@@ -54,3 +54,15 @@ def _write_atomic(path: Path, chunks: Iterable[str]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(path: Path) -> int:
+    """Delete the temporary files that writers of `path` left behind when they died mid-write; returns how many.
+
+    Only the worker that holds the claim on `path` may call this: another writer's file in progress has
+    the same form.
+    """
+    partial = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for leftover in partial:
+        leftover.unlink(missing_ok=True)
+    return len(partial)

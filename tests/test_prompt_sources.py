@@ -93,5 +93,5 @@ def test_invalid_utf8_is_reported_with_its_line(tmp_path):
 def test_missing_and_empty_sources(tmp_path):
     with pytest.raises(PromptSourceError, match="no such file"):
         load_prompts(tmp_path / "absent.jsonl")
-    with pytest.raises(PromptSourceError, match="no prompts found"):
+    with pytest.raises(PromptSourceError, match="no usable prompts found"):
         load_prompts(jsonl(tmp_path, [""]))
