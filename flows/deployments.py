@@ -22,7 +22,7 @@ from prefect.schedules import Cron, Interval
 from prefect.types.entrypoint import EntrypointType
 
 from flows.labeling import label_pipeline
-from flows.parameters import ConfigOverrides
+from flows.parameters import DEPLOYMENT_CONFIG_ONLY, ConfigOverrides
 from flows.pipeline import rlaif_pipeline
 from flows.review import QUEUE_EMPTIED, merge_flow
 from flows.train import train_pipeline
@@ -48,6 +48,9 @@ def overrides_mapping(items: list[str]) -> dict[str, Any]:
         ConfigOverrides.model_validate(mapping)
     except ValueError as exc:
         raise ConfigError(f"--set: {exc}") from None
+    refused = [key for key in mapping if key.endswith(DEPLOYMENT_CONFIG_ONLY)]
+    if refused:
+        raise ConfigError(f"--set {refused[0]}: deployment runs take this key only from the config file; set it there")
     return mapping
 
 

@@ -6,17 +6,26 @@
 `ConfigOverrides` has one optional field per config key, named by its dotted path, with the key's
 type and no others allowed, so Prefect checks a run's parameters against its JSON schema when the
 run is created: a misspelt key or a value of the wrong type is refused then, naming the key.
+
+Anyone who can reach the Prefect API can start a deployment with parameters of their choosing, so a
+run started from a deployment also gets `check_deployment_parameters`: the config file and every file
+an override names must lie inside the allowed roots (`RLAIF_ALLOWED_ROOTS`, directories separated by
+`:`; by default the working directory of the process that runs the flow, e.g. `rlaif deploy`'s), and
+the keys that decide what program runs, where the API keys are sent or where labels are stored
+(`DEPLOYMENT_CONFIG_ONLY`) can only come from the config file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from rlaif.config import Config, apply_overrides, load_config
+from rlaif.config import Config, ConfigError, apply_overrides, load_config
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
@@ -54,8 +63,65 @@ def override_list(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in given.items()]
 
 
+# Config keys a deployment run takes only from its config file (suffixes of dotted keys).
+DEPLOYMENT_CONFIG_ONLY = ("api_key_env", "base_urls", "server.executable", "server.extra_args", "review.db")
+# Config keys whose value is a file or folder (or a model name, which stays inside the roots as a path).
+PATH_KEYS = (
+    "run.dir",
+    "prompts.path",
+    "judge.prompt",
+    "model",
+    "chat_template_from",
+    "score_model",
+    "reward_model",
+    "train.data",
+    "train.out",
+)
+
+
+def allowed_roots() -> list[Path]:
+    """The directories a deployment run's file parameters may name: RLAIF_ALLOWED_ROOTS, else the working
+    directory."""
+    listed = [part for part in os.environ.get("RLAIF_ALLOWED_ROOTS", "").split(os.pathsep) if part.strip()]
+    return [Path(root).resolve() for root in listed] or [Path.cwd().resolve()]
+
+
+def check_deployment_parameters(config: str | None, overrides: dict[str, Any], roots: list[Path]) -> None:
+    """Refuse a deployment run's parameters that reach outside `roots` or set a config-file-only key."""
+    if config is not None:
+        _check_inside(config, "config", roots)
+    for key, value in overrides.items():
+        if key.endswith(DEPLOYMENT_CONFIG_ONLY):
+            raise ConfigError(
+                f"overrides: {key} cannot be set by a deployment run's parameters (it decides what program runs, "
+                "where API keys are sent or where labels are stored); set it in the deployment's config file"
+            )
+        if key.endswith(PATH_KEYS) and isinstance(value, str) and value:
+            _check_inside(value, f"overrides: {key}", roots)
+
+
+def _check_inside(value: str, where: str, roots: list[Path]) -> None:
+    resolved = Path(value).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ConfigError(
+            f"{where}: {value} is outside the directories deployment runs may use "
+            f"({', '.join(str(root) for root in roots)}; set RLAIF_ALLOWED_ROOTS where the flows run to change them)"
+        )
+
+
+def _started_from_deployment() -> bool:
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
 def run_config(config: Config | str | None, overrides: BaseModel | dict[str, Any] | None = None) -> Config:
-    """The Config of a flow run: a Config, or a file (default: the embedded demo config), with the overrides."""
+    """The Config of a flow run: a Config, or a file (default: the embedded demo config), with the overrides.
+
+    A run started from a deployment has its parameters checked first (`check_deployment_parameters`)."""
+    if _started_from_deployment() and not isinstance(config, Config):
+        given = {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in override_list(overrides)}
+        check_deployment_parameters(config, given, allowed_roots())
     if isinstance(config, Config):
         items = override_list(overrides)
         return Config.model_validate(apply_overrides(config.model_dump(mode="json"), items)) if items else config

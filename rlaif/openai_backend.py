@@ -116,6 +116,7 @@ class OpenAIBackend:
             raise ValueError("prompts_per_request > 1 needs the model's chat template")
         self.prompts_per_request = prompts_per_request
         self.chat_template = chat_template
+        self._api_key = api_key  # only to take it out of error messages (servers echo a wrong key)
         self.completions: CompletionsSupport = "none"  # until probe_completions finds out
         # Local servers accept any key; the client insists on one.
         self._endpoints = [
@@ -170,7 +171,7 @@ class OpenAIBackend:
                 except openai.APIStatusError:
                     self.completions = "none"
         except openai.OpenAIError as exc:
-            raise BackendError(f"{url}: the completions probe failed: {_short(str(exc))}") from None
+            raise BackendError(self._without_key(f"{url}: the completions probe failed: {_short(str(exc))}")) from None
         self.supports_prefill = self.completions != "none" or self.continue_final_message
         return self.completions
 
@@ -336,11 +337,17 @@ class OpenAIBackend:
         self.usage.requests += 1
         try:
             response = await self._post_checked(endpoint, path, body, cast_to)
-        except EndpointFailure as failure:
-            endpoint.breaker.failed(failure)
-            raise
+        except BackendError as error:
+            error = type(error)(self._without_key(str(error)))
+            if isinstance(error, EndpointFailure):
+                endpoint.breaker.failed(error)
+            raise error from None
         endpoint.breaker.succeeded()
         return response
+
+    def _without_key(self, message: str) -> str:
+        """The message with the API key taken out: a server may quote the key it refused."""
+        return message.replace(self._api_key, "[API key]") if self._api_key else message
 
     async def _post_checked(self, endpoint: _Endpoint, path: str, body: dict[str, Any], cast_to: type[R]) -> R:
         url, attempts = endpoint.url, self.max_retries + 1
@@ -355,7 +362,8 @@ class OpenAIBackend:
             except openai.APIConnectionError as exc:
                 raise EndpointFailure(f"{url}: connection failed after {attempts} attempts ({_cause(exc)})") from None
             except openai.APIStatusError as exc:
-                message = f"{url}: HTTP {exc.status_code}: {_short(exc.message)}"
+                said = exc.message.removeprefix(f"Error code: {exc.status_code} - ")  # the client's own prefix
+                message = f"{url}: HTTP {exc.status_code}: {_short(said)}"
                 if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
                     raise EndpointFailure(f"{message} ({attempts} attempts)") from None
                 raise BackendError(message) from None

@@ -126,6 +126,21 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
             )
             assert refused.returncode != 0 and "sampling.nn" in refused.stdout + refused.stderr
 
+            # A file outside the allowed roots (here the working directory of `rlaif deploy`) fails the run
+            # before it reads anything.
+            escaping = prefect(
+                prefect_api,
+                "deployment",
+                "run",
+                "rlaif-label/e2e",
+                "--param",
+                'overrides={"prompts.path": "../../../../etc/passwd"}',
+                "--watch",
+                timeout=300,
+            )
+            assert escaping.returncode != 0
+            assert "prompts.path: ../../../../etc/passwd is outside the directories" in log.read_text()
+
             # The pipeline with a custom judge prompt, started from the CLI, nothing routed: it ends merged.
             overrides = {
                 "judge.prompt": str(template),

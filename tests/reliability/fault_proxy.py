@@ -10,6 +10,7 @@ something a production endpoint does instead:
     truncated  the upstream answer cut in half (status 200, JSON that does not parse)
     nonsense   status 200 with valid JSON that makes no sense: a reply of unrelated text, or an object
                that is not a completion at all (alternately)
+    echo_key   401 whose message quotes the request's API key, as OpenAI's "Incorrect API key" does
 
 `dead = True` turns it into an endpoint that answers every request with 503. Faults are drawn from a
 seeded generator; every fault is counted by kind, and every request is logged with its arrival time and
@@ -31,8 +32,9 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
-FaultKind = Literal["drop", "429", "500", "slow", "truncated", "nonsense"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("drop", "429", "500", "slow", "truncated", "nonsense")
+FaultKind = Literal["drop", "429", "500", "slow", "truncated", "nonsense", "echo_key"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("drop", "429", "500", "slow", "truncated", "nonsense")  # what a server does
+EXPOSING: tuple[FaultKind, ...] = ("echo_key",)  # what a server does that tests the handling of secrets
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class FaultProxy:
         retry_after_s: int = 1,
         slow_s: float = 3.0,
     ) -> None:
-        unknown = set(rates or {}) - set(FAULT_KINDS)
+        unknown = set(rates or {}) - set(FAULT_KINDS) - set(EXPOSING)
         if unknown:
             raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
         if sum((rates or {}).values()) > 1:
@@ -65,6 +67,7 @@ class FaultProxy:
         self.dead = False
         self.faults: Counter[str] = Counter()
         self.log: list[LoggedRequest] = []
+        self.authorizations: set[str] = set()  # the Authorization headers seen
         self._random = random.Random(seed)
         self._nonsense_turn = 0
         self._lock = threading.Lock()
@@ -111,7 +114,7 @@ class FaultProxy:
 
     def _draw(self) -> FaultKind | None:
         roll = self._random.random()
-        for kind in FAULT_KINDS:
+        for kind in (*FAULT_KINDS, *EXPOSING):
             roll -= self.rates.get(kind, 0.0)
             if roll < 0:
                 return kind
@@ -124,6 +127,7 @@ class FaultProxy:
             if fault is not None:
                 self.faults["dead" if self.dead else fault] += 1
             self.log.append(LoggedRequest(time.monotonic(), hashlib.sha256(body).hexdigest(), fault))
+            self.authorizations.add(request.headers.get("Authorization", ""))
         if self.dead:
             return web.json_response({"error": {"message": "service unavailable"}}, status=503)
         if fault == "drop":
@@ -136,6 +140,10 @@ class FaultProxy:
                 status=429,
                 headers={"Retry-After": str(self.retry_after_s)},
             )
+        if fault == "echo_key":
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {key}. You can find your API key at https://example.invalid."
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
         if fault == "500":
             return web.json_response({"error": {"message": "internal error"}}, status=500)
         if fault == "slow":
