@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlaif.review_store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
@@ -39,6 +41,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'; connect-src 'self'"
 )
+logger = logging.getLogger("rlaif.review")
 CHOICES: dict[str, ReviewLabel | None] = {"tie": "tie", "both_bad": "both_bad", "skip": None}
 
 
@@ -151,6 +154,18 @@ def create_app(
             return await not_signed_in(request, NotSignedIn())
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # The database is restarting, unreachable or locked past the busy timeout: a moment's outage, not a
+        # bug. Clients try again; a label sent twice is stored once.
+        logger.warning(f"{request.method} {request.url.path}: review database unavailable ({type(exc).__name__})")
+        return JSONResponse(
+            {"detail": "the review database is unavailable for a moment; send the request again"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(CrossSiteRequest)
     async def cross_site(request: Request, exc: CrossSiteRequest) -> Response:
         return JSONResponse({"detail": exc.message}, status_code=403)
@@ -238,7 +253,8 @@ def create_app(
 
     @app.get("/api/runs/{run_id}/next")
     def api_next(run_id: str, person: SignedIn) -> Response:
-        _stats_or_404(store, run_id, person.name)
+        if not store.has_run(run_id):  # not `stats`: it reads every label of the run, on every request
+            raise HTTPException(404, f"no review queue for run {run_id!r}")
         queued = store.claim_next(run_id, person.name, lease_s)
         if queued is None:
             return Response(status_code=204)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -89,9 +90,17 @@ class RunRow(Base):
     emptied_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+_OPEN = text("status IN ('pending', 'claimed')")
+
+
 class ItemRow(Base):
     __tablename__ = "review_items"
-    __table_args__ = (UniqueConstraint("run_id", "pair_id"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "pair_id"),
+        # The open items of a run in queue order: finding the next item reads the first few, not the whole
+        # queue. Added to older databases when they are opened (`_add_missing_indexes`).
+        Index("ix_review_items_open", "run_id", "position", postgresql_where=_OPEN, sqlite_where=_OPEN),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(256), ForeignKey("review_runs.run_id"), index=True)
     pair_id: Mapped[str] = mapped_column(String(32))
@@ -260,6 +269,13 @@ class ReviewStore:
                 f"review database schema version {version} is older than {SCHEMA_VERSION} and has no upgrade path: "
                 "export its queues with an older rlaif (`rlaif review export`) and import them into a new database"
             )
+        self._add_missing_indexes()
+
+    def _add_missing_indexes(self) -> None:
+        """Indexes added since a database was made (the tables are unchanged, so the schema version is too)."""
+        with self._transaction() as conn:
+            for index in ItemRow.__table__.indexes:
+                index.create(conn, checkfirst=True)
 
     @property
     def schema_version(self) -> int:
@@ -505,10 +521,10 @@ class ReviewStore:
     @staticmethod
     def _mark_if_emptied(conn: Connection, run_id: str, stamp: datetime) -> bool:
         """True exactly once per run: when its last open item is finished."""
-        open_items = conn.execute(
-            select(func.count()).where(ItemRow.run_id == run_id, ItemRow.status.in_(("pending", "claimed")))
-        ).scalar_one()
-        if open_items:
+        still_open = conn.execute(
+            select(ItemRow.id).where(ItemRow.run_id == run_id, ItemRow.status.in_(("pending", "claimed"))).limit(1)
+        ).first()
+        if still_open is not None:  # one is enough to know (a count would read every open item, on every label)
             return False
         result = conn.execute(
             update(RunRow).where(RunRow.run_id == run_id, RunRow.emptied_at.is_(None)).values(emptied_at=stamp)
@@ -516,6 +532,11 @@ class ReviewStore:
         return result.rowcount == 1
 
     # -- reading --------------------------------------------------------------------------------------
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether the run has a review queue (a cheap check, unlike `stats`)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is not None
 
     def runs(self) -> list[str]:
         with self.engine.connect() as conn:
