@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test reliability lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
+# 60 s); `make test` runs its short variants.
+reliability: $(STAMP)
+	$(BIN)/python -m pytest tests/reliability -m "long or not long" -s -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -79,11 +80,13 @@ class CircuitBreaker:
         self.last_failure = str(failure)
 
 
+@dataclass(frozen=True)
 class _Endpoint:
-    """One base URL: its client and its circuit breaker."""
+    """One base URL (credentials taken out, for messages): its client and its circuit breaker."""
 
-    def __init__(self, url: str, client: openai.AsyncOpenAI, breaker: CircuitBreaker) -> None:
-        self.url, self.client, self.breaker = url, client, breaker
+    url: str
+    client: openai.AsyncOpenAI
+    breaker: CircuitBreaker
 
 
 class OpenAIBackend:

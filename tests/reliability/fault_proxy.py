@@ -97,6 +97,10 @@ class FaultProxy:
         try:
             self._loop.run_forever()
         finally:
+            pending = asyncio.all_tasks(self._loop)  # answers still waiting out a `slow` fault
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._session.close())
             self._loop.run_until_complete(runner.cleanup())
             self._loop.close()

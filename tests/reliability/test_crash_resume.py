@@ -50,7 +50,7 @@ def label_command(server: ScriptedOpenAIServer, tmp_path: Path, run: Path) -> li
         run,
         f"run.prompts_per_shard={PER_SHARD}",
         "judge.max_concurrency=2",
-        "policy.max_concurrency=2",
+        "policy.max_concurrency=1",  # sampling lasts long enough for some kills to land in it
     )
     return [RLAIF, "label", *sum((["--set", o] for o in overrides), [])]
 
