@@ -90,7 +90,7 @@ def check_deployment_parameters(config: str | None, overrides: dict[str, Any], r
     """Refuse a deployment run's parameters that reach outside `roots` or set a config-file-only key."""
     if config is not None:
         _check_inside(config, "config", roots)
-    for key, value in overrides.items():
+    for key, value in _leaves(overrides):
         if key.endswith(DEPLOYMENT_CONFIG_ONLY):
             raise ConfigError(
                 f"overrides: {key} cannot be set by a deployment run's parameters (it decides what program runs, "
@@ -98,6 +98,19 @@ def check_deployment_parameters(config: str | None, overrides: dict[str, Any], r
             )
         if key.endswith(PATH_KEYS) and isinstance(value, str) and value:
             _check_inside(value, f"overrides: {key}", roots)
+
+
+def _leaves(value: Any, key: str = "") -> typing.Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, inside lists of sections too (`judge.ensemble.0.base_urls`); a list of
+    plain values is one leaf."""
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            yield from _leaves(inner, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list) and any(isinstance(inner, dict) for inner in value):
+        for index, inner in enumerate(value):
+            yield from _leaves(inner, f"{key}.{index}")
+    else:
+        yield key, value
 
 
 def _check_inside(value: str, where: str, roots: list[Path]) -> None:

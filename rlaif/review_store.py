@@ -44,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
@@ -273,9 +273,14 @@ class ReviewStore:
 
     def _add_missing_indexes(self) -> None:
         """Indexes added since a database was made (the tables are unchanged, so the schema version is too)."""
-        with self._transaction() as conn:
-            for index in ItemRow.__table__.indexes:
-                index.create(conn, checkfirst=True)
+        for index in ItemRow.__table__.indexes:
+            try:
+                with self._transaction() as conn:
+                    index.create(conn, checkfirst=True)
+            except DBAPIError:  # another process opening the database made it at the same moment
+                present = {found["name"] for found in inspect(self.engine).get_indexes(ItemRow.__tablename__)}
+                if index.name not in present:
+                    raise
 
     @property
     def schema_version(self) -> int:

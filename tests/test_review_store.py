@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy import text
 
 from rlaif.config import ConfigError, load_config
@@ -128,6 +129,21 @@ def test_a_newer_schema_is_refused_with_a_clear_message(db_url):
             conn.execute(text("UPDATE rlaif_meta SET value = '99' WHERE key = 'schema_version'"))
     with pytest.raises(ReviewStoreError, match="schema version 99 is newer than this rlaif supports"):
         ReviewStore.open(db_url)
+
+
+def test_a_database_made_before_the_open_items_index_gets_it_when_opened(db_url):
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("run", queue_entries("run", 5))
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_review_items_open"))
+        assert "ix_review_items_open" not in {
+            i["name"] for i in sqlalchemy_inspect(store.engine).get_indexes("review_items")
+        }
+    with ReviewStore.open(db_url) as store:
+        assert "ix_review_items_open" in {
+            i["name"] for i in sqlalchemy_inspect(store.engine).get_indexes("review_items")
+        }
+        assert store.claim_next("run", "ann") is not None
 
 
 def test_an_older_schema_is_refused_with_the_way_out(tmp_path):

@@ -106,6 +106,12 @@ def test_a_canary_api_key_never_appears_in_logs_files_reports_cards_or_prefect(t
         (None, {"policy.server.executable": "/bin/sh"}, "policy.server.executable cannot be set"),
         (None, {"policy.server.extra_args": ["-c", "id"]}, "policy.server.extra_args cannot be set"),
         (None, {"review.db": "postgresql://attacker.invalid/x"}, "review.db cannot be set"),
+        (
+            None,
+            {"judge.ensemble": [{"backend": "openai", "base_urls": ["http://attacker.invalid/v1"]}]},
+            "judge.ensemble.0.base_urls cannot be set",
+        ),
+        (None, {"judge.ensemble": [{"model": "/etc"}]}, "judge.ensemble.0.model: /etc is outside"),
     ],
 )
 def test_deployment_parameters_that_reach_outside_the_roots_are_refused(tmp_path, monkeypatch, config, overrides, says):
