@@ -192,10 +192,11 @@ def review_service(db_url: str, port: int) -> Iterator[str]:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
+def fresh_postgres_database(prefix: str = "rlaif_load") -> Iterator[str]:
+    """A new, empty database on the loopback PostgreSQL server (as root, trust auth); dropped afterwards."""
     import psycopg
 
-    name = f"rlaif_load_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:

@@ -8,18 +8,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
 
+from benchmarks.review_load import fresh_postgres_database  # noqa: F401 - the one helper, used by conftest
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
-POSTGRES_ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
 
 
 def queue_entries(run_id: str, count: int, text: str = "answer") -> list[tuple[ReviewItem, Pair, Judgment]]:
@@ -36,19 +32,6 @@ def queue_entries(run_id: str, count: int, text: str = "answer") -> list[tuple[R
         reason = "audit" if i % 3 == 0 else "low_confidence"
         entries.append((ReviewItem(run_id=run_id, pair_id=pair.id, reason=reason), pair, judgment))
     return entries
-
-
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database on loopback for one test; dropped afterwards."""
-    name = f"rlaif_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://root@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
