@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/labeling_scale.py --pairs 1000 10000 --mode verdict
 
 For each size: wall time of the whole process, pairs per second, peak resident memory of the process,
-requests the endpoint served, and the Prefect task runs of the flow run (asked of the Prefect server).
+requests the endpoint served, and the Prefect task runs of the flow run (asked of the Prefect server);
+then the same run merged (`rlaif merge --on-pending judge`): wall time and peak resident memory.
 Cost should grow linearly with the pairs and memory stay flat: prompts, candidates, pairs and judgments
-are streamed shard by shard, never held for the whole run. Candidates are written beforehand as finished
-sampling shards (as in labeling_throughput.py); the run pairs, judges both orders, routes and enqueues.
+are streamed shard by shard, never held for the whole run, and the merge streams its rows to disk.
+Candidates are written beforehand as finished sampling shards (as in labeling_throughput.py); the run
+pairs, judges both orders, routes and enqueues.
 `--mode batched` (default): logprob judging, `judge.prompts_per_request` prompts per completions request;
 `--mode verdict`: one chat request per order, as the peers.
 """
@@ -91,6 +93,8 @@ def main() -> None:
                 "task_runs": task_runs_of(env["PREFECT_API_URL"], timing.stderr),
                 "routed": report["routed_to_review"],
             }
+            merged = timed_process([RLAIF, "merge", str(folder / "run"), "--on-pending", "judge"], None, env, folder)
+            row.update(merge_wall_s=merged.wall_s, merge_peak_rss_mib=merged.peak_rss_mib)
             rows.append(row)
             print(json.dumps(row), flush=True)
     document = {

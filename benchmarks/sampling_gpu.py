@@ -76,7 +76,16 @@ def plain_loop(model_path: str, texts: list[str], args: argparse.Namespace) -> d
     }
 
 
-def backend(model_path: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def plain_loop_in_thread(model_path: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The plain loop run through `asyncio.to_thread`, as the backend runs: isolates the worker thread's cost."""
+    figures = asyncio.run(asyncio.to_thread(plain_loop, model_path, texts, args))
+    return {**figures, "name": "plain model.generate loop, in a worker thread"}
+
+
+def backend(
+    model_path: str, texts: list[str], args: argparse.Namespace, in_calling_thread: bool = False
+) -> dict[str, Any]:
+    """The backend as the pipeline calls it, or (in_calling_thread) its batching loop without the worker thread."""
     from rlaif.generation import GenerationRequest
     from rlaif.transformers_backend import TransformersBackend
 
@@ -93,11 +102,14 @@ def backend(model_path: str, texts: list[str], args: argparse.Namespace) -> dict
         for i, t in enumerate(texts)
     ]
     started = time.perf_counter()
-    asyncio.run(engine.generate(requests))
+    if in_calling_thread:
+        engine._generate_all(requests, None)
+    else:
+        asyncio.run(engine.generate(requests))
     seconds = time.perf_counter() - started
     tokens = engine.usage.completion_tokens
     return {
-        "name": "rlaif transformers backend",
+        "name": "rlaif transformers backend" + (", in the calling thread" if in_calling_thread else ""),
         "seconds": round(seconds, 2),
         "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1),
@@ -114,6 +126,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="Prompts per generate call (both sides).")
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="Also run the plain loop in a worker thread and the backend without one.",
+    )
     args = parser.parse_args()
     folder = Path(args.work)
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,6 +145,11 @@ def main() -> None:
     ]
     plain_loop(model_path, texts[: args.batch], args)  # warm-up (CUDA kernels, allocator)
     runs = [plain_loop(model_path, texts, args), backend(model_path, texts, args)]
+    if args.diagnose:  # where the backend's time goes: the worker thread, or its own batching loop
+        runs += [
+            plain_loop_in_thread(model_path, texts, args),
+            backend(model_path, texts, args, in_calling_thread=True),
+        ]
     import transformers
 
     results = {

@@ -15,6 +15,8 @@ for a quick check on a CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import platform
 import random
@@ -116,13 +118,22 @@ def real_tokens(trainer: Any, max_length: int | None) -> int:
     return total
 
 
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
 def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    """Set-up and training timed apart, with the peak memory of each (the previous run's trainer freed first)."""
+    gc.collect()
     if torch.cuda.is_available():
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     trainer = build()
     setup_s = time.perf_counter() - started
+    setup_peak = peak_gib()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trained = time.perf_counter()
     result = trainer.train()
     train_s = time.perf_counter() - trained
@@ -137,7 +148,9 @@ def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
         "tokens_per_s_train": round(tokens / train_s),
         "tokens_per_s_wall": round(tokens / (setup_s + train_s)),
         "train_loss": result.training_loss,
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "peak_memory_gib": max(setup_peak or 0, peak_gib() or 0) if torch.cuda.is_available() else None,
+        "peak_memory_setup_gib": setup_peak,
+        "peak_memory_train_gib": peak_gib(),
     }
     print(json.dumps(figures), flush=True)
     del trainer
@@ -149,7 +162,7 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     from rlaif.config import DPOSection
-    from training.dpo import build_dpo_trainer
+    from training.dpo import build_dpo_trainer, dpo_arguments, length_grouped_order
 
     work = Path(args.work)
     model_path = qwen2_half_billion(args.tokenizer, work / "model", args.tiny)
@@ -174,11 +187,30 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
             processing_class=tokenizer,
         )
 
+    settings = DPOSection(batch_size=args.batch, epochs=1, max_length=1024)
+
     def ours() -> Any:
-        settings = DPOSection(batch_size=args.batch, epochs=1, max_length=1024)
         return build_dpo_trainer(data, None, settings, model_path, work / "ours", seed=0)
 
+    def ours_changed(**changes: Any) -> Any:
+        """Ours with some DPOConfig fields changed: which of our levers buys what."""
+        grouped = length_grouped_order(data, args.batch, seed=0)
+        config = dataclasses.replace(dpo_arguments(settings, work / "ours", 0, len(grouped)), **changes)
+        return DPOTrainer(model=model_path, args=config, train_dataset=grouped, processing_class=tokenizer)
+
     runs = [time_dpo("trl_defaults", trl_defaults, 1024), time_dpo("ours", ours, 1024)]
+    if args.diagnose:
+        runs += [
+            time_dpo(
+                "ours, reference pass at the training batch size",
+                lambda: ours_changed(precompute_ref_batch_size=args.batch),
+                1024,
+            ),
+            time_dpo(
+                "ours, reference forward in every step", lambda: ours_changed(precompute_ref_log_probs=False), 1024
+            ),
+            time_dpo("ours, random order", lambda: ours_changed(train_sampling_strategy="random"), 1024),
+        ]
     ratio = runs[1]["tokens_per_s_wall"] / runs[0]["tokens_per_s_wall"]
     return {
         "benchmark": "dpo",
@@ -248,6 +280,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="Tiny models and data: a quick check on a CPU.")
+    parser.add_argument("--diagnose", action="store_true", help="DPO: also time ours with one lever changed at a time.")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     Path(args.work).mkdir(parents=True)

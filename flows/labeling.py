@@ -270,6 +270,7 @@ async def label_pipeline(
         run,
         plans,
         routed_by_reason,
+        config.sampling.n,
         {
             "run": config.run.name,
             "wall_s": round(time.monotonic() - started, 2),
@@ -279,6 +280,11 @@ async def label_pipeline(
             "prompts_left_out_or_truncated": prompt_counts.as_dict(),
         },
     )
+    if report["prompts_short"]:
+        logger.warning(
+            f"{report['prompts_short']} of {report['prompts']} prompts have fewer than {config.sampling.n} distinct "
+            "answers (so fewer pairs): the answers kept repeating, or a request for more failed"
+        )
     summary = [{"measure": key, "value": str(value)} for key, value in report.items()]
     await acreate_table_artifact(table=summary, key="label-summary", description=f"Labeling run {config.run.name}")
     await acreate_markdown_artifact(

@@ -254,11 +254,27 @@ def enqueue_routed(run: RunDirectory, config: Config) -> int:
         )
 
 
+def count_short_prompts(plans: Sequence[ShardPlan], candidates_per_prompt: int) -> int:
+    """Prompts with fewer candidates than asked for: their answers kept repeating through every resample
+    round, or a top-up request failed after the first answers came. They give fewer pairs, never none
+    silently: report.json counts them."""
+    found: Counter[str] = Counter()
+    for plan in plans:
+        with plan.candidates.open(encoding="utf-8") as lines:
+            found.update(json.loads(line)["prompt_id"] for line in lines if line.strip())
+    without_any = sum(plan.prompt_count for plan in plans) - len(found)
+    return without_any + sum(1 for count in found.values() if count < candidates_per_prompt)
+
+
 def write_report(
-    run: RunDirectory, plans: Sequence[ShardPlan], routed_by_reason: dict[str, int], extra: dict[str, Any]
+    run: RunDirectory,
+    plans: Sequence[ShardPlan],
+    routed_by_reason: dict[str, int],
+    candidates_per_prompt: int,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """report.json: the counts and rates of the run (see README for each field), from one pass over the
-    judgments and the routing counts `route_run` returned."""
+    judgments, one over the candidates, and the routing counts `route_run` returned."""
     judged = failed = consistent = 0
     confidence_sum = 0.0
     failed_by_status = dict.fromkeys(("parse_error", "backend_error"), 0)
@@ -277,6 +293,7 @@ def write_report(
     report = {
         "prompts": sum(plan.prompt_count for plan in plans),
         "candidates": sum(count_lines(plan.candidates) for plan in plans),
+        "prompts_short": count_short_prompts(plans, candidates_per_prompt),
         "pairs": sum(count_lines(plan.pairs) for plan in plans),
         "judged_ok": judged,
         "judge_failed": failed,

@@ -42,9 +42,10 @@ def prompts_file(tmp_path: Path, count: int) -> Path:
 
 
 def fake_judge_or_policy(body: dict) -> str | None:
-    """Judge requests get a verdict that depends on what was shown; policy requests keep the usual answer."""
+    """Judge requests get a verdict that depends on what was shown; policy requests keep the usual answers
+    (distinct by seed and choice)."""
     if body["model"] != "judge":
-        return f"answer seed={body.get('seed')} n={body.get('n')}"
+        return None
     digest = hashlib.sha256(judge_prompt(body).encode()).digest()[0]
     return ["[[A]]", "[[B]]", "[[C]]"][digest % 3]
 
@@ -208,6 +209,24 @@ def test_the_pair_strategy_reaches_the_run(tmp_path):
         )
         report = asyncio.run(label_pipeline(load_config(None, overrides)))
     assert report["pairs"] == 5  # one random pair per prompt instead of all three
+
+
+def test_prompts_whose_answers_keep_repeating_are_counted_short_and_warned_about(tmp_path):
+    """A policy with only two distinct answers per prompt (by seed parity) against sampling.n=3: every resample
+    round is spent, each prompt keeps 2 candidates and 1 pair, and the run says so."""
+
+    def two_answers(body: dict) -> str | None:
+        return fake_judge_or_policy(body) if body["model"] == "judge" else f"answer of parity {body['seed'] % 2}"
+
+    with ScriptedOpenAIServer(reply=two_answers) as server:
+        overrides = scripted_overrides(server, prompts_file(tmp_path, 4), tmp_path / "run")
+        result = subprocess.run(
+            [RLAIF, "label", *sum((["--set", o] for o in overrides), [])], capture_output=True, text=True, timeout=300
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["prompts"], report["candidates"], report["pairs"], report["prompts_short"]) == (4, 8, 4, 4)
+    assert "4 of 4 prompts have fewer than 3 distinct answers" in result.stderr
 
 
 def test_a_failed_shard_stops_the_run_with_its_own_message(tmp_path):

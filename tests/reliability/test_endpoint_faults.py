@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,16 @@ def run_with_faults(tmp_path: Path, seed: int, prompts: int) -> tuple[dict, Faul
     return report, proxy
 
 
+def check_every_prompt_accounted_for(run: Path, report: dict, prompts: int) -> None:
+    """Every prompt has its 3 candidates, or is counted short with the pairs its candidates give."""
+    found = Counter(
+        json.loads(line)["prompt_id"] for path in (run / "candidates").glob("*.jsonl") for line in path.open()
+    )
+    assert len(found) == report["prompts"] == prompts
+    assert report["prompts_short"] == sum(count < 3 for count in found.values())
+    assert report["pairs"] == sum(count * (count - 1) // 2 for count in found.values())
+
+
 def check_every_pair_accounted_for(run: Path, report: dict) -> None:
     pair_ids = {json.loads(line)["id"] for path in (run / "pairs").glob("*.jsonl") for line in path.open()}
     judgments = judgments_of(run)
@@ -75,7 +86,8 @@ def check_retry_after_honoured(proxy: FaultProxy) -> int:
 
 def test_a_run_through_every_kind_of_fault_completes_with_every_pair_accounted_for(tmp_path, prefect_server):
     report, proxy = run_with_faults(tmp_path, seed=1, prompts=20)
-    assert report["pairs"] == 60
+    check_every_prompt_accounted_for(tmp_path / "run", report, prompts=20)
+    assert report["prompts_short"] <= 1  # short only when a faulty answer repeats one from an earlier round
     check_every_pair_accounted_for(tmp_path / "run", report)
     assert all(proxy.faults[kind] > 0 for kind in FAULT_KINDS), proxy.faults
     assert check_retry_after_honoured(proxy) == proxy.faults["429"]
@@ -88,6 +100,7 @@ def test_a_run_through_every_kind_of_fault_completes_with_every_pair_accounted_f
 @pytest.mark.parametrize("seed", range(2, 7))
 def test_long_runs_through_faults_with_other_seeds(tmp_path, prefect_server, seed):
     report, proxy = run_with_faults(tmp_path, seed=seed, prompts=60)
+    check_every_prompt_accounted_for(tmp_path / "run", report, prompts=60)
     check_every_pair_accounted_for(tmp_path / "run", report)
     assert check_retry_after_honoured(proxy) == proxy.faults["429"]
     print(f"seed {seed}: faults injected: {dict(proxy.faults)} over {len(proxy.log)} requests")
