@@ -62,14 +62,15 @@ def scale_table(document: dict[str, Any]) -> str:
         f"mode {document['mode']}, concurrency {document['concurrency']}, "
         f"{document['prompts_per_request']} prompts per request; {document['machine']}; {document['date']}",
         "",
-        "| pairs | wall s | pairs/s | steady pairs/s | peak RSS MiB | requests | Prefect task runs |",
-        "|---|---|---|---|---|---|---|",
+        "| pairs | wall s | pairs/s | steady pairs/s | peak RSS MiB | requests | Prefect task runs "
+        "| merge wall s | merge peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in document["rows"]:
         lines.append(
             f"| {row['pairs']:,} | {_cell(row['wall_s'])} | {_cell(row['pairs_per_s'])} | "
             f"{_cell(row['steady_pairs_per_s'])} | {_cell(row['peak_rss_mib'])} | {row['server_requests']:,} | "
-            f"{row['task_runs']} |"
+            f"{row['task_runs']} | {_cell(row.get('merge_wall_s'))} | {_cell(row.get('merge_peak_rss_mib'))} |"
         )
     return "\n".join(lines)
 

@@ -5,15 +5,17 @@ Routed items nobody finished block the merge (`merge.on_pending: block`) or keep
 are flagged (`judge`); items people set aside (skipped) keep the judge's label, flagged. Pairs whose
 judgment failed and that no person labelled have no label and are left out (counted).
 
-Output, replaced atomically: RUN_DIR/dataset/ is a `datasets` dataset saved to disk (load it with
-`datasets.load_from_disk`) in TRL's conversational prompt/chosen/rejected form with provenance
-columns, plus README.md (the dataset card) and merge.json (the same figures as JSON).
+Rows are streamed from the shards to disk, never held for the whole run. Output, replaced atomically:
+RUN_DIR/dataset/ is a `datasets` dataset saved to disk (load it with `datasets.load_from_disk`) in
+TRL's conversational prompt/chosen/rejected form with provenance columns, plus README.md (the dataset
+card) and merge.json (the same figures as JSON).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +88,11 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     import datasets  # imported here: it is slow to import and only the merge needs it
 
     with tempfile.TemporaryDirectory(prefix=".dataset-", dir=run.root) as scratch:
-        dataset = datasets.Dataset.from_list(list(rows()), features=dataset_features())
+        # Rows stream to an Arrow file in the scratch folder (memory stays flat at any run size). The
+        # fingerprint is given, not hashed from the generator: the cache is new each time anyway.
+        dataset = datasets.Dataset.from_generator(
+            rows, features=dataset_features(), cache_dir=str(Path(scratch) / "cache"), fingerprint=uuid.uuid4().hex
+        )
         staged = Path(scratch) / "dataset"
         dataset.save_to_disk(str(staged))
         figures = {
