@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rlaif.cli_errors import friendly_errors
+from rlaif.cli_errors import ExpectedErrorsWithoutTraceback, friendly_errors
 from rlaif.config import Config, ConfigError, dump_config, load_config
 from rlaif.generation import BackendError
 from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, prepare_model, prepared_path
@@ -56,11 +56,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show deb
     # Prefect reads its settings when first imported (the commands import it lazily, after this): the
     # temporary local server that runs flows without PREFECT_API_URL sends no usage telemetry.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    line_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(line_format) if verbose else ExpectedErrorsWithoutTraceback(line_format))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
 @models_app.command("prepare")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,3 +46,14 @@ def friendly_errors(command: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class ExpectedErrorsWithoutTraceback(logging.Formatter):
+    """Log lines of expected failures without their traceback: Prefect logs a failed task's and flow's
+    exception with one each, and the command ends with the failure's own one-line message anyway. Other
+    handlers (the Prefect UI's log) keep the traceback; `--verbose` shows it here too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], EXPECTED_ERRORS):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ import datasets
 import typer.main
 
 from rlaif.cli import app
+from rlaif.cli_errors import ExpectedErrorsWithoutTraceback
+from rlaif.generation import BackendError
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
@@ -38,6 +42,25 @@ def test_help_works_for_every_command():
         result = rlaif(*path, "--help")
         assert result.returncode == 0, (path, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_logged_expected_failures_lose_their_traceback_and_others_keep_it():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ExpectedErrorsWithoutTraceback("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test_cli.expected_errors")
+    logger.addHandler(handler)
+    try:
+        for error in (BackendError("the endpoint is down"), KeyError("a bug")):
+            try:
+                raise error
+            except Exception:
+                logger.error(f"task failed: {error!r}", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    expected, bug = stream.getvalue().split("ERROR task failed: KeyError")
+    assert expected == "ERROR task failed: BackendError('the endpoint is down')\n"
+    assert "Traceback (most recent call last)" in bug and "raise error" in bug
 
 
 def test_a_config_with_an_unknown_key_fails_naming_it(tmp_path):

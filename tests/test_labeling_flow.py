@@ -244,5 +244,5 @@ def test_a_failed_shard_stops_the_run_with_its_own_message(tmp_path):
         )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: sampling shard" in result.stderr and "connection failed" in result.stderr
-    assert "ExceptionGroup" not in result.stderr
+    assert "ExceptionGroup" not in result.stderr and "Traceback" not in result.stderr  # Prefect's left out
     assert not list((tmp_path / "run").glob("candidates/*.jsonl"))
