@@ -283,7 +283,7 @@ async def label_pipeline(
     if report["prompts_short"]:
         logger.warning(
             f"{report['prompts_short']} of {report['prompts']} prompts have fewer than {config.sampling.n} distinct "
-            "answers (so fewer pairs): the answers kept repeating, or a request for more failed"
+            "answers (so fewer pairs): their answers kept repeating through every resample round"
         )
     summary = [{"measure": key, "value": str(value)} for key, value in report.items()]
     await acreate_table_artifact(table=summary, key="label-summary", description=f"Labeling run {config.run.name}")

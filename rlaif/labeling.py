@@ -256,8 +256,7 @@ def enqueue_routed(run: RunDirectory, config: Config) -> int:
 
 def count_short_prompts(plans: Sequence[ShardPlan], candidates_per_prompt: int) -> int:
     """Prompts with fewer candidates than asked for: their answers kept repeating through every resample
-    round, or a top-up request failed after the first answers came. They give fewer pairs, never none
-    silently: report.json counts them."""
+    round. They give fewer pairs, never silently: report.json counts them."""
     found: Counter[str] = Counter()
     for plan in plans:
         with plan.candidates.open(encoding="utf-8") as lines:

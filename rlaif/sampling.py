@@ -4,7 +4,9 @@ Seeds are derived from the run seed and the prompt's id, so a rerun with the sam
 exactly the same samples. An answer that repeats an earlier one exactly is dropped and asked for
 again with a new seed, for up to `sampling.resample_rounds` rounds; a prompt that still has fewer
 than K answers is reported (a model that never varies usually means the server does not sample).
-A prompt whose request fails is reported too, never turned into empty answers.
+A prompt whose request fails, in the first round or a later one, is reported as failed with none of its
+answers kept, never turned into empty or fewer answers: what a prompt gets never depends on a passing
+fault, and a rerun asks again with the same seeds.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ async def sample_candidates(
     found: dict[str, list[Candidate]] = {prompt.id: [] for prompt in prompts}
     result = SamplingResult()
     pending = list(prompts)
-    given_up: set[str] = set()
     for round_number in range(sampling.resample_rounds + 1):
         requests = [
             GenerationRequest(
@@ -67,11 +68,8 @@ async def sample_candidates(
         outputs = await backend.generate(requests, progress=progress if round_number == 0 else None)
         for prompt, output in zip(pending, outputs, strict=True):
             kept = found[prompt.id]
-            if isinstance(output, BackendError):
-                if kept:  # a failed top-up keeps what the prompt already has
-                    given_up.add(prompt.id)
-                else:
-                    result.failures[prompt.id] = str(output)
+            if isinstance(output, BackendError):  # in any round: a rerun asks again for the same seeds
+                result.failures[prompt.id] = str(output)
                 continue
             for generation in output:
                 candidate = Candidate(
@@ -84,9 +82,7 @@ async def sample_candidates(
                 )
                 if all(candidate.id != other.id for other in kept):
                     kept.append(candidate)
-        pending = [
-            p for p in pending if p.id not in result.failures and p.id not in given_up and len(found[p.id]) < sampling.n
-        ]
+        pending = [p for p in pending if p.id not in result.failures and len(found[p.id]) < sampling.n]
         if not pending:
             break
     for prompt in prompts:

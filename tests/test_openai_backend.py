@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rlaif.config import SamplingSection
 from rlaif.generation import BackendError, GenerationRequest
 from rlaif.openai_backend import OpenAIBackend, redact_url
+from rlaif.sampling import sample_candidates
+from rlaif.schema import PromptItem
 from tests.scripted_openai_server import Action, ScriptedOpenAIServer, SilentServer
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -125,3 +128,16 @@ def test_credentials_in_a_url_never_reach_messages():
         [result] = run(generate(backend, [GenerationRequest(messages=HELLO)]))
     assert isinstance(result, BackendError)
     assert "s3cret" not in str(result) and "sk-canary" not in str(result)
+
+
+def test_a_prompt_whose_resample_request_fails_is_failed_not_short():
+    """The first answers repeat (so a second round asks for more), and that request fails: the prompt is
+    reported failed with none of its answers, so a rerun asks again instead of keeping fewer for good."""
+    with ScriptedOpenAIServer([Action(content="the same answer"), Action(500)]) as server:
+        backend = OpenAIBackend([server.base_url], "m", max_retries=0, timeout_s=10, n_mode="native")
+        prompt = PromptItem(id="p", messages=HELLO)
+        result = run(sample_candidates(backend, [prompt], SamplingSection(n=3), run_seed=1))
+        run(backend.aclose())
+    assert [r.get("n") for r in server.requests] == [3, 2]  # the top-up asked for the two missing answers
+    assert result.candidates == [] and not result.short
+    assert "HTTP 500" in result.failures["p"]
