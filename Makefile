@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/rlaif demo --auto-review
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15  # the slowest tests, to keep CI within its time
 
 # The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
 # 60 s); `make test` runs its short variants.
