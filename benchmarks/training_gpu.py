@@ -137,6 +137,7 @@ def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
     trained = time.perf_counter()
     result = trainer.train()
     train_s = time.perf_counter() - trained
+    train_peak = peak_gib()
     tokens = real_tokens(trainer, max_length)
     figures = {
         "name": name,
@@ -148,9 +149,9 @@ def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
         "tokens_per_s_train": round(tokens / train_s),
         "tokens_per_s_wall": round(tokens / (setup_s + train_s)),
         "train_loss": result.training_loss,
-        "peak_memory_gib": max(setup_peak or 0, peak_gib() or 0) if torch.cuda.is_available() else None,
+        "peak_memory_gib": max(setup_peak, train_peak) if setup_peak is not None and train_peak is not None else None,
         "peak_memory_setup_gib": setup_peak,
-        "peak_memory_train_gib": peak_gib(),
+        "peak_memory_train_gib": train_peak,
     }
     print(json.dumps(figures), flush=True)
     del trainer

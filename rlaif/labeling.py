@@ -254,15 +254,13 @@ def enqueue_routed(run: RunDirectory, config: Config) -> int:
         )
 
 
-def count_short_prompts(plans: Sequence[ShardPlan], candidates_per_prompt: int) -> int:
-    """Prompts with fewer candidates than asked for: their answers kept repeating through every resample
-    round. They give fewer pairs, never silently: report.json counts them."""
+def candidates_by_prompt(plans: Sequence[ShardPlan]) -> Counter[str]:
+    """How many candidates each prompt has, over the run's candidate shards."""
     found: Counter[str] = Counter()
     for plan in plans:
         with plan.candidates.open(encoding="utf-8") as lines:
             found.update(json.loads(line)["prompt_id"] for line in lines if line.strip())
-    without_any = sum(plan.prompt_count for plan in plans) - len(found)
-    return without_any + sum(1 for count in found.values() if count < candidates_per_prompt)
+    return found
 
 
 def write_report(
@@ -289,10 +287,13 @@ def write_report(
         if judgment.winner is not None:
             winners[judgment.winner] += 1
     routed = sum(routed_by_reason.values())
+    prompts = sum(plan.prompt_count for plan in plans)
+    # Short prompts: their answers kept repeating through every resample round, so they give fewer pairs.
+    found = candidates_by_prompt(plans)
     report = {
-        "prompts": sum(plan.prompt_count for plan in plans),
-        "candidates": sum(count_lines(plan.candidates) for plan in plans),
-        "prompts_short": count_short_prompts(plans, candidates_per_prompt),
+        "prompts": prompts,
+        "candidates": sum(found.values()),
+        "prompts_short": prompts - len(found) + sum(1 for count in found.values() if count < candidates_per_prompt),
         "pairs": sum(count_lines(plan.pairs) for plan in plans),
         "judged_ok": judged,
         "judge_failed": failed,
