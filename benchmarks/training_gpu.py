@@ -7,9 +7,10 @@ and PPO steps per second and peak memory.
 Models are built from config with random weights (the speed of a step does not depend on the
 weights): DPO on a Qwen2-0.5B-shaped model, PPO on a SmolLM2-135M-shaped policy with a value model of
 the same shape. DPO data are variable-length pairs (prompt 32-256, answers 32-512 tokens of random
-text); tokens/s count the real (unpadded) tokens of chosen and rejected sequences, and the wall time
-includes the set-up (tokenization, the reference pass when precomputed). `--tiny` shrinks everything
-for a quick check on a CPU.
+text); tokens/s count the real (unpadded) tokens of the prompt+chosen and prompt+rejected sequences
+(the same count whichever batch layout a run uses), and the wall time includes the set-up
+(tokenization, the reference pass when precomputed). `--diagnose` adds runs of ours with one lever
+changed at a time. `--tiny` shrinks everything for a quick check on a CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import platform
 import random
@@ -163,7 +165,7 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     from rlaif.config import DPOSection
-    from training.dpo import build_dpo_trainer, dpo_arguments, length_grouped_order
+    from training.dpo import build_dpo_trainer, dpo_arguments
 
     work = Path(args.work)
     model_path = qwen2_half_billion(args.tokenizer, work / "model", args.tiny)
@@ -190,28 +192,26 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = DPOSection(batch_size=args.batch, epochs=1, max_length=1024)
 
-    def ours() -> Any:
-        return build_dpo_trainer(data, None, settings, model_path, work / "ours", seed=0)
-
-    def ours_changed(**changes: Any) -> Any:
-        """Ours with some DPOConfig fields changed: which of our levers buys what."""
-        grouped = length_grouped_order(data, args.batch, seed=0)
-        config = dataclasses.replace(dpo_arguments(settings, work / "ours", 0, len(grouped)), **changes)
-        return DPOTrainer(model=model_path, args=config, train_dataset=grouped, processing_class=tokenizer)
+    def ours(settings_changes: dict[str, Any] | None = None, **config_changes: Any) -> Any:
+        """Ours, or ours with some settings or DPOConfig fields changed: which of our levers buys what."""
+        changed = settings.model_copy(update=settings_changes or {})
+        config = dataclasses.replace(dpo_arguments(changed, work / "ours", 0, len(data)), **config_changes)
+        return build_dpo_trainer(data, None, changed, model_path, work / "ours", seed=0, arguments=config)
 
     runs = [time_dpo("trl_defaults", trl_defaults, 1024), time_dpo("ours", ours, 1024)]
     if args.diagnose:
         runs += [
             time_dpo(
-                "ours, reference pass at the training batch size",
-                lambda: ours_changed(precompute_ref_batch_size=args.batch),
+                "ours, reference pass at 4x the training batch size",
+                lambda: ours(precompute_ref_batch_size=4 * args.batch),
                 1024,
             ),
-            time_dpo(
-                "ours, reference forward in every step", lambda: ours_changed(precompute_ref_log_probs=False), 1024
-            ),
-            time_dpo("ours, random order", lambda: ours_changed(train_sampling_strategy="random"), 1024),
+            time_dpo("ours, reference forward in every step", lambda: ours({"precompute_ref_log_probs": False}), 1024),
+            time_dpo("ours, TRL's two rows per pair", lambda: ours({"shared_prompt": False}), 1024),
+            time_dpo("ours, random order", lambda: ours({"group_by_length": False}), 1024),
         ]
+        if on_gpu and importlib.util.find_spec("liger_kernel"):
+            runs.append(time_dpo("ours + Liger layer kernels", lambda: ours(use_liger_kernel=True), 1024))
     ratio = runs[1]["tokens_per_s_wall"] / runs[0]["tokens_per_s_wall"]
     return {
         "benchmark": "dpo",

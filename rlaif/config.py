@@ -286,6 +286,11 @@ class DPOSection(Section):
         "max_steps stops training before it has seen every pair).",
     )
     group_by_length: bool = Field(True, description="Batch pairs of similar length: less padding.")
+    shared_prompt: bool = Field(
+        True,
+        description="Run each pair's prompt once, the two answers branching off it (see training/shared_prompt.py); "
+        "false: TRL's rows of prompt+chosen and prompt+rejected.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
     lora: LoraSection = Field(default_factory=LoraSection)

@@ -1,8 +1,9 @@
 """DPO: TRL's DPOTrainer with defaults chosen for speed, LoRA as an option, held-out implicit-reward accuracy.
 
-Speed levers (see `dpo_arguments`): the reference log-probs are computed once before training instead
-of in every step (`precompute_ref_log_probs`), pairs of similar length are batched together so little
-of each batch is padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16
+Speed levers (see `dpo_arguments`): each pair's prompt runs once with both answers branching off it
+(`shared_prompt`, training/shared_prompt.py), the reference log-probs are computed once before training
+instead of in every step (`precompute_ref_log_probs`), pairs of similar length are batched together so
+little of each batch is padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16
 on a GPU, and gradient checkpointing as a switch for memory. TRL builds the reference model from the
 policy's path, so the policy is always given as a saved folder.
 """
@@ -20,17 +21,21 @@ from training.outputs import finish_stage, load_tokenizer
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
 
 
-def length_grouped_order(dataset: Any, batch_size: int, seed: int) -> Any:
+def length_grouped_order(dataset: Any, batch_size: int, seed: int, shared_prompt: bool = True) -> Any:
     """The dataset reordered so that each batch holds pairs of similar length, batches in random order.
 
     Like transformers' LengthGroupedSampler, but done once on the data (by character length, a good
-    proxy for tokens), so it works whatever columns the trainer keeps.
+    proxy for tokens), so it works whatever columns the trainer keeps. The length is that of a batch
+    row: prompt + chosen + rejected with a shared prompt, else prompt + the longer answer.
     """
-    lengths = [
-        sum(len(m["content"]) for m in row["prompt"])
-        + max(sum(len(m["content"]) for m in row["chosen"]), sum(len(m["content"]) for m in row["rejected"]))
-        for row in dataset.select_columns(["prompt", "chosen", "rejected"])
-    ]
+
+    def row_length(row: dict[str, Any]) -> int:
+        prompt, chosen, rejected = (
+            sum(len(m["content"]) for m in row[side]) for side in ("prompt", "chosen", "rejected")
+        )
+        return prompt + chosen + rejected if shared_prompt else prompt + max(chosen, rejected)
+
+    lengths = [row_length(row) for row in dataset.select_columns(["prompt", "chosen", "rejected"])]
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -66,8 +71,9 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
         precompute_ref_log_probs=precompute,
-        # The reference pass is inference only: bigger batches where the memory is (a GPU).
-        precompute_ref_batch_size=settings.batch_size * (4 if on_gpu else 1),
+        # The reference pass goes through the training order at the training batch size, so its batches
+        # are the length-grouped ones: a larger batch would join groups of different lengths and pad.
+        precompute_ref_batch_size=settings.batch_size,
         gradient_checkpointing=settings.gradient_checkpointing,
         bf16=on_gpu if settings.bf16 is None else settings.bf16,
         train_sampling_strategy="sequential" if settings.group_by_length else "random",
@@ -95,19 +101,31 @@ def lora_config(settings: DPOSection) -> Any:
 
 
 def build_dpo_trainer(
-    train: Any, held_out: Any | None, settings: DPOSection, model_path: str, out: Path, seed: int = 0
+    train: Any,
+    held_out: Any | None,
+    settings: DPOSection,
+    model_path: str,
+    out: Path,
+    seed: int = 0,
+    arguments: Any | None = None,
 ) -> Any:
-    """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here)."""
+    """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here).
+
+    `arguments` replaces the DPOConfig made from `settings` (the benchmarks change one field at a time).
+    """
     from trl import DPOTrainer
+
+    from training.shared_prompt import SharedPromptDPOTrainer
 
     tokenizer = load_tokenizer(model_path)
     columns = ["prompt", "chosen", "rejected"]
     train = train.select_columns(columns)
     if settings.group_by_length:
-        train = length_grouped_order(train, settings.batch_size, seed)
-    return DPOTrainer(
+        train = length_grouped_order(train, settings.batch_size, seed, settings.shared_prompt)
+    trainer_class = SharedPromptDPOTrainer if settings.shared_prompt else DPOTrainer
+    return trainer_class(
         model=model_path,
-        args=dpo_arguments(settings, out / "checkpoints", seed, len(train)),
+        args=arguments or dpo_arguments(settings, out / "checkpoints", seed, len(train)),
         train_dataset=train,
         eval_dataset=held_out.select_columns(columns) if held_out is not None else None,
         processing_class=tokenizer,

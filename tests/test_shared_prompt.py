@@ -1,0 +1,132 @@
+"""Shared-prompt DPO rows against TRL's own DPOTrainer: same reference log-probs, same losses."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from training.shared_prompt import SharedPromptCollator, branch_attention_mask, shared_row
+
+
+def test_a_pair_becomes_one_row_whose_branches_start_with_the_last_prompt_token():
+    ids, positions, branch, completion = shared_row([1, 2, 3], [4, 5], [6], max_length=None)
+    assert ids == [1, 2, 3, 4, 5, 3, 6]
+    assert positions == [0, 1, 2, 3, 4, 2, 3]
+    assert branch == [0, 0, 1, 1, 1, 2, 2]
+    assert completion == [0, 0, 0, 1, 1, 0, 1]
+    # keep_start truncation per answer: prompt + answer keeps its first 4 tokens
+    ids, positions, _, completion = shared_row([1, 2, 3], [4, 5], [6, 7], max_length=4)
+    assert ids == [1, 2, 3, 4, 3, 6] and positions == [0, 1, 2, 3, 2, 3] and completion == [0, 0, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        shared_row([], [4], [5], max_length=None)
+
+
+def test_each_branch_sees_the_prefix_and_itself_and_padding_is_never_seen():
+    batch = SharedPromptCollator(pad_token_id=0, pad_to_multiple_of=8)(
+        [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 3, 6, 0]]
+    mask = branch_attention_mask(batch["branch"])[0, 0]
+    seen = {query: [key for key in range(8) if mask[query, key]] for query in range(8)}
+    assert seen[1] == [0, 1]
+    assert seen[4] == [0, 1, 2, 3, 4]  # chosen: prefix, then its branch (the last prompt token and itself)
+    assert seen[6] == [0, 1, 5, 6]  # rejected: prefix and its own branch, never the chosen answer
+    assert seen[7] == [0, 1, 7]  # padding sees the prefix and itself, and nothing sees it
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, datasets.Dataset]:
+    """A two-layer Qwen2 (random weights: the comparison does not depend on them) and pairs of varied length."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rng = random.Random(0)
+
+    def text(words: int) -> str:
+        return tokenizer.decode([rng.randrange(200, 49000) for _ in range(words)], skip_special_tokens=True)
+
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": text(rng.randint(1, 40))}],
+            "chosen": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
+            "rejected": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
+        }
+        for _ in range(16)
+    ]
+    return str(folder), datasets.Dataset.from_list(pairs)
+
+
+def dpo_args(out: Path, **changes: object) -> object:
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        precompute_ref_log_probs=True,
+        max_length=64,  # some pairs are cut: truncation must match too
+        learning_rate=1e-3,  # large enough that later steps differ from the first
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        **changes,
+    )
+
+
+def test_shared_prompt_rows_give_trl_s_reference_log_probs_and_losses(tiny_qwen2, tmp_path):
+    from trl import DPOTrainer
+
+    from training.outputs import load_tokenizer
+    from training.shared_prompt import SharedPromptDPOTrainer
+
+    model, pairs = tiny_qwen2
+    tokenizer = load_tokenizer(model)
+    trainers = [
+        trainer_class(model=model, args=dpo_args(tmp_path / name), train_dataset=pairs, processing_class=tokenizer)
+        for name, trainer_class in (("trl", DPOTrainer), ("shared", SharedPromptDPOTrainer))
+    ]
+    trl_rows, shared_rows = (trainer.train_dataset for trainer in trainers)
+    assert len(trl_rows) == len(shared_rows) == 12  # TRL drops the pairs whose prompt alone fills max_length
+    assert any(len(p) + len(c) > 64 for p, c in zip(trl_rows["prompt_ids"], trl_rows["chosen_ids"], strict=True))
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        torch.testing.assert_close(
+            torch.tensor(shared_rows[column]), torch.tensor(trl_rows[column]), rtol=1e-5, atol=1e-3
+        )
+    losses = []
+    for trainer in trainers:
+        trainer.train()
+        losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+    assert len(losses[0]) == 3 and len(set(losses[0])) == 3  # 12 pairs in 3 steps: 4 prompts fill max_length
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2, tmp_path):
+    from training.outputs import load_tokenizer
+    from training.shared_prompt import SharedPromptDPOTrainer
+
+    model, pairs = tiny_qwen2
+    with pytest.raises(ValueError, match="sdpa attention, not 'eager'"):
+        SharedPromptDPOTrainer(
+            model=model,
+            args=dpo_args(tmp_path, model_init_kwargs={"attn_implementation": "eager"}),
+            train_dataset=pairs,
+            processing_class=load_tokenizer(model),
+        )
