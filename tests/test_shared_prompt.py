@@ -79,7 +79,6 @@ def dpo_args(out: Path, **changes: object) -> object:
     return DPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=4,
-        precompute_ref_log_probs=True,
         max_length=64,  # some pairs are cut: truncation must match too
         learning_rate=1e-3,  # large enough that later steps differ from the first
         num_train_epochs=1,
@@ -100,10 +99,19 @@ def test_shared_prompt_rows_give_trl_s_reference_log_probs_and_losses(tiny_qwen2
     model, pairs = tiny_qwen2
     tokenizer = load_tokenizer(model)
     trainers = [
-        trainer_class(model=model, args=dpo_args(tmp_path / name), train_dataset=pairs, processing_class=tokenizer)
-        for name, trainer_class in (("trl", DPOTrainer), ("shared", SharedPromptDPOTrainer))
+        trainer_class(
+            model=model,
+            args=dpo_args(tmp_path / name, precompute_ref_log_probs=precompute),
+            train_dataset=pairs,
+            processing_class=tokenizer,
+        )
+        for name, trainer_class, precompute in (
+            ("trl", DPOTrainer, True),
+            ("shared", SharedPromptDPOTrainer, True),
+            ("shared, reference forward in each step", SharedPromptDPOTrainer, False),
+        )
     ]
-    trl_rows, shared_rows = (trainer.train_dataset for trainer in trainers)
+    trl_rows, shared_rows = (trainer.train_dataset for trainer in trainers[:2])
     assert len(trl_rows) == len(shared_rows) == 12  # TRL drops the pairs whose prompt alone fills max_length
     assert any(len(p) + len(c) > 64 for p, c in zip(trl_rows["prompt_ids"], trl_rows["chosen_ids"], strict=True))
     for column in ("ref_chosen_logps", "ref_rejected_logps"):
@@ -116,6 +124,7 @@ def test_shared_prompt_rows_give_trl_s_reference_log_probs_and_losses(tiny_qwen2
         losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert len(losses[0]) == 3 and len(set(losses[0])) == 3  # 12 pairs in 3 steps: 4 prompts fill max_length
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    assert losses[2] == pytest.approx(losses[0], rel=1e-3)
 
 
 def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2, tmp_path):
@@ -126,7 +135,7 @@ def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2,
     with pytest.raises(ValueError, match="sdpa attention, not 'eager'"):
         SharedPromptDPOTrainer(
             model=model,
-            args=dpo_args(tmp_path, model_init_kwargs={"attn_implementation": "eager"}),
+            args=dpo_args(tmp_path, precompute_ref_log_probs=True, model_init_kwargs={"attn_implementation": "eager"}),
             train_dataset=pairs,
             processing_class=load_tokenizer(model),
         )

@@ -151,6 +151,7 @@ class SharedPromptDPOTrainer(DPOTrainer):
             "logps/chosen": gather(chosen.detach()).mean(),
             "logps/rejected": gather(rejected.detach()).mean(),
         }
-        for name, value in metrics.items():
-            self._metrics[mode][name].append(value.item())
+        values = torch.stack(list(metrics.values())).tolist()  # one device sync, not one per metric
+        for name, value in zip(metrics, values, strict=True):
+            self._metrics[mode][name].append(value)
         return loss
