@@ -1,4 +1,5 @@
-"""Shared-prompt DPO rows against TRL's own DPOTrainer: same reference log-probs, same losses."""
+"""Our DPO trainers against TRL's own: shared-prompt rows give the same log-probs and losses, batched
+tokenization the same ids."""
 
 from __future__ import annotations
 
@@ -76,17 +77,17 @@ def tiny_qwen2(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def dpo_args(out: Path, **changes: object) -> object:
     from trl import DPOConfig
 
+    settings = {"max_length": 64, **changes}  # 64: some pairs are cut, so truncation must match too
     return DPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=4,
-        max_length=64,  # some pairs are cut: truncation must match too
         learning_rate=1e-3,  # large enough that later steps differ from the first
         num_train_epochs=1,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
         use_cpu=True,
-        **changes,
+        **settings,
     )
 
 
@@ -139,3 +140,28 @@ def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2,
             train_dataset=pairs,
             processing_class=load_tokenizer(model),
         )
+
+
+def test_batched_tokenization_gives_trl_s_ids_on_real_pairs(tiny_qwen2, shared_data, tmp_path):
+    from trl import DPOTrainer
+
+    from training.data import load_preferences
+    from training.dpo_tokenization import BatchedTokenizationDPOTrainer
+    from training.outputs import load_tokenizer
+
+    model, _ = tiny_qwen2
+    pairs = load_preferences(shared_data / "hh_rlhf" / "harmless_base_test_0000_1799.jsonl.gz", "hh-rlhf")
+    pairs = pairs.select(range(200)).select_columns(["prompt", "chosen", "rejected"])  # multi-turn prompts
+    tokenizer = load_tokenizer(model)
+    rows = [
+        trainer_class(
+            model=model,
+            args=dpo_args(tmp_path / name, max_length=128),  # some prompts fill it: both drop the same pairs
+            train_dataset=pairs,
+            processing_class=tokenizer,
+        ).train_dataset
+        for name, trainer_class in (("trl", DPOTrainer), ("batched", BatchedTokenizationDPOTrainer))
+    ]
+    assert len(rows[1]) == len(rows[0]) < 200
+    for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        assert rows[1][column] == rows[0][column]

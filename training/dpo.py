@@ -1,10 +1,11 @@
 """DPO: TRL's DPOTrainer with defaults chosen for speed, LoRA as an option, held-out implicit-reward accuracy.
 
-Speed levers (see `dpo_arguments`): each pair's prompt runs once with both answers branching off it
-(`shared_prompt`, training/shared_prompt.py), the reference log-probs are computed once before training
-instead of in every step (`precompute_ref_log_probs`), pairs of similar length are batched together so
-little of each batch is padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16
-on a GPU, and gradient checkpointing as a switch for memory. TRL builds the reference model from the
+Speed levers (see `dpo_arguments`): pairs are tokenized in batches (training/dpo_tokenization.py), each
+pair's prompt runs once with both answers branching off it (`shared_prompt`, training/shared_prompt.py),
+the reference log-probs are computed once before training instead of in every step
+(`precompute_ref_log_probs`), pairs of similar length are batched together so little of each batch is
+padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16 on a GPU, and
+gradient checkpointing as a switch for memory. TRL builds the reference model from the
 policy's path, so the policy is always given as a saved folder.
 """
 
@@ -113,8 +114,7 @@ def build_dpo_trainer(
 
     `arguments` replaces the DPOConfig made from `settings` (the benchmarks change one field at a time).
     """
-    from trl import DPOTrainer
-
+    from training.dpo_tokenization import BatchedTokenizationDPOTrainer
     from training.shared_prompt import SharedPromptDPOTrainer
 
     tokenizer = load_tokenizer(model_path)
@@ -122,7 +122,7 @@ def build_dpo_trainer(
     train = train.select_columns(columns)
     if settings.group_by_length:
         train = length_grouped_order(train, settings.batch_size, seed, settings.shared_prompt)
-    trainer_class = SharedPromptDPOTrainer if settings.shared_prompt else DPOTrainer
+    trainer_class = SharedPromptDPOTrainer if settings.shared_prompt else BatchedTokenizationDPOTrainer
     return trainer_class(
         model=model_path,
         args=arguments or dpo_arguments(settings, out / "checkpoints", seed, len(train)),

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import DPOTrainer
+
+from training.dpo_tokenization import BatchedTokenizationDPOTrainer
 
 PREFIX, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 
@@ -87,8 +88,8 @@ def branch_attention_mask(branch: torch.Tensor) -> torch.Tensor:
     return visible[:, None]
 
 
-class SharedPromptDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer (tokenization, reference pre-pass, training loop, metrics) over shared-prompt rows."""
+class SharedPromptDPOTrainer(BatchedTokenizationDPOTrainer):
+    """TRL's DPOTrainer (reference pre-pass, training loop, metrics) over shared-prompt rows."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         dpo_args = kwargs["args"]
