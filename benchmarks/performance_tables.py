@@ -1,10 +1,11 @@
-"""Markdown tables of the labeling benchmarks' results files, for the README's Performance section.
+"""Markdown tables of the labeling and sampling benchmarks' results files, for the README's Performance
+section.
 
     .venv/bin/python benchmarks/performance_tables.py
 
 Reads benchmarks/results/labeling_throughput_fake*.json, labeling_scale_fake.json,
-labeling_real_server_smollm2.json and judge_quality.json (those that exist) and prints their tables, so
-that what the README shows is what the files hold.
+labeling_real_server_smollm2.json, judge_quality.json and sampling_cpu_smollm2.json (those that exist)
+and prints their tables, so that what the README shows is what the files hold.
 """
 
 from __future__ import annotations
@@ -122,6 +123,24 @@ def quality_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sampling_table(document: dict[str, Any]) -> str:
+    plain = document["runs"][0]["tokens_per_s"]
+    lines = [
+        f"{document['prompts']} prompts x {document['n']} answers, up to {document['max_tokens']} new tokens, "
+        f"{document['batch']} prompts per generate call; {document['model']}; {document['device']}; "
+        f"{document['date']}",
+        "",
+        "| run | seconds | tokens | tokens/s | / plain loop |",
+        "|---|---|---|---|---|",
+    ]
+    for run in document["runs"]:
+        lines.append(
+            f"| {run['name']} | {_cell(run['seconds'])} | {_cell(run['tokens'])} | {_cell(run['tokens_per_s'])} | "
+            f"{run['tokens_per_s'] / plain:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -129,6 +148,7 @@ def main() -> None:
         ("labeling_scale_fake.json", scale_table),
         ("labeling_real_server_smollm2.json", real_server_table),
         ("judge_quality.json", quality_table),
+        ("sampling_cpu_smollm2.json", sampling_table),
     ):
         document = _load(name)
         if document:

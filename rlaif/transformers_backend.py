@@ -3,7 +3,7 @@
 The CPU default. Requests with the same sampling settings are padded (on the left) into batches of
 `batch_size` prompts; each batch runs in a worker thread so the event loop stays responsive.
 Log-probabilities come from the model's raw logits (before temperature or top-p), so they are the
-model's own probabilities whatever the sampling settings.
+model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`.
 """
 
 from __future__ import annotations
@@ -93,25 +93,28 @@ class TransformersBackend:
     def _generate_batch(self, batch: list[GenerationRequest]) -> list[RequestResult]:
         import torch
 
+        from rlaif.nucleus_sampling import NucleusSampler
+
         first = batch[0]
         texts = [
             self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
             + (r.prefill or "")
             for r in batch
         ]
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # n rows per prompt (row b * n + k is answer k of prompt b): greedy decoding takes one sequence per row
+        inputs = {name: tensor.repeat_interleave(first.n, dim=0).to(self.device) for name, tensor in inputs.items()}
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        sampling = first.temperature > 0
+        # Sampling runs through NucleusSampler, which hands greedy decoding the token it drew: same
+        # distribution as transformers' temperature + top-p, without sorting the vocabulary each step.
+        sampler = [NucleusSampler(first.temperature, first.top_p)] if first.temperature > 0 else None
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
-                do_sample=sampling,
-                temperature=first.temperature if sampling else None,
-                top_p=first.top_p if sampling else None,
-                top_k=None,
+                do_sample=False,
+                logits_processor=sampler,
                 max_new_tokens=first.max_tokens,
-                num_return_sequences=first.n,
                 pad_token_id=self.tokenizer.pad_token_id,
                 return_dict_in_generate=True,
                 output_logits=first.top_logprobs is not None,
@@ -124,7 +127,7 @@ class TransformersBackend:
         eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         results: list[RequestResult] = []
         for b, request in enumerate(batch):
-            prompt_tokens = int(inputs["attention_mask"][b].sum())
+            prompt_tokens = int(inputs["attention_mask"][b * request.n].sum())
             generations = []
             for k in range(request.n):
                 row = b * request.n + k

@@ -46,6 +46,14 @@ def test_in_process_sampling_is_reproducible_for_a_seed(in_process, mt_bench_fil
     assert [c.id for c in first.candidates] == [c.id for c in again.candidates]
 
 
+def test_in_process_sampling_from_the_narrowest_nucleus_is_greedy_decoding(in_process):
+    messages = [{"role": "user", "content": "Name three colours."}]
+    greedy = GenerationRequest(messages=messages, max_tokens=16)
+    narrowest = GenerationRequest(messages=messages, max_tokens=16, temperature=0.9, top_p=1e-6, seed=5)
+    [by_argmax], [by_sampler] = asyncio.run(in_process.generate([greedy, narrowest]))
+    assert by_sampler.text == by_argmax.text and by_argmax.completion_tokens > 0
+
+
 def test_in_process_logprobs_are_the_models_own(in_process):
     request = GenerationRequest(
         messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no."}], max_tokens=4, top_logprobs=5

@@ -1,11 +1,15 @@
 """Sampling throughput of the in-process transformers backend against a plain `model.generate` loop,
 same prompts, same settings, same run.
 
-    python benchmarks/sampling_gpu.py --tokenizer DIR --out results.json [--prompts 128] [--n 4] [--max-tokens 256]
+    python benchmarks/sampling.py --model DIR --out results.json [--prompts 128] [--n 4] [--max-tokens 256]
+    python benchmarks/sampling.py --tokenizer DIR --out results.json   # SmolLM2-135M-shaped, random weights
 
-SmolLM2-135M-shaped model from config (random weights: it rarely stops early, so every answer runs to
-max_tokens and both sides generate the same amount). The backend groups requests by settings and
-batches prompts of similar length; the plain loop takes them in the given order. `--tiny` for a CPU check.
+`--model` takes a trained model folder (e.g. `.models/smollm2-135m-instruct` after `rlaif models
+prepare`): its next-token distributions are peaked, as in real use. `--tokenizer` builds a
+SmolLM2-135M-shaped model from config instead (random weights: flat distributions, and it rarely stops
+early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
+by settings, batches prompts of similar length and samples with `rlaif.nucleus_sampling`; the plain
+loop takes the prompts in the given order and samples with transformers' own top-p.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import sys
@@ -37,9 +42,14 @@ def build_model(tokenizer_dir: str, folder: Path, tiny: bool) -> str:
     return str(folder)
 
 
-def plain_loop(model_path: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """The peer: model.generate over the prompts in order, batch by batch, bf16 on a GPU."""
+def plain_loop(
+    model_path: str, texts: list[str], args: argparse.Namespace, nucleus_sampler: bool = False
+) -> dict[str, Any]:
+    """The peer: model.generate over the prompts in order, batch by batch, bf16 on a GPU; or
+    (nucleus_sampler) the same loop sampling as the backend does, to show that lever alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.nucleus_sampling import NucleusSampler
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
@@ -55,21 +65,19 @@ def plain_loop(model_path: str, texts: list[str], args: argparse.Namespace) -> d
         ]
         inputs = tokenizer(chat, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
+            if nucleus_sampler:
+                sampling = dict(do_sample=False, logits_processor=[NucleusSampler(0.8, 0.95)])
+                inputs = {name: tensor.repeat_interleave(args.n, dim=0) for name, tensor in inputs.items()}
+            else:  # top_k off, as in the backend (and OpenAI-style APIs): top-p over the whole vocabulary
+                sampling = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=None, num_return_sequences=args.n)
             out = model.generate(
-                **inputs,
-                do_sample=True,
-                temperature=0.8,
-                top_p=0.95,
-                top_k=None,  # as the backend (and OpenAI-style APIs): nucleus sampling over the whole vocabulary
-                max_new_tokens=args.max_tokens,
-                num_return_sequences=args.n,
-                pad_token_id=tokenizer.pad_token_id,
+                **inputs, **sampling, max_new_tokens=args.max_tokens, pad_token_id=tokenizer.pad_token_id
             )
         new = out[:, inputs["input_ids"].shape[1] :]
         generated += int((new != tokenizer.pad_token_id).sum())
     seconds = time.perf_counter() - started
     return {
-        "name": "plain model.generate loop",
+        "name": "plain model.generate loop" + (", with rlaif's nucleus sampler" if nucleus_sampler else ""),
         "seconds": round(seconds, 2),
         "tokens": generated,
         "tokens_per_s": round(generated / seconds, 1),
@@ -118,7 +126,9 @@ def backend(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="A trained model folder.")
+    source.add_argument("--tokenizer", help="A tokenizer folder, for a SmolLM2-135M-shaped model with random weights.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/rlaif-sampling")
     parser.add_argument("--prompts", type=int, default=128)
@@ -129,12 +139,13 @@ def main() -> None:
     parser.add_argument(
         "--diagnose",
         action="store_true",
-        help="Also run the plain loop in a worker thread and the backend without one.",
+        help="Also run the plain loop with the backend's sampler, the plain loop in a worker thread and the "
+        "backend without one.",
     )
     args = parser.parse_args()
     folder = Path(args.work)
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = build_model(args.tokenizer, folder / "model", args.tiny)
+    model_path = args.model or build_model(args.tokenizer, folder / "model", args.tiny)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -145,8 +156,9 @@ def main() -> None:
     ]
     plain_loop(model_path, texts[: args.batch], args)  # warm-up (CUDA kernels, allocator)
     runs = [plain_loop(model_path, texts, args), backend(model_path, texts, args)]
-    if args.diagnose:  # where the backend's time goes: the worker thread, or its own batching loop
+    if args.diagnose:  # each lever alone: the sampler, the worker thread, the batching loop
         runs += [
+            plain_loop(model_path, texts, args, nucleus_sampler=True),
             plain_loop_in_thread(model_path, texts, args),
             backend(model_path, texts, args, in_calling_thread=True),
         ]
@@ -154,7 +166,7 @@ def main() -> None:
 
     results = {
         "benchmark": "sampling, in-process transformers backend vs plain generate loop",
-        "model": "SmolLM2-135M-shaped (random weights)" if not args.tiny else "tiny Llama",
+        "model": args.model or ("tiny Llama" if args.tiny else "SmolLM2-135M-shaped (random weights)"),
         "prompts": args.prompts,
         "n": args.n,
         "batch": args.batch,
@@ -162,7 +174,7 @@ def main() -> None:
         "runs": runs,
         "ratio_backend_vs_plain": round(runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"], 3),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
