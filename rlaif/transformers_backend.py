@@ -3,12 +3,15 @@
 The CPU default. Requests with the same sampling settings are padded (on the left) into batches of
 `batch_size` prompts; each batch runs in a worker thread so the event loop stays responsive.
 Log-probabilities come from the model's raw logits (before temperature or top-p), so they are the
-model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`.
+model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`. With
+n answers per prompt, each prompt runs through the model once and its key/value cache is copied to
+the n answer rows (transformers' own `num_return_sequences` runs the prompt n times).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -47,6 +50,10 @@ class TransformersBackend:
         except OSError as exc:
             raise BackendError(f"cannot load model {model}: {exc}") from None
         self.model.eval()
+        # the key/value cache argument: `cache` in newer transformers, `past_key_values` before
+        self._cache_keyword = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._lock = threading.Lock()  # one generation at a time on the shared model
@@ -101,9 +108,9 @@ class TransformersBackend:
             + (r.prefill or "")
             for r in batch
         ]
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompts = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         # n rows per prompt (row b * n + k is answer k of prompt b): greedy decoding takes one sequence per row
-        inputs = {name: tensor.repeat_interleave(first.n, dim=0).to(self.device) for name, tensor in inputs.items()}
+        inputs = {name: tensor.repeat_interleave(first.n, dim=0) for name, tensor in prompts.items()}
         if first.seed is not None:
             torch.manual_seed(first.seed)
         # Sampling runs through NucleusSampler, which hands greedy decoding the token it drew: same
@@ -112,6 +119,7 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
+                **self._prompt_cache(prompts, first.n),
                 do_sample=False,
                 logits_processor=sampler,
                 max_new_tokens=first.max_tokens,
@@ -121,13 +129,13 @@ class TransformersBackend:
                 stop_strings=list(first.stop) or None,
                 tokenizer=self.tokenizer if first.stop else None,
             )
-        prompt_length = inputs["input_ids"].shape[1]
+        prompt_length = prompts["input_ids"].shape[1]
         new_tokens = out.sequences[:, prompt_length:]
         logprob_rows = _token_logprobs(out.logits, new_tokens) if first.top_logprobs is not None else None
         eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         results: list[RequestResult] = []
         for b, request in enumerate(batch):
-            prompt_tokens = int(inputs["attention_mask"][b * request.n].sum())
+            prompt_tokens = int(prompts["attention_mask"][b].sum())
             generations = []
             for k in range(request.n):
                 row = b * request.n + k
@@ -146,6 +154,30 @@ class TransformersBackend:
             self.usage.requests += 1
             results.append(generations)
         return results
+
+    def _prompt_cache(self, prompts: Any, n: int) -> dict[str, Any]:
+        """The prompts' key/value cache, computed once per prompt and repeated for its n answer rows.
+
+        `generate` would run each prompt once per row, n times over. The cache holds all but the last
+        prompt token, which `generate` then runs itself; positions follow the left padding as its own do.
+        """
+        from transformers import DynamicCache
+
+        ids, mask = prompts["input_ids"], prompts["attention_mask"]
+        if n == 1 or ids.shape[1] < 2:
+            return {}
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        self.model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_keyword: cache},
+        )
+        cache.batch_repeat_interleave(n)
+        return {self._cache_keyword: cache}
 
     def _logprob_items(self, rows: Any, row: int, length: int, top: int | None) -> tuple[TokenLogprob, ...] | None:
         if rows is None or top is None:

@@ -54,6 +54,41 @@ def test_in_process_sampling_from_the_narrowest_nucleus_is_greedy_decoding(in_pr
     assert by_sampler.text == by_argmax.text and by_argmax.completion_tokens > 0
 
 
+def test_in_process_answers_from_a_shared_prompt_cache_are_those_of_whole_prompts(in_process):
+    """n answers per prompt reuse one prompt pass; greedy answers and log-probs must be generate's own."""
+    import torch
+
+    questions = ["Is the sky blue?", "Name a fruit that is yellow and long, and say where it grows.", "Hi"]
+    requests = [
+        GenerationRequest(messages=[{"role": "user", "content": q}], n=3, max_tokens=12, top_logprobs=2)
+        for q in questions
+    ]
+    results = asyncio.run(in_process.generate(requests))
+    tokenizer, model = in_process.tokenizer, in_process.model
+    texts = [
+        tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True) for r in requests
+    ]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        whole = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=12,
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    logprobs = torch.stack(whole.logits, dim=1).log_softmax(dim=-1)
+    new_tokens = whole.sequences[:, inputs["input_ids"].shape[1] :]
+    for row, generations in enumerate(results):
+        assert len(generations) == 3
+        expected = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
+        for generation in generations:
+            assert generation.text == expected
+            for step, item in enumerate(generation.logprobs):
+                assert item.logprob == pytest.approx(float(logprobs[row, step, new_tokens[row, step]]), abs=1e-3)
+
+
 def test_in_process_logprobs_are_the_models_own(in_process):
     request = GenerationRequest(
         messages=[{"role": "user", "content": "Is the sky blue? Answer yes or no."}], max_tokens=4, top_logprobs=5
