@@ -8,8 +8,9 @@ same prompts, same settings, same run.
 prepare`): its next-token distributions are peaked, as in real use. `--tokenizer` builds a
 SmolLM2-135M-shaped model from config instead (random weights: flat distributions, and it rarely stops
 early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
-by settings, batches prompts of similar length and samples with `rlaif.nucleus_sampling`; the plain
-loop takes the prompts in the given order and samples with transformers' own top-p.
+by settings, batches prompts of similar length, runs each prompt once for its n answers and samples
+with `rlaif.nucleus_sampling`; the plain loop takes the prompts in the given order and uses
+`num_return_sequences` and transformers' own top-p.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 transformers' own top-p step sorts all ~50k logits of every row at every step, then draws from the
 full vocabulary: on the CPU that is about 40% of SmolLM2-135M's sampling time. A trained model's
-nucleus almost always lies within its thousand most likely tokens, which `topk` finds in a seventh
-of a full sort's time. `NucleusSampler` draws the token itself from those candidates (rows whose nucleus is wider
-fall back to a full sort) and hands `generate` scores in which only the drawn token is finite, so
-greedy decoding takes it. The distribution is transformers' temperature + top-p one: a token is kept
-when the probability of the tokens more likely than it is below `top_p`.
+nucleus almost always lies within its thousand most likely tokens, which `topk` finds in a seventh of
+a full sort's time. `NucleusSampler` draws the token itself from those candidates (rows whose nucleus
+is wider fall back to a full sort) and hands `generate` scores in which only the drawn token is
+finite, so greedy decoding takes it. The distribution is transformers' temperature + top-p one: a
+token is kept when the probability of the tokens more likely than it is below `top_p`.
 """
 
 from __future__ import annotations
