@@ -1,11 +1,11 @@
 """Sampling throughput of the in-process transformers backend against a plain `model.generate` loop,
 same prompts, same settings, same run.
 
-    python benchmarks/sampling.py --model DIR --out results.json [--prompts 128] [--n 4] [--max-tokens 256]
+    python benchmarks/sampling.py --model NAME_OR_DIR --out results.json [--prompts 128] [--n 4] [--max-tokens 256]
     python benchmarks/sampling.py --tokenizer DIR --out results.json   # SmolLM2-135M-shaped, random weights
 
-`--model` takes a trained model folder (e.g. `.models/smollm2-135m-instruct` after `rlaif models
-prepare`): its next-token distributions are peaked, as in real use. `--tokenizer` builds a
+`--model` takes a trained model, a folder or a known name (`smollm2-135m-instruct`, prepared on first
+use): its next-token distributions are peaked, as in real use. `--tokenizer` builds a
 SmolLM2-135M-shaped model from config instead (random weights: flat distributions, and it rarely stops
 early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
 by settings, batches prompts of similar length, runs each prompt once for its n answers and samples
@@ -128,7 +128,7 @@ def backend(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="A trained model folder.")
+    source.add_argument("--model", help="A trained model: a folder, or a known name such as smollm2-135m-instruct.")
     source.add_argument("--tokenizer", help="A tokenizer folder, for a SmolLM2-135M-shaped model with random weights.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="/tmp/rlaif-sampling")
@@ -146,7 +146,12 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.work)
     folder.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or build_model(args.tokenizer, folder / "model", args.tiny)
+    if args.model:
+        from rlaif.models import resolve_model
+
+        model_path = resolve_model(args.model, say=print)  # a known name is prepared on first use
+    else:
+        model_path = build_model(args.tokenizer, folder / "model", args.tiny)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
