@@ -42,7 +42,7 @@ def test_a_folder_that_is_not_a_merged_dataset_is_named(tmp_path):
 
 
 def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):
-    """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.sh)."""
+    """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.py)."""
     sample = tmp_path / "hh.jsonl"
     import gzip
 
