@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+TEMPERATURE, TOP_P = 0.8, 0.95  # every run samples with these (the pipeline's defaults)
+
 
 def build_model(tokenizer_dir: str, folder: Path, tiny: bool) -> str:
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -67,10 +69,12 @@ def plain_loop(
         inputs = tokenizer(chat, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
             if nucleus_sampler:
-                sampling = dict(do_sample=False, logits_processor=[NucleusSampler(0.8, 0.95)])
+                sampling = dict(do_sample=False, logits_processor=[NucleusSampler(TEMPERATURE, TOP_P)])
                 inputs = {name: tensor.repeat_interleave(args.n, dim=0) for name, tensor in inputs.items()}
             else:  # top_k off, as in the backend (and OpenAI-style APIs): top-p over the whole vocabulary
-                sampling = dict(do_sample=True, temperature=0.8, top_p=0.95, top_k=None, num_return_sequences=args.n)
+                sampling = dict(
+                    do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=None, num_return_sequences=args.n
+                )
             out = model.generate(
                 **inputs, **sampling, max_new_tokens=args.max_tokens, pad_token_id=tokenizer.pad_token_id
             )
@@ -103,8 +107,8 @@ def backend(
         GenerationRequest(
             messages=[{"role": "user", "content": t}],
             n=args.n,
-            temperature=0.8,
-            top_p=0.95,
+            temperature=TEMPERATURE,
+            top_p=TOP_P,
             max_tokens=args.max_tokens,
             seed=i,
         )
