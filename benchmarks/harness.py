@@ -1,6 +1,7 @@
 """What the labeling benchmarks share: the fake endpoint and a Prefect server as child processes, the peer
 harness copied to a scratch folder, the synthetic pairs written as a ready-to-judge run, timing of a whole
-process against the server's own counters, and the provenance every results file carries.
+process against the server's own counters, the provenance every results file carries, and repeated runs
+of contenders in alternating order.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -296,3 +297,22 @@ def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def median_runs(
+    contenders: list[Callable[[], dict[str, Any]]], repeats: int, key: str = "tokens_per_s"
+) -> list[dict[str, Any]]:
+    """Each contender `repeats` times, in turn, the order reversed every other round (so that a machine
+    slowing down or warming up over the run does not favour whoever goes first); per contender, the
+    run with the median `key` (the lower middle one for an even count), each run's `key` beside it."""
+    each: list[list[dict[str, Any]]] = [[] for _ in contenders]
+    for round_ in range(repeats):
+        order = list(range(len(contenders)))
+        for index in order if round_ % 2 == 0 else order[::-1]:
+            each[index].append(contenders[index]())
+            print(json.dumps(each[index][-1]), flush=True)
+    medians = []
+    for runs in each:
+        ranked = sorted(runs, key=lambda run: run[key])
+        medians.append({**ranked[(len(ranked) - 1) // 2], f"{key}_each": [run[key] for run in runs]})
+    return medians

@@ -1,11 +1,12 @@
-"""Markdown tables of the labeling and sampling benchmarks' results files, for the README's Performance
-section.
+"""Markdown tables of the labeling, sampling and judging benchmarks' results files, for the README's
+Performance section.
 
     .venv/bin/python benchmarks/performance_tables.py
 
 Reads benchmarks/results/labeling_throughput_fake*.json, labeling_scale_fake.json,
-labeling_real_server_smollm2.json, judge_quality.json and sampling_cpu_smollm2.json (those that exist)
-and prints their tables, so that what the README shows is what the files hold.
+labeling_real_server_smollm2.json, judge_quality.json, sampling_cpu_smollm2.json and
+judging_cpu_smollm2.json (those that exist) and prints their tables, so that what the README shows is
+what the files hold.
 """
 
 from __future__ import annotations
@@ -125,10 +126,14 @@ def quality_table(document: dict[str, Any]) -> str:
 
 def sampling_table(document: dict[str, Any]) -> str:
     plain = document["runs"][0]["tokens_per_s"]
+    repeats = document.get("repeats", 1)
+    # files from before temperature and top_p were recorded: every such run sampled at 0.8 / 0.95
     lines = [
         f"{document['prompts']} prompts x {document['n']} answers, up to {document['max_tokens']} new tokens, "
-        f"{document['batch']} prompts per generate call; {document['model']}; {document['device']}; "
-        f"{document['date']}",
+        f"temperature {document.get('temperature', 0.8)}, top_p {document.get('top_p', 0.95)}, "
+        f"{document['batch']} prompts per generate call; "
+        + (f"median of {repeats} runs in alternating order; " if repeats > 1 else "one run each; ")
+        + f"{document['model']}; {document['device']}; {document['date']}",
         "",
         "| run | seconds | tokens | tokens/s | / plain loop |",
         "|---|---|---|---|---|",
@@ -141,6 +146,27 @@ def sampling_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def judging_table(document: dict[str, Any]) -> str:
+    whole = document["runs"][0]["pairs_per_s"]
+    lines = [
+        f"{document['runs'][0]['pairs']} pairs of {'/'.join(Path(document['data']).parts[-2:])}, both orders, "
+        "logprob mode, "
+        f"{document['batch']} prompts per batch, median of {document['repeats']} runs in alternating order; "
+        f"{document['model']}; {document['machine']}; {document['date']}",
+        "",
+        "| run | seconds | prompt tokens | pairs/s | / every prompt whole | pairs/s of each run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in document["runs"]:
+        lines.append(
+            f"| {run['name']} | {_cell(run['seconds'])} | {_cell(run['prompt_tokens'])} | "
+            f"{_cell(run['pairs_per_s'], 3)} | {run['pairs_per_s'] / whole:.2f} | "
+            f"{', '.join(_cell(v, 3) for v in run['pairs_per_s_each'])} |"
+        )
+    lines += ["", f"Largest difference in p(A) between the two: {document['max_p_a_difference']:.1e}"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -149,6 +175,7 @@ def main() -> None:
         ("labeling_real_server_smollm2.json", real_server_table),
         ("judge_quality.json", quality_table),
         ("sampling_cpu_smollm2.json", sampling_table),
+        ("judging_cpu_smollm2.json", judging_table),
     ):
         document = _load(name)
         if document:

@@ -10,7 +10,8 @@ SmolLM2-135M-shaped model from config instead (random weights: flat distribution
 early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
 by settings, batches prompts of similar length, runs each prompt once for its n answers and samples
 with `rlaif.nucleus_sampling`; the plain loop takes the prompts in the given order and uses
-`num_return_sequences` and transformers' own top-p.
+`num_return_sequences` and transformers' own top-p. `--repeats` runs each contender several times, in
+alternating order, and reports the median run of each.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import median_runs  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.8, 0.95  # every run samples with these (the pipeline's defaults)
 
@@ -142,6 +145,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument(
+        "--repeats", type=int, default=1, help="Runs of each contender, in alternating order; medians are reported."
+    )
+    parser.add_argument(
         "--diagnose",
         action="store_true",
         help="Also run the plain loop with the backend's sampler, the plain loop in a worker thread and the "
@@ -165,13 +171,17 @@ def main() -> None:
         for _ in range(args.prompts)
     ]
     plain_loop(model_path, texts[: args.batch], args)  # warm-up (CUDA kernels, allocator)
-    runs = [plain_loop(model_path, texts, args), backend(model_path, texts, args)]
+    contenders = [
+        lambda: plain_loop(model_path, texts, args),
+        lambda: backend(model_path, texts, args),
+    ]
     if args.diagnose:  # each lever alone: the sampler, the worker thread, the batching loop
-        runs += [
-            plain_loop(model_path, texts, args, nucleus_sampler=True),
-            plain_loop_in_thread(model_path, texts, args),
-            backend(model_path, texts, args, in_calling_thread=True),
+        contenders += [
+            lambda: plain_loop(model_path, texts, args, nucleus_sampler=True),
+            lambda: plain_loop_in_thread(model_path, texts, args),
+            lambda: backend(model_path, texts, args, in_calling_thread=True),
         ]
+    runs = median_runs(contenders, args.repeats)
     import transformers
 
     results = {
@@ -181,6 +191,9 @@ def main() -> None:
         "n": args.n,
         "batch": args.batch,
         "max_tokens": args.max_tokens,
+        "temperature": TEMPERATURE,
+        "top_p": TOP_P,
+        "repeats": args.repeats,
         "runs": runs,
         "ratio_backend_vs_plain": round(runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"], 3),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

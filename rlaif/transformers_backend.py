@@ -1,11 +1,15 @@
 """In-process generation with transformers: batched, with true token log-probabilities on request.
 
-The CPU default. Requests with the same sampling settings are padded (on the left) into batches of
-`batch_size` prompts; each batch runs in a worker thread so the event loop stays responsive.
+The CPU default. Requests with the same sampling settings run in batches of `batch_size` prompts,
+padded on the left (after the opening they share); each batch runs in a worker thread so the event loop
+stays responsive.
 Log-probabilities come from the model's raw logits (before temperature or top-p), so they are the
-model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`. With
-n answers per prompt, each prompt runs through the model once and its key/value cache is copied to
-the n answer rows (transformers' own `num_return_sequences` runs the prompt n times).
+model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`.
+
+Work shared between rows runs once, and its key/value cache is copied to the rows that share it: the
+opening every prompt of a batch shares (a judge's system prompt and instructions, a chat template's
+default system prompt) runs once per batch, and with n answers per prompt each prompt runs once
+(transformers' own `num_return_sequences` runs it n times).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from rlaif.generation import (
     TokenUsage,
 )
 
+SHARED_OPENING_MIN_TOKENS = 16  # a shorter shared opening is not worth its own model call
+
 
 class TransformersBackend:
     """A causal LM loaded in this process."""
@@ -39,6 +45,7 @@ class TransformersBackend:
         self.usage = TokenUsage()
         self.batch_size = batch_size
         self.supports_prefill = True
+        self.shared_opening_min_tokens = SHARED_OPENING_MIN_TOKENS  # benchmarks set it past any prompt to compare
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -108,7 +115,7 @@ class TransformersBackend:
             + (r.prefill or "")
             for r in batch
         ]
-        prompts = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        prompts, shared = self._encode(texts)
         # n rows per prompt (row b * n + k is answer k of prompt b): greedy decoding takes one sequence per row
         inputs = {name: tensor.repeat_interleave(first.n, dim=0) for name, tensor in prompts.items()}
         if first.seed is not None:
@@ -119,7 +126,7 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
-                **self._prompt_cache(prompts, first.n),
+                **self._prompt_cache(prompts, shared, first.n),
                 do_sample=False,
                 logits_processor=sampler,
                 max_new_tokens=first.max_tokens,
@@ -155,27 +162,65 @@ class TransformersBackend:
             results.append(generations)
         return results
 
-    def _prompt_cache(self, prompts: Any, n: int) -> dict[str, Any]:
-        """The prompts' key/value cache, computed once per prompt and repeated for its n answer rows.
+    def _encode(self, texts: list[str]) -> tuple[dict[str, Any], int]:
+        """Token ids and attention mask laid out as [shared opening][left padding][rest of the prompt], and
+        the shared opening's length: the tokens every prompt starts with come first, so they run once.
 
-        `generate` would run each prompt once per row, n times over. The cache holds all but the last
-        prompt token, which `generate` then runs itself; positions follow the left padding as its own do.
+        The opening stops at least one token before the end of the shortest prompt. Without a shared
+        opening this is plain left padding.
+        """
+        import torch
+
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        shared = 0
+        shortest = min(len(row) for row in rows)
+        while shared < shortest - 1 and all(row[shared] == rows[0][shared] for row in rows):
+            shared += 1
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        ids, mask = [], []
+        for row in rows:
+            padding = width - len(row)
+            ids.append(row[:shared] + [pad] * padding + row[shared:])
+            mask.append([1] * shared + [0] * padding + [1] * (len(row) - shared))
+        tensors = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        return {name: tensor.to(self.device) for name, tensor in tensors.items()}, shared
+
+    def _prompt_cache(self, prompts: dict[str, Any], shared: int, n: int) -> dict[str, Any]:
+        """The prompts' key/value cache, each part computed once and copied to the rows that share it.
+
+        The shared opening runs once for the batch (when it is at least `shared_opening_min_tokens` long
+        and the batch has several prompts); with n > 1, the rest of each prompt, but its last token, runs
+        once for its n answer rows. `generate` runs whatever the cache does not hold. Positions follow the
+        attention mask (padding takes none), as `generate`'s own do.
         """
         from transformers import DynamicCache
 
         ids, mask = prompts["input_ids"], prompts["attention_mask"]
-        if n == 1 or ids.shape[1] < 2:
-            return {}
-        cache = DynamicCache(config=self.model.config)
+        batch, length = ids.shape
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        self.model(
-            input_ids=ids[:, :-1],
-            attention_mask=mask[:, :-1],
-            position_ids=positions[:, :-1],
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_keyword: cache},
-        )
+        cache = DynamicCache(config=self.model.config)
+        cached = 0
+
+        def run(rows: slice, start: int, end: int) -> None:  # tokens start:end of these rows, into the cache
+            self.model(
+                input_ids=ids[rows, start:end],
+                attention_mask=mask[rows, :end],
+                position_ids=positions[rows, start:end],
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_keyword: cache},
+            )
+
+        if batch > 1 and shared >= self.shared_opening_min_tokens:
+            run(slice(0, 1), 0, shared)
+            cache.batch_repeat_interleave(batch)
+            cached = shared
+        if n > 1 and length - 1 > cached:
+            run(slice(None), cached, length - 1)
+            cached = length - 1
+        if cached == 0:
+            return {}
         cache.batch_repeat_interleave(n)
         return {self._cache_keyword: cache}
 

@@ -54,20 +54,26 @@ def test_in_process_sampling_from_the_narrowest_nucleus_is_greedy_decoding(in_pr
     assert by_sampler.text == by_argmax.text and by_argmax.completion_tokens > 0
 
 
-def test_in_process_answers_from_a_shared_prompt_cache_are_those_of_whole_prompts(in_process):
-    """n answers per prompt reuse one prompt pass; greedy answers and log-probs must be generate's own."""
+@pytest.mark.parametrize("n", [1, 3])
+def test_in_process_answers_from_a_shared_prompt_cache_are_those_of_whole_prompts(in_process, n):
+    """The shared opening runs once per batch and each prompt once for its n answers; greedy answers and
+    log-probs must be those of `generate` on whole, left-padded prompts."""
     import torch
 
+    from rlaif.transformers_backend import SHARED_OPENING_MIN_TOKENS
+
+    system = {"role": "system", "content": "You judge answers. Be brief, exact and fair; say only what is asked."}
     questions = ["Is the sky blue?", "Name a fruit that is yellow and long, and say where it grows.", "Hi"]
     requests = [
-        GenerationRequest(messages=[{"role": "user", "content": q}], n=3, max_tokens=12, top_logprobs=2)
+        GenerationRequest(messages=[system, {"role": "user", "content": q}], n=n, max_tokens=12, top_logprobs=2)
         for q in questions
     ]
-    results = asyncio.run(in_process.generate(requests))
     tokenizer, model = in_process.tokenizer, in_process.model
     texts = [
         tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True) for r in requests
     ]
+    assert in_process._encode(texts)[1] >= SHARED_OPENING_MIN_TOKENS  # the batch does share an opening
+    results = asyncio.run(in_process.generate(requests))
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
         whole = model.generate(
@@ -81,12 +87,24 @@ def test_in_process_answers_from_a_shared_prompt_cache_are_those_of_whole_prompt
     logprobs = torch.stack(whole.logits, dim=1).log_softmax(dim=-1)
     new_tokens = whole.sequences[:, inputs["input_ids"].shape[1] :]
     for row, generations in enumerate(results):
-        assert len(generations) == 3
+        assert len(generations) == n
         expected = tokenizer.decode(new_tokens[row], skip_special_tokens=True).strip()
         for generation in generations:
             assert generation.text == expected
             for step, item in enumerate(generation.logprobs):
                 assert item.logprob == pytest.approx(float(logprobs[row, step, new_tokens[row, step]]), abs=1e-3)
+
+
+def test_the_shared_opening_leaves_every_prompt_a_token_of_its_own(in_process):
+    """A prompt that is the opening of another still has its last token outside the shared part."""
+    tokenizer = in_process.tokenizer
+    texts = ["The quick brown fox jumps over the lazy dog", "The quick brown fox jumps over the lazy dog again"]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    inputs, shared = in_process._encode(texts)
+    assert shared == len(rows[0]) - 1
+    for row, ids, mask in zip(rows, inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), strict=True):
+        assert [token for token, kept in zip(ids, mask, strict=True) if kept] == row
+        assert ids[:shared] == row[:shared] and ids[-1] == row[-1]
 
 
 def test_in_process_logprobs_are_the_models_own(in_process):
