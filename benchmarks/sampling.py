@@ -9,9 +9,9 @@ use): its next-token distributions are peaked, as in real use. `--tokenizer` bui
 SmolLM2-135M-shaped model from config instead (random weights: flat distributions, and it rarely stops
 early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
 by settings, batches prompts of similar length, runs the opening a batch's prompts share once and each
-prompt once for its n answers, and samples with `rlaif.nucleus_sampling`; the plain loop takes the prompts in the given order and uses
-`num_return_sequences` and transformers' own top-p. `--repeats` runs each contender several times, in
-alternating order, and reports the median run of each.
+prompt once for its n answers, and samples with `rlaif.nucleus_sampling`; the plain loop takes the
+prompts in the given order and uses `num_return_sequences` and transformers' own top-p. `--repeats` runs
+each contender several times, in alternating order, and reports the median run of each.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -127,7 +128,9 @@ def test_a_dead_judge_endpoint_stops_the_run_with_a_clear_message_after_bounded_
     assert result.returncode == 2, result.stderr[-3000:]
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # Prefect logs the rest
     assert error.startswith("error: stopped sending requests: no endpoint is answering")
-    assert "5 requests in a row failed, the last with HTTP 503" in error and "rerun" in error
+    # The threshold's failures open the breaker; requests already in flight may add theirs to the count.
+    failed_in_row = int(re.search(r"(\d+) requests in a row failed, the last with HTTP 503", error).group(1))
+    assert threshold <= failed_in_row <= threshold + concurrency and "rerun" in error
     # Requests that reached the dead endpoint: the threshold's worth plus those already in flight, each retried.
     assert len(proxy.log) <= (threshold + concurrency) * (retries + 1)
     assert not list((tmp_path / "run").glob("judgments/*.jsonl"))  # no shard of failures written as data
