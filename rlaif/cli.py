@@ -389,8 +389,9 @@ def run() -> None:
 
     At exit CPython collects every object still alive, several times over; after Prefect's and openai's
     imports that took 0.6-0.9 s of each `rlaif label` (of about 6 s for 1,000 pairs). Frozen objects are left
-    to the operating system instead. Nothing is lost: files are closed and logs flushed by then, and
-    Python never promised finalizers at exit.
+    to the operating system instead. atexit handlers still run after it (logs are flushed, Prefect's
+    workers drain); the pipeline closes its files as it writes them, and Python never promised
+    finalizers at exit.
     """
     try:
         app()

@@ -82,7 +82,7 @@ def test_config_show_prints_the_effective_config():
 
 def test_both_entry_points_keep_the_exit_code_and_every_line_of_output(tmp_path):
     """`rlaif` and `python -m rlaif.cli` end by freezing the heap instead of collecting it (`rlaif.cli.run`):
-    the exit status and the last lines printed must come through all the same."""
+    the exit status and every line printed must come through all the same."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampling:\n  best_of: 3\n")
     in_process = CliRunner().invoke(app, ["config", "show"])
