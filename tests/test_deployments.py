@@ -141,6 +141,22 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
             assert escaping.returncode != 0
             assert "prompts.path: ../../../../etc/passwd is outside the directories" in log.read_text()
 
+            # A config given as a JSON object (Prefect makes a Config of it, which would skip the checks of a
+            # config file and of its config-file-only keys) fails the run too.
+            as_object = {"run": {"name": "injected"}, "review": {"db": "sqlite:////tmp/elsewhere.db"}}
+            injected = prefect(
+                prefect_api,
+                "deployment",
+                "run",
+                "rlaif-label/e2e",
+                "--param",
+                f"config={json.dumps(as_object)}",
+                "--watch",
+                timeout=300,
+            )
+            assert injected.returncode != 0
+            assert "config: a deployment run takes the path of a config file, not a config object" in log.read_text()
+
             # The pipeline with a custom judge prompt, started from the CLI, nothing routed: it ends merged.
             overrides = {
                 "judge.prompt": str(template),
