@@ -12,7 +12,8 @@ run started from a deployment also gets `check_deployment_parameters`: the confi
 an override names must lie inside the allowed roots (`RLAIF_ALLOWED_ROOTS`, directories separated by
 `:`; by default the working directory of the process that runs the flow, e.g. `rlaif deploy`'s), and
 the keys that decide what program runs, where the API keys are sent or where labels are stored
-(`DEPLOYMENT_CONFIG_ONLY`) can only come from the config file.
+(`DEPLOYMENT_CONFIG_ONLY`) can only come from the config file, and `config` must be a file's path: Prefect
+turns a JSON object given as `config` into a Config, which would otherwise pass unchecked.
 """
 
 from __future__ import annotations
