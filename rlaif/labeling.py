@@ -3,14 +3,11 @@
 Plain functions that the Prefect flows in `flows/labeling.py` wrap. Each shard step first looks for
 its finished shard file (see `rlaif.run_directory`) and returns it untouched when found, so a rerun
 repeats no model call for finished shards. Models are reached through getters that open them on
-first use: a rerun with nothing left to do loads no model at all. A shard's file work (reading, and
-writing with fsync) runs in a worker thread: the event loop keeps answering the requests the other
-shard in flight has out, instead of stalling them at every shard's start and end.
+first use: a rerun with nothing left to do loads no model at all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -122,16 +119,15 @@ async def sample_shard(
     """Candidates for one shard of prompts: (count, reused). A shard with a failed prompt is not written."""
     if plan.candidates.is_file():
         return count_lines(plan.candidates), True
-    prompts = await asyncio.to_thread(plan.read_prompts)
     result = await sample_candidates(
-        await policy(), prompts, config.sampling, run_seed=config.run.seed, model_label=config.policy.model
+        await policy(), plan.read_prompts(), config.sampling, run_seed=config.run.seed, model_label=config.policy.model
     )
     if result.failures:
         first = next(iter(result.failures.values()))
         raise BackendError(
             f"sampling shard {plan.index}: {len(result.failures)} of {plan.prompt_count} prompts failed: {first}"
         )
-    return await asyncio.to_thread(write_jsonl_atomic, plan.candidates, result.candidates), False
+    return write_jsonl_atomic(plan.candidates, result.candidates), False
 
 
 async def pair_shard(
@@ -140,19 +136,13 @@ async def pair_shard(
     """Pairs of one shard's candidates under the configured strategy: (count, reused)."""
     if plan.pairs.is_file():
         return count_lines(plan.pairs), True
-    if config.pairs.strategy == "best_worst":  # the scoring model runs here, on the event loop's thread
-        return _write_pairs(plan, config, await scorer()), False
-    return await asyncio.to_thread(_write_pairs, plan, config, None), False
-
-
-def _write_pairs(plan: ShardPlan, config: Config, scoring: RewardModelScorer | None) -> int:
-    """Read the shard's candidates, pair them (scored by `scoring` for best_worst), write the pairs; the count."""
     by_prompt: dict[str, list[Candidate]] = {}
     for candidate in read_records(plan.candidates, Candidate):
         by_prompt.setdefault(candidate.prompt_id, []).append(candidate)
     prompts = plan.read_prompts()
     scores = None
-    if scoring is not None:
+    if config.pairs.strategy == "best_worst":
+        scoring = await scorer()
         listed = [(p, c) for p in prompts for c in by_prompt.get(p.id, [])]
         values = scoring.score([p for p, _ in listed], [c.text for _, c in listed])
         scores = {c.id: v for (_, c), v in zip(listed, values, strict=True)}
@@ -168,16 +158,16 @@ def _write_pairs(plan: ShardPlan, config: Config, scoring: RewardModelScorer | N
             scores=scores,
         )
     ]
-    return write_jsonl_atomic(plan.pairs, pairs)
+    return write_jsonl_atomic(plan.pairs, pairs), False
 
 
 async def judge_shard(plan: ShardPlan, judge: Callable[[], Awaitable[Judge]]) -> tuple[int, bool]:
     """Judgments of one shard of pairs, both orders each, failures kept with their status: (count, reused)."""
     if plan.judgments.is_file():
         return count_lines(plan.judgments), True
-    shard_pairs = await asyncio.to_thread(lambda: list(read_records(plan.pairs, Pair)))
+    shard_pairs = list(read_records(plan.pairs, Pair))
     judgments = await (await judge()).judge(shard_pairs) if shard_pairs else []
-    return await asyncio.to_thread(write_jsonl_atomic, plan.judgments, judgments), False
+    return write_jsonl_atomic(plan.judgments, judgments), False
 
 
 def _run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
