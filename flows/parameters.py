@@ -64,6 +64,11 @@ def override_list(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in given.items()]
 
 
+def override_mapping(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
+    """The overrides that were given, as {dotted key: value}: the form a deployment run takes them in."""
+    return {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in override_list(overrides)}
+
+
 # Config keys a deployment run takes only from its config file (suffixes of dotted keys).
 DEPLOYMENT_CONFIG_ONLY = ("api_key_env", "base_urls", "server.executable", "server.extra_args", "review.db")
 # Config keys whose value is a file or folder (or a model name, which stays inside the roots as a path).
@@ -140,8 +145,7 @@ def run_config(config: Config | str | None, overrides: BaseModel | dict[str, Any
     if _started_by_a_deployment():
         if isinstance(config, Config):  # Prefect makes a Config of a JSON object given as `config`
             raise ConfigError("config: a deployment run takes the path of a config file, not a config object")
-        given = {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in override_list(overrides)}
-        check_deployment_parameters(config, given, allowed_roots())
+        check_deployment_parameters(config, override_mapping(overrides), allowed_roots())
     if isinstance(config, Config):
         items = override_list(overrides)
         return Config.model_validate(apply_overrides(config.model_dump(mode="json"), items)) if items else config

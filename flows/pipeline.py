@@ -20,7 +20,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
 from flows.labeling import label_pipeline
-from flows.parameters import ConfigOverrides, run_config
+from flows.parameters import ConfigOverrides, override_mapping, run_config
 from flows.review import merge_flow
 from flows.train import train_pipeline
 from rlaif.config import Config
@@ -39,17 +39,17 @@ def open_review_items(config: Config) -> int:
     return stats["pending"] + stats["claimed"]
 
 
-async def schedule_deadline_merge(config: Config) -> datetime | None:
-    """Schedule the merge deployment's run at the review deadline; None outside a deployment or without one."""
+async def schedule_deadline_merge(config: Config, given: dict[str, Any]) -> datetime | None:
+    """Schedule the merge deployment's run at the review deadline; None outside a deployment or without one.
+
+    `given` is this run's own `config` and `overrides` parameters: the merge run takes them as they came (a
+    deployment run takes a config file's path, not a config) and passes the same checks."""
     if config.review.deadline_hours is None or deployment.get_id() is None:
         return None
     at = datetime.now(UTC) + timedelta(hours=config.review.deadline_hours)
     await run_deployment(
         name=f"rlaif-merge/{deployment.get_name()}",
-        parameters={
-            "config": config.model_dump(mode="json"),
-            "on_pending": "judge" if config.review.on_deadline == "judge" else "block",
-        },
+        parameters={**given, "on_pending": "judge" if config.review.on_deadline == "judge" else "block"},
         scheduled_time=at,
         timeout=0,
         as_subflow=False,
@@ -79,6 +79,7 @@ async def rlaif_pipeline(
 
     `auto_review` (demo only) answers the review queue with the judge's verdicts as `demo-auto-reviewer`.
     """
+    given = {"config": config, "overrides": override_mapping(overrides)}  # before the config is resolved
     config = run_config(config, overrides)
     logger = get_run_logger()
     report = await label_pipeline(config)
@@ -93,7 +94,7 @@ async def rlaif_pipeline(
             result["status"] = "trained"
         result["report"] = await publish_report(config, result["status"])
         return result
-    deadline = await schedule_deadline_merge(config)
+    deadline = await schedule_deadline_merge(config, given)
     run_dir = config.run.directory()
     logger.info(
         f"{waiting} review items of run {config.run.name!r} wait for people: serve them with "

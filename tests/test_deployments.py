@@ -184,11 +184,34 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
             assert len(judgments) == 24 and {j.template_hash for j in judgments} == {expected_hash}
             assert datasets.load_from_disk(str(custom / "dataset")).num_rows > 0
 
-            # The default run: items wait for review; people finish them; the event starts rlaif-merge.
-            labelled = prefect(prefect_api, "deployment", "run", "rlaif-label/e2e", "--watch", timeout=600)
+            # The default run, through the pipeline with a review deadline: items wait for review, and a merge
+            # is scheduled at the deadline with the run's own parameters (a config file's path, which a
+            # deployment run accepts, not the config itself); people finish them; the event starts rlaif-merge.
+            labelled = prefect(
+                prefect_api,
+                "deployment",
+                "run",
+                "rlaif-pipeline/e2e",
+                "--param",
+                f"config={config_path}",
+                "--param",
+                'overrides={"review.deadline_hours": 24}',
+                "--watch",
+                timeout=600,
+            )
             assert labelled.returncode == 0, labelled.stdout + log.read_text()[-4000:]
             nightly = tmp_path / "runs" / "nightly"
             assert not (nightly / "dataset").exists()
+            scheduled = httpx.post(
+                f"{prefect_api['PREFECT_API_URL']}/flow_runs/filter",
+                json={
+                    "flows": {"name": {"any_": ["rlaif-merge"]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                },
+            ).json()
+            assert [run["parameters"] for run in scheduled] == [
+                {"config": str(config_path), "overrides": {"review.deadline_hours": 24}, "on_pending": "judge"}
+            ]
             db = f"sqlite:///{tmp_path / 'runs' / 'review.db'}"
             from rlaif.review_store import ReviewStore
 
