@@ -30,7 +30,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from flows.parameters import ConfigOverrides, run_config
+from flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from judges.factory import check_judge, open_judge
 from judges.protocol import Judge
 from judges.reward_model import RewardModelScorer
@@ -249,9 +249,7 @@ async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Co
 
 
 @flow(name="rlaif-label")
-async def label_pipeline(
-    config: Config | str | None = None, overrides: ConfigOverrides | None = None
-) -> dict[str, Any]:
+async def label_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
     """Prompts to judged pairs, of which about `review.fraction` wait for people; writes report.json.
 
     `config`: a config file (default: the embedded demo config) or a Config; `overrides`: config keys to set.

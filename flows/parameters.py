@@ -12,8 +12,10 @@ run started from a deployment also gets `check_deployment_parameters`: the confi
 an override names must lie inside the allowed roots (`RLAIF_ALLOWED_ROOTS`, directories separated by
 `:`; by default the working directory of the process that runs the flow, e.g. `rlaif deploy`'s), and
 the keys that decide what program runs, where the API keys are sent or where labels are stored
-(`DEPLOYMENT_CONFIG_ONLY`) can only come from the config file, and `config` must be a file's path: Prefect
-turns a JSON object given as `config` into a Config, which would otherwise pass unchecked.
+(`DEPLOYMENT_CONFIG_ONLY`) can only come from the config file, and `config` must be a file's path: its
+JSON schema (`ConfigParameter`) allows only a string, so the Prefect server refuses anything else when
+the run is created, and a run created with schema enforcement turned off is refused when it starts
+(Prefect would turn a JSON object given as `config` into a Config, which would otherwise pass unchecked).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from rlaif.config import Config, ConfigError, apply_overrides, load_config
 
@@ -50,6 +52,21 @@ ConfigOverrides = create_model(
     __doc__='Config keys to override, by dotted path, e.g. {"judge.prompt": "prompts/my.md.j2"}.',
     **_leaf_fields(Config),
 )
+
+
+# A flow's `config` parameter: a Config when another flow calls it, a config file's path when a deployment
+# or a person starts it. Its JSON schema, which the Prefect UI's run form and the server's check of a
+# deployment run's parameters follow, is only the path: a deployment run refuses a config object anyway.
+ConfigParameter = Annotated[
+    Config | str | None,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "description": "A config file's path (relative to the working directory of `rlaif deploy`); "
+            "null: the embedded demo config.",
+        }
+    ),
+]
 
 
 def override_list(overrides: BaseModel | dict[str, Any] | None) -> list[str]:

@@ -20,7 +20,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
 from flows.labeling import label_pipeline
-from flows.parameters import ConfigOverrides, override_mapping, run_config
+from flows.parameters import ConfigOverrides, ConfigParameter, override_mapping, run_config
 from flows.review import merge_flow
 from flows.train import train_pipeline
 from rlaif.config import Config
@@ -71,7 +71,7 @@ def answer_queue_as_demo_reviewer(config: Config) -> int:
 
 @flow(name="rlaif-pipeline")
 async def rlaif_pipeline(
-    config: Config | str | None = None,
+    config: ConfigParameter = None,
     overrides: ConfigOverrides | None = None,
     auto_review: bool = False,
 ) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
-from flows.parameters import ConfigOverrides, run_config
-from rlaif.config import Config
+from flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.merge import merge_run
 from rlaif.review_store import ReviewStore
 
@@ -36,7 +35,7 @@ def emit_queue_emptied(run_id: str) -> None:
 
 @flow(name="rlaif-merge")
 async def merge_flow(
-    config: Config | str | None = None,
+    config: ConfigParameter = None,
     overrides: ConfigOverrides | None = None,
     on_pending: Literal["block", "judge"] | None = None,
 ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.parameters import ConfigOverrides, run_config
+from flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.config import Config
 from training.stages import Stage, run_stage, stage_output
 
@@ -23,7 +23,7 @@ def train_stage_task(config: Config, stage: Stage, model: str | None = None) -> 
 
 
 @flow(name="rlaif-train")
-def train_pipeline(config: Config | str | None = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
+def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
     """Train the reward model, then align the policy with `train.method` (DPO, or PPO on that reward model)."""
     config = run_config(config, overrides)
     reports: dict[str, Any] = {}

@@ -74,6 +74,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _finished_state(api: str, flow_run_id: str) -> str | None:
+    state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]
+    return state["type"] if state and state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+
+
 def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -142,19 +147,24 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
             assert "prompts.path: ../../../../etc/passwd is outside the directories" in log.read_text()
 
             # A config given as a JSON object (Prefect makes a Config of it, which would skip the checks of a
-            # config file and of its config-file-only keys) fails the run too.
+            # config file and of its config-file-only keys) is refused when the run is created: the
+            # parameter's schema is a path.
             as_object = {"run": {"name": "injected"}, "review": {"db": "sqlite:////tmp/elsewhere.db"}}
             injected = prefect(
-                prefect_api,
-                "deployment",
-                "run",
-                "rlaif-label/e2e",
-                "--param",
-                f"config={json.dumps(as_object)}",
-                "--watch",
-                timeout=300,
+                prefect_api, "deployment", "run", "rlaif-label/e2e", "--param", f"config={json.dumps(as_object)}"
             )
             assert injected.returncode != 0
+            assert "Validation failed for field 'config'" in injected.stdout + injected.stderr
+            # A run created through the API with the schema check turned off fails when it starts.
+            api = prefect_api["PREFECT_API_URL"]
+            deployment_id = httpx.get(f"{api}/deployments/name/rlaif-label/e2e").json()["id"]
+            created = httpx.post(
+                f"{api}/deployments/{deployment_id}/create_flow_run",
+                json={"parameters": {"config": as_object}, "enforce_parameter_schema": False},
+            )
+            assert created.status_code == 201, created.text
+            state = wait_for(lambda: _finished_state(api, created.json()["id"]), 300, "the unchecked run to finish")
+            assert state == "FAILED"
             assert "config: a deployment run takes the path of a config file, not a config object" in log.read_text()
 
             # The pipeline with a custom judge prompt, started from the CLI, nothing routed: it ends merged.
