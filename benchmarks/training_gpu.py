@@ -276,13 +276,17 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="A folder with the SmolLM2 tokenizer files.")
     parser.add_argument("--out", required=True, help="Results JSON.")
     parser.add_argument("--work", default="/tmp/rlaif-bench", help="Scratch folder for the models.")
-    parser.add_argument("--pairs", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--pairs", type=int, help="DPO pairs (default 1024; 64 with --tiny).")
+    parser.add_argument("--batch", type=int, help="Batch size (default 16; 8 with --tiny).")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="Tiny models and data: a quick check on a CPU.")
     parser.add_argument("--diagnose", action="store_true", help="DPO: also time ours with one lever changed at a time.")
     args = parser.parse_args()
+    if args.pairs is None:
+        args.pairs = 64 if args.tiny else 1024
+    if args.batch is None:
+        args.batch = 8 if args.tiny else 16
     shutil.rmtree(args.work, ignore_errors=True)
     Path(args.work).mkdir(parents=True)
     results = bench_dpo(args) if args.which == "dpo" else bench_ppo(args)
