@@ -62,7 +62,7 @@ ConfigParameter = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "string"}, {"type": "null"}],
-            "description": "A config file's path (relative to the working directory of `rlaif deploy`); "
+            "description": "A config file's path (relative to the working directory of the process running the flow); "
             "null: the embedded demo config.",
         }
     ),
