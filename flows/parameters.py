@@ -69,21 +69,17 @@ ConfigParameter = Annotated[
 ]
 
 
-def override_list(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
-    """The overrides as `key=value` items for `load_config` (only the keys that were given)."""
-    if overrides is None:
-        return []
-    given = (
-        overrides.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        if isinstance(overrides, BaseModel)
-        else ConfigOverrides.model_validate(overrides).model_dump(mode="json", by_alias=True, exclude_unset=True)
-    )
-    return [f"{key}={json.dumps(value)}" for key, value in given.items()]
-
-
 def override_mapping(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
     """The overrides that were given, as {dotted key: value}: the form a deployment run takes them in."""
-    return {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in override_list(overrides)}
+    if overrides is None:
+        return {}
+    model = overrides if isinstance(overrides, BaseModel) else ConfigOverrides.model_validate(overrides)
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def override_list(overrides: BaseModel | dict[str, Any] | None) -> list[str]:
+    """The overrides as `key=value` items for `load_config` (only the keys that were given)."""
+    return [f"{key}={json.dumps(value)}" for key, value in override_mapping(overrides).items()]
 
 
 # Config keys a deployment run takes only from its config file (suffixes of dotted keys).

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import datasets
 import httpx
@@ -81,6 +82,22 @@ def _finished_state(api: str, flow_run_id: str) -> str | None:
 
 def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PREFECT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_pipeline(env: dict[str, str], config_path: Path, overrides: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`prefect deployment run rlaif-pipeline/e2e` with a config file and overrides, watched to its end."""
+    return prefect(
+        env,
+        "deployment",
+        "run",
+        "rlaif-pipeline/e2e",
+        "--param",
+        f"config={config_path}",
+        "--param",
+        f"overrides={json.dumps(overrides)}",
+        "--watch",
+        timeout=600,
+    )
 
 
 def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_trigger(prefect_api, tmp_path):
@@ -175,18 +192,7 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
                 "review.fraction": 0.0,
                 "review.audit_fraction": 0.0,
             }
-            started = prefect(
-                prefect_api,
-                "deployment",
-                "run",
-                "rlaif-pipeline/e2e",
-                "--param",
-                f"config={config_path}",
-                "--param",
-                f"overrides={json.dumps(overrides)}",
-                "--watch",
-                timeout=600,
-            )
+            started = run_pipeline(prefect_api, config_path, overrides)
             assert started.returncode == 0, started.stdout + log.read_text()[-4000:]
             custom = tmp_path / "runs" / "custom"
             expected_hash = hashlib.sha256(template.read_bytes()).hexdigest()[:16]
@@ -197,18 +203,7 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
             # The default run, through the pipeline with a review deadline: items wait for review, and a merge
             # is scheduled at the deadline with the run's own parameters (a config file's path, which a
             # deployment run accepts, not the config itself); people finish them; the event starts rlaif-merge.
-            labelled = prefect(
-                prefect_api,
-                "deployment",
-                "run",
-                "rlaif-pipeline/e2e",
-                "--param",
-                f"config={config_path}",
-                "--param",
-                'overrides={"review.deadline_hours": 24}',
-                "--watch",
-                timeout=600,
-            )
+            labelled = run_pipeline(prefect_api, config_path, {"review.deadline_hours": 24})
             assert labelled.returncode == 0, labelled.stdout + log.read_text()[-4000:]
             nightly = tmp_path / "runs" / "nightly"
             assert not (nightly / "dataset").exists()
