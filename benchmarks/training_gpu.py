@@ -209,6 +209,9 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
             time_dpo("ours, reference forward in every step", lambda: ours({"precompute_ref_log_probs": False}), 1024),
             time_dpo("ours, TRL's two rows per pair", lambda: ours({"shared_prompt": False}), 1024),
             time_dpo("ours, random order", lambda: ours({"group_by_length": False}), 1024),
+            time_dpo(
+                "ours + gradient checkpointing (TRL's default)", lambda: ours({"gradient_checkpointing": True}), 1024
+            ),
         ]
         if on_gpu and importlib.util.find_spec("liger_kernel"):
             runs.append(time_dpo("ours + Liger layer kernels", lambda: ours(use_liger_kernel=True), 1024))

@@ -291,7 +291,11 @@ class DPOSection(Section):
         description="Run each pair's prompt once, the two answers branching off it (see training/shared_prompt.py); "
         "false: TRL's rows of prompt+chosen and prompt+rejected.",
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of keeping them: less memory, "
+        "slower (TRL's own default is on).",
+    )
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
     lora: LoraSection = Field(default_factory=LoraSection)
 

@@ -280,3 +280,17 @@ def test_train_rejects_an_unknown_stage_and_bad_settings():
     assert subprocess.run([RLAIF, "train", "grpo"], capture_output=True, text=True).returncode == 2
     with pytest.raises(Exception, match="train.dpo.beta"):
         load_config(None, ["train.dpo.beta=-1"])
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_dpo_arguments_set_activation_checkpointing_without_a_deprecation_warning(tmp_path, checkpointing):
+    import warnings
+
+    from rlaif.config import DPOSection
+    from training.dpo import dpo_arguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        arguments = dpo_arguments(DPOSection(gradient_checkpointing=checkpointing), tmp_path, seed=0, train_pairs=8)
+    assert arguments.gradient_checkpointing is checkpointing
+    assert getattr(arguments, "activation_checkpointing", checkpointing) is checkpointing
