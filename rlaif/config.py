@@ -248,6 +248,12 @@ class MergeSection(Section):
     keep_both_bad: bool = Field(False, description="Keep pairs people marked both bad (column label=both_bad).")
 
 
+GRADIENT_CHECKPOINTING = (
+    "Recompute each layer's activations in the backward pass instead of keeping them: less memory, slower "
+    "(TRL's own default is on)."
+)
+
+
 class RewardSection(Section):
     """`rlaif train reward`: TRL's RewardTrainer on a sequence-classification model (one output)."""
 
@@ -259,6 +265,7 @@ class RewardSection(Section):
     margin_scale: float = Field(
         0.0, ge=0, description="Margin = this x the judge's confidence for judge-labelled pairs (0: no margin)."
     )
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
 
 
 class LoraSection(Section):
@@ -291,11 +298,7 @@ class DPOSection(Section):
         description="Run each pair's prompt once, the two answers branching off it (see training/shared_prompt.py); "
         "false: TRL's rows of prompt+chosen and prompt+rejected.",
     )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute each layer's activations in the backward pass instead of keeping them: less memory, "
-        "slower (TRL's own default is on).",
-    )
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
     lora: LoraSection = Field(default_factory=LoraSection)
 
@@ -337,6 +340,7 @@ class SFTSection(Section):
     max_steps: int = Field(-1)
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(1024, ge=16)
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
 
 

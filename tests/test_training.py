@@ -282,15 +282,30 @@ def test_train_rejects_an_unknown_stage_and_bad_settings():
         load_config(None, ["train.dpo.beta=-1"])
 
 
+@pytest.mark.parametrize("stage", ["reward", "dpo", "sft"])
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_dpo_arguments_set_activation_checkpointing_without_a_deprecation_warning(tmp_path, checkpointing):
+def test_gradient_checkpointing_is_our_setting_and_set_without_a_deprecation_warning(tmp_path, stage, checkpointing):
+    """TRL's configs default to checkpointing on; ours to off. Newer transformers warn about the old field name."""
     import warnings
 
-    from rlaif.config import DPOSection
+    from rlaif.config import DPOSection, RewardSection, SFTSection
     from training.dpo import dpo_arguments
+    from training.reward import reward_arguments
+    from training.sft import sft_arguments
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        arguments = dpo_arguments(DPOSection(gradient_checkpointing=checkpointing), tmp_path, seed=0, train_pairs=8)
+        if stage == "reward":
+            arguments = reward_arguments(RewardSection(gradient_checkpointing=checkpointing), tmp_path, 0, True)
+        elif stage == "dpo":
+            arguments = dpo_arguments(DPOSection(gradient_checkpointing=checkpointing), tmp_path, 0, train_pairs=8)
+        else:
+            arguments = sft_arguments(SFTSection(gradient_checkpointing=checkpointing), tmp_path, 0)
     assert arguments.gradient_checkpointing is checkpointing
     assert getattr(arguments, "activation_checkpointing", checkpointing) is checkpointing
+
+
+def test_stages_default_to_no_gradient_checkpointing():
+    from rlaif.config import DPOSection, RewardSection, SFTSection
+
+    assert not any(section().gradient_checkpointing for section in (RewardSection, DPOSection, SFTSection))

@@ -11,14 +11,13 @@ policy's path, so the policy is always given as a saved folder.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from training.outputs import finish_stage, load_tokenizer
+from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
 
@@ -60,10 +59,6 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
     from trl import DPOConfig
 
     on_gpu = torch.cuda.is_available()
-    # Newer transformers (5.24 here) call it `activation_checkpointing`; the old name warns on every run and
-    # goes in v6. Older releases know only the old name.
-    fields = {field.name for field in dataclasses.fields(DPOConfig)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     pairs_seen = settings.max_steps * settings.batch_size * settings.gradient_accumulation_steps
     precompute = settings.precompute_ref_log_probs and (settings.max_steps < 0 or pairs_seen >= train_pairs)
     return DPOConfig(
@@ -80,7 +75,7 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
         # The reference pass goes through the training order at the training batch size, so its batches
         # are the length-grouped ones: a larger batch would join groups of different lengths and pad.
         precompute_ref_batch_size=settings.batch_size,
-        **{checkpointing: settings.gradient_checkpointing},
+        **checkpointing_argument(DPOConfig, settings.gradient_checkpointing),
         bf16=on_gpu if settings.bf16 is None else settings.bf16,
         train_sampling_strategy="sequential" if settings.group_by_length else "random",
         eval_strategy="no",

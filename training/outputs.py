@@ -1,7 +1,9 @@
-"""What every training stage shares: its tokenizer (with a pad token) and its finished output folder."""
+"""What every training stage shares: its tokenizer (with a pad token), how it asks for gradient checkpointing,
+and its finished output folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,18 @@ def load_tokenizer(model_path: str) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def checkpointing_argument(config_class: type, enabled: bool) -> dict[str, bool]:
+    """The keyword that sets gradient checkpointing in a TRL config class, always given explicitly.
+
+    TRL's configs turn it on by default; our stages default to off (faster, more memory). Newer
+    transformers (5.24 here) call it `activation_checkpointing` and warn on every run about the old name,
+    which goes in v6; older releases know only the old name.
+    """
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled}
 
 
 def finish_stage(out: Path, report: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
-from training.outputs import finish_stage, load_tokenizer
+from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
 
 
 def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
@@ -61,28 +61,21 @@ class PairCollator:
         return batch
 
 
-def train_reward_model(
-    train: Any, held_out: Any | None, settings: RewardSection, model_path: str, out: Path, seed: int = 0
-) -> dict[str, Any]:
-    """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
+def reward_arguments(settings: RewardSection, output_dir: Path, seed: int, evaluate: bool) -> Any:
+    """RewardConfig from our settings; bf16 on a GPU."""
     import torch
-    from transformers import AutoModelForSequenceClassification
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
-    started = time.monotonic()
-    tokenizer = load_tokenizer(model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
     on_gpu = torch.cuda.is_available()
-    args = RewardConfig(
-        output_dir=str(out / "checkpoints"),
+    return RewardConfig(
+        output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size * 2,
         max_length=None,  # already truncated (from the left) by tokenize_pairs
         remove_unused_columns=False,
-        eval_strategy="epoch" if held_out is not None else "no",
+        eval_strategy="epoch" if evaluate else "no",
         save_strategy="no",
         logging_steps=10,
         report_to=[],
@@ -92,7 +85,24 @@ def train_reward_model(
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         dataset_num_proc=None,
+        **checkpointing_argument(RewardConfig, settings.gradient_checkpointing),
     )
+
+
+def train_reward_model(
+    train: Any, held_out: Any | None, settings: RewardSection, model_path: str, out: Path, seed: int = 0
+) -> dict[str, Any]:
+    """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardTrainer
+
+    started = time.monotonic()
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    on_gpu = torch.cuda.is_available()
+    args = reward_arguments(settings, out / "checkpoints", seed, evaluate=held_out is not None)
     train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
     eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
     trainer = RewardTrainer(

@@ -7,18 +7,40 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from training.outputs import finish_stage, load_tokenizer
+from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
+
+
+def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
+    """SFTConfig from our settings; bf16 defaults to on when a GPU is present."""
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        bf16=on_gpu if settings.bf16 is None else settings.bf16,
+        save_strategy="no",
+        logging_steps=10,
+        report_to=[],
+        seed=seed,
+        use_cpu=not on_gpu,
+        **checkpointing_argument(SFTConfig, settings.gradient_checkpointing),
+    )
 
 
 def train_sft(
     train: Any, held_out: Any | None, settings: SFTSection, model_path: str, out: Path, seed: int = 0
 ) -> dict[str, Any]:
     """Fine-tune the policy on prompt/chosen; save it and a report with the held-out loss."""
-    import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     started = time.monotonic()
-    on_gpu = torch.cuda.is_available()
 
     def as_completion(dataset: Any) -> Any:
         return dataset.map(
@@ -29,21 +51,7 @@ def train_sft(
     tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(
         model=model_path,
-        args=SFTConfig(
-            output_dir=str(out / "checkpoints"),
-            learning_rate=settings.learning_rate,
-            num_train_epochs=settings.epochs,
-            max_steps=settings.max_steps,
-            per_device_train_batch_size=settings.batch_size,
-            per_device_eval_batch_size=settings.batch_size,
-            max_length=settings.max_length,
-            bf16=on_gpu if settings.bf16 is None else settings.bf16,
-            save_strategy="no",
-            logging_steps=10,
-            report_to=[],
-            seed=seed,
-            use_cpu=not on_gpu,
-        ),
+        args=sft_arguments(settings, out / "checkpoints", seed),
         train_dataset=as_completion(train),
         eval_dataset=as_completion(held_out) if held_out is not None else None,
         processing_class=tokenizer,
