@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import ROOT, provenance  # noqa: E402
-from benchmarks.training_gpu import qwen2_half_billion, variable_length_pairs  # noqa: E402
+from benchmarks.training_gpu import qwen2_half_billion, trl_default_arguments, variable_length_pairs  # noqa: E402
 
 RUNS = ("trl_defaults", "trl_without_checkpointing", "ours", "ours_with_checkpointing")
 PAIRS, BATCH, SCALE = 8, 2, 0.5
@@ -37,7 +37,7 @@ def peak_rss_gib() -> float:
 
 def build_trainer(name: str, model_path: str, work: Path) -> Any:
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from rlaif.config import DPOSection
     from training.dpo import build_dpo_trainer
@@ -46,15 +46,7 @@ def build_trainer(name: str, model_path: str, work: Path) -> Any:
     data = variable_length_pairs(tokenizer, PAIRS, seed=0, scale=SCALE)
     if name.startswith("trl"):
         checkpointing = {"gradient_checkpointing": False} if name == "trl_without_checkpointing" else {}
-        arguments = DPOConfig(
-            output_dir=str(work / name),
-            per_device_train_batch_size=BATCH,
-            num_train_epochs=1,
-            report_to=[],
-            save_strategy="no",
-            use_cpu=True,
-            **checkpointing,
-        )
+        arguments = trl_default_arguments(work / name, BATCH, **checkpointing)
         return DPOTrainer(model=model_path, args=arguments, train_dataset=data, processing_class=tokenizer)
     settings = DPOSection(batch_size=BATCH, epochs=1, gradient_checkpointing=name == "ours_with_checkpointing")
     return build_dpo_trainer(data, None, settings, model_path, work / name, seed=0)

@@ -124,6 +124,25 @@ def peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
+def trl_default_arguments(output_dir: Path, batch: int, **changes: Any) -> Any:
+    """TRL's DPOConfig defaults, but for what a benchmark fixes: the batch size, one epoch, no saving or
+    reporting, and bf16 only on a GPU, as ours (TRL turns it on on a CPU too). `changes` set other fields."""
+    from trl import DPOConfig
+
+    on_gpu = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,
+        bf16=on_gpu,
+        num_train_epochs=1,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=not on_gpu,
+        **changes,
+    )
+
+
 def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
     """Set-up and training timed apart, with the peak memory of each (the previous run's trainer freed first)."""
     gc.collect()
@@ -162,7 +181,7 @@ def time_dpo(name: str, build: Any, max_length: int | None) -> dict[str, Any]:
 
 def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from rlaif.config import DPOSection
     from training.dpo import build_dpo_trainer, dpo_arguments
@@ -174,21 +193,8 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
     on_gpu = torch.cuda.is_available()
 
     def trl_defaults() -> Any:
-        return DPOTrainer(
-            model=model_path,
-            args=DPOConfig(
-                output_dir=str(work / "trl"),
-                per_device_train_batch_size=args.batch,
-                bf16=on_gpu,
-                num_train_epochs=1,
-                report_to=[],
-                save_strategy="no",
-                logging_steps=1000,
-                use_cpu=not on_gpu,
-            ),
-            train_dataset=data,
-            processing_class=tokenizer,
-        )
+        arguments = trl_default_arguments(work / "trl", args.batch)
+        return DPOTrainer(model=model_path, args=arguments, train_dataset=data, processing_class=tokenizer)
 
     settings = DPOSection(batch_size=args.batch, epochs=1, max_length=1024)
 

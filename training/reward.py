@@ -93,7 +93,6 @@ def train_reward_model(
     train: Any, held_out: Any | None, settings: RewardSection, model_path: str, out: Path, seed: int = 0
 ) -> dict[str, Any]:
     """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
-    import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardTrainer
 
@@ -101,7 +100,6 @@ def train_reward_model(
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    on_gpu = torch.cuda.is_available()
     args = reward_arguments(settings, out / "checkpoints", seed, evaluate=held_out is not None)
     train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
     eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
@@ -127,7 +125,7 @@ def train_reward_model(
         **held_out_figures,
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
-        "device": "cuda" if on_gpu else "cpu",
+        "device": trainer.args.device.type,
     }
     return finish_stage(out, report)
 
