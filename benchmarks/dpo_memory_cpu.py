@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import ROOT, provenance  # noqa: E402
+from benchmarks.harness import ROOT, provenance, write_results  # noqa: E402
 from benchmarks.training_gpu import qwen2_half_billion, trl_default_arguments, variable_length_pairs  # noqa: E402
 
 RUNS = ("trl_defaults", "trl_without_checkpointing", "ours", "ours_with_checkpointing")
@@ -119,9 +119,8 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"written: {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":

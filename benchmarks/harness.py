@@ -289,6 +289,13 @@ def provenance(extra_versions: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def write_results(out: str | Path, document: dict[str, Any]) -> None:
+    """A benchmark's results file (its folder made when missing), and a line saying where it went."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(document, indent=2) + "\n")
+    print(f"written: {out}")
+
+
 def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 

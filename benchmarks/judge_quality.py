@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import RLAIF, ROOT, provenance  # noqa: E402
+from benchmarks.harness import RLAIF, ROOT, provenance, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -167,8 +167,7 @@ def main() -> None:
         "references": REFERENCES,
         "reward_model": json.loads((REWARD_MODEL / "eval_report.json").read_text()).get("accuracy"),
     }
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
-    print(f"written: {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":

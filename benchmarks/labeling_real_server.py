@@ -36,6 +36,7 @@ from benchmarks.harness import (  # noqa: E402
     synthetic_pairs,
     timed_process,
     write_ready_run,
+    write_results,
 )
 from rlaif.model_server import ManagedServer  # noqa: E402
 from rlaif.models import prepare_model  # noqa: E402
@@ -109,9 +110,8 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    print(f"written: {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from benchmarks.harness import (  # noqa: E402
     synthetic_pairs,
     timed_process,
     write_ready_run,
+    write_results,
 )
 from benchmarks.labeling_throughput import judge_for  # noqa: E402
 
@@ -105,9 +106,7 @@ def main() -> None:
         "prompts_per_request": args.prompts_per_request if args.mode == "batched" else 1,
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
-    print(f"written: {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from benchmarks.harness import (  # noqa: E402
     synthetic_pairs,
     timed_process,
     write_ready_run,
+    write_results,
 )
 
 CONTENDERS = ("rlaif", "rlaif-batched", "plain", "distilabel")
@@ -197,10 +198,8 @@ def main() -> None:
         "summary": table,
         "runs": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(table, indent=2))
-    print(f"written: {args.out}")
+    write_results(args.out, document)
 
 
 if __name__ == "__main__":
