@@ -41,6 +41,32 @@ def test_a_folder_that_is_not_a_merged_dataset_is_named(tmp_path):
         load_preferences(tmp_path, "merged")
 
 
+def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_path):
+    folder = tmp_path / "dataset"
+    answer = [{"role": "assistant", "content": "an answer"}]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}"}],
+            "chosen": answer,
+            "rejected": answer,
+            "label": ["a", "b", "tie", "both_bad"][i % 4],
+            "confidence": None if i % 2 else 0.75,
+        }
+        for i in range(12)
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    files = sorted(path.name for path in folder.iterdir())
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    for work in (work_dir, None):
+        pairs = load_preferences(tmp_path, "merged", work_dir=work)
+        assert len(pairs) == 6 and pairs.column_names == ["prompt", "chosen", "rejected", "confidence"]
+        assert pairs["confidence"] == [0.75, 1.0] * 3  # the judge's, or 1.0 where it gave none
+        pairs.map(lambda row: {"length": len(row["prompt"])})  # as a trainer's tokenization would
+    assert sorted(path.name for path in folder.iterdir()) == files
+    assert any(work_dir.iterdir())
+
+
 def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):
     """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.py)."""
     sample = tmp_path / "hh.jsonl"
@@ -196,6 +222,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
 
     run = merged_run.run.directory()
     assert datasets.load_from_disk(str(run / "dataset")).num_rows > 5
+    dataset_files = sorted(path.name for path in (run / "dataset").iterdir())
     common = [f"run.dir={run}", "train.eval_size=4"]
     config = load_config(
         None,
@@ -254,6 +281,8 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
         model = AutoModelForCausalLM.from_pretrained(run / "train" / stage)
         assert model.config.vocab_size == vocab
     assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
+    # The stages' tokenization and reference log-probs were not cached into the merged dataset's folder.
+    assert sorted(path.name for path in (run / "dataset").iterdir()) == dataset_files
 
 
 def test_ppo_without_a_reward_model_says_how_to_get_one(tmp_path, shared_data):

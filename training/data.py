@@ -4,7 +4,8 @@ Sources: a merged run (RUN_DIR or RUN_DIR/dataset: pairs with label a or b; ties
 kept for analysis, are not preferences and are dropped), or a human-labelled file in the formats of
 `rlaif.labelled_data` (hh-rlhf dialogues split at their shared prefix, PandaLM, LLMBar; ties dropped).
 Every row gets `confidence` (the judge's for merged rows, 1.0 for human-labelled files) so a reward
-model can use it as a margin.
+model can use it as a margin. A merged dataset's folder is only read: the files `datasets` derives from
+it (the usable rows here, the trainers' tokenization and reference log-probs later) go to a work folder.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from rlaif.labelled_data import LabelledDataError, load_labelled
 DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
 
 
-def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0) -> Any:
-    """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order."""
+def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, work_dir: Path | None = None) -> Any:
+    """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order.
+
+    A merged dataset's derived files are written to `work_dir` (and, by `datasets`, every later map's
+    beside them) instead of its own folder; without `work_dir` its rows are loaded into memory.
+    """
     import datasets
 
     source = Path(path)
@@ -28,15 +33,18 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0) -
             raise LabelledDataError(
                 f"{source}: not a merged dataset (no dataset_info.json there or in its dataset/): run `rlaif merge`"
             )
-        merged = datasets.load_from_disk(str(folder))
+        merged = datasets.load_from_disk(str(folder), keep_in_memory=work_dir is None)
         missing = {"prompt", "chosen", "rejected"} - set(merged.column_names)
         if missing:
             raise LabelledDataError(f"{folder}: a merged dataset needs the columns {sorted(missing)}")
-        if "label" in merged.column_names:
-            merged = merged.filter(lambda row: row["label"] in ("a", "b"))
         if "confidence" not in merged.column_names:
             merged = merged.add_column("confidence", [1.0] * len(merged))
-        merged = merged.map(lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]})
+        merged = merged.map(
+            lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]},
+            cache_file_name=str(work_dir / "merged-rows.arrow") if work_dir is not None else None,
+        )
+        if "label" in merged.column_names:
+            merged = merged.filter(lambda row: row["label"] in ("a", "b"))
         return merged.select_columns(["prompt", "chosen", "rejected", "confidence"])
     rows = []
     for item in load_labelled(source, data_format, seed=seed):

@@ -6,6 +6,7 @@ outputs go to <train.out or RUN_DIR/train>/<stage>, PPO's reward model is the re
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -29,21 +30,40 @@ def run_stage(
     model: str | None = None,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json)."""
+    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json).
+
+    The files `datasets` derives from the data (usable rows, tokenization, reference log-probs) go to a
+    temporary folder (under $TMPDIR) that goes when the stage ends, not into a merged dataset's folder.
+    """
     from training.data import held_out_split, load_preferences
 
     data = config.train.data or str(config.run.directory())
-    dataset = load_preferences(data, config.train.format, seed=config.run.seed)
-    if len(dataset) < 2:
-        raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
-    train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
-    out = out or stage_output(config, stage)
+    with tempfile.TemporaryDirectory(prefix=f"rlaif-train-{stage}-") as work_dir:
+        dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=Path(work_dir))
+        if len(dataset) < 2:
+            raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
+        train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
+        out = out or stage_output(config, stage)
+        settings = getattr(config.train, stage)
+        model_path = str(resolve_model(model or settings.model, say=say))
+        say(
+            f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
+            f"from {data}, model {model_path} -> {out}"
+        )
+        return train_split(config, stage, train, held_out, model_path, out, say)
+
+
+def train_split(
+    config: Config,
+    stage: Stage,
+    train: Any,
+    held_out: Any | None,
+    model_path: str,
+    out: Path,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train one stage on already split data with the config's settings for it."""
     settings = getattr(config.train, stage)
-    model_path = str(resolve_model(model or settings.model, say=say))
-    say(
-        f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
-        f"from {data}, model {model_path} -> {out}"
-    )
     seed = config.run.seed
     if stage == "reward":
         from training.reward import train_reward_model
