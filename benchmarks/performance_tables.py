@@ -135,13 +135,14 @@ def sampling_table(document: dict[str, Any]) -> str:
         + (f"median of {repeats} runs in alternating order; " if repeats > 1 else "one run each; ")
         + f"{document['model']}; {document['device']}; {document['date']}",
         "",
-        "| run | seconds | tokens | tokens/s | / plain loop |",
-        "|---|---|---|---|---|",
+        "| run | seconds | tokens | tokens/s | / plain loop | tokens/s of each run |",
+        "|---|---|---|---|---|---|",
     ]
     for run in document["runs"]:
+        each = run.get("tokens_per_s_each", [run["tokens_per_s"]])
         lines.append(
             f"| {run['name']} | {_cell(run['seconds'])} | {_cell(run['tokens'])} | {_cell(run['tokens_per_s'])} | "
-            f"{run['tokens_per_s'] / plain:.2f} |"
+            f"{run['tokens_per_s'] / plain:.2f} | {', '.join(_cell(v) for v in each)} |"
         )
     return "\n".join(lines)
 
