@@ -1,12 +1,15 @@
-"""Shared fixtures: the real SmolLM2 model folder, the shared human-labelled data, small prompt files."""
+"""Shared fixtures: the real SmolLM2 model folder, a tiny Qwen2 with its tokenizer, the shared human-labelled
+data, small prompt files."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +82,41 @@ def db_url(request, tmp_path) -> Iterator[str]:
     else:
         with fresh_postgres_database() as url:
             yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any]:
+    """A two-layer Qwen2 with SmolLM2's tokenizer (random weights: what it is used for does not depend on
+    them) and 16 conversational pairs of varied length (a `datasets.Dataset`)."""
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rng = random.Random(0)
+
+    def text(words: int) -> str:
+        return tokenizer.decode([rng.randrange(200, 49000) for _ in range(words)], skip_special_tokens=True)
+
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": text(rng.randint(1, 40))}],
+            "chosen": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
+            "rejected": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
+        }
+        for _ in range(16)
+    ]
+    return str(folder), datasets.Dataset.from_list(pairs)

@@ -3,10 +3,8 @@ tokenization the same ids."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
@@ -37,41 +35,6 @@ def test_each_branch_sees_the_prefix_and_itself_and_padding_is_never_seen():
     assert seen[4] == [0, 1, 2, 3, 4]  # chosen: prefix, then its branch (the last prompt token and itself)
     assert seen[6] == [0, 1, 5, 6]  # rejected: prefix and its own branch, never the chosen answer
     assert seen[7] == [0, 1, 7]  # padding sees the prefix and itself, and nothing sees it
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, datasets.Dataset]:
-    """A two-layer Qwen2 (random weights: the comparison does not depend on them) and pairs of varied length."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    rng = random.Random(0)
-
-    def text(words: int) -> str:
-        return tokenizer.decode([rng.randrange(200, 49000) for _ in range(words)], skip_special_tokens=True)
-
-    pairs = [
-        {
-            "prompt": [{"role": "user", "content": text(rng.randint(1, 40))}],
-            "chosen": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
-            "rejected": [{"role": "assistant", "content": text(rng.randint(1, 60))}],
-        }
-        for _ in range(16)
-    ]
-    return str(folder), datasets.Dataset.from_list(pairs)
 
 
 def dpo_args(out: Path, **changes: object) -> object:

@@ -67,6 +67,29 @@ def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_pat
     assert any(work_dir.iterdir())
 
 
+def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_reference_log_probs(tiny_qwen2, tmp_path):
+    from training.stages import data_cache, run_stage
+
+    model, pairs = tiny_qwen2
+    pairs.save_to_disk(str(tmp_path / "run" / "dataset"))
+    dataset_files = sorted(path.name for path in (tmp_path / "run" / "dataset").iterdir())
+    settings = ["train.dpo.batch_size=4", "train.dpo.max_length=64", "train.eval_size=4"]
+    config = load_config(None, [f"run.dir={tmp_path / 'run'}", f"train.dpo.model={model}", *settings])
+
+    def cache_files() -> dict[str, float]:
+        return {path.name: path.stat().st_mtime for path in data_cache(config).iterdir()}
+
+    first = run_stage(config, "dpo", say=print)
+    cached = cache_files()
+    columns = [datasets.Dataset.from_file(str(data_cache(config) / name)).column_names for name in cached]
+    assert any("ref_chosen_logps" in names for names in columns)  # the reference pass is among them
+    second = run_stage(config, "dpo", say=print)
+    assert cache_files() == cached  # nothing computed again, nothing rewritten
+    assert second["train_loss"] == pytest.approx(first["train_loss"])
+    assert sorted(path.name for path in (tmp_path / "run" / "dataset").iterdir()) == dataset_files
+    assert not any((tmp_path / "run" / "train" / "dpo").glob("*.arrow"))
+
+
 def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):
     """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.py)."""
     sample = tmp_path / "hh.jsonl"

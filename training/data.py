@@ -5,7 +5,7 @@ kept for analysis, are not preferences and are dropped), or a human-labelled fil
 `rlaif.labelled_data` (hh-rlhf dialogues split at their shared prefix, PandaLM, LLMBar; ties dropped).
 Every row gets `confidence` (the judge's for merged rows, 1.0 for human-labelled files) so a reward
 model can use it as a margin. A merged dataset's folder is only read: the files `datasets` derives from
-it (the usable rows here, the trainers' tokenization and reference log-probs later) go to a work folder.
+it (the usable rows here, the trainers' tokenization and reference log-probs later) go to a cache folder.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
 def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, work_dir: Path | None = None) -> Any:
     """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order.
 
-    A merged dataset's derived files are written to `work_dir` (and, by `datasets`, every later map's
-    beside them) instead of its own folder; without `work_dir` its rows are loaded into memory.
+    A merged dataset's usable rows are written to `work_dir` (made when missing), and `datasets` puts every
+    later map's file beside them, instead of into the merged folder; without `work_dir` its rows are
+    loaded into memory.
     """
     import datasets
 
@@ -39,9 +40,15 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, w
             raise LabelledDataError(f"{folder}: a merged dataset needs the columns {sorted(missing)}")
         if "confidence" not in merged.column_names:
             merged = merged.add_column("confidence", [1.0] * len(merged))
+        cache_file = None
+        if work_dir is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            # Named after the merged dataset's fingerprint (new with every merge), so it is reused only for
+            # the same data; later maps are named by `datasets` from this file's fingerprint.
+            cache_file = str(work_dir / f"preferences-{merged._fingerprint}.arrow")
         merged = merged.map(
             lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]},
-            cache_file_name=str(work_dir / "merged-rows.arrow") if work_dir is not None else None,
+            cache_file_name=cache_file,
         )
         if "label" in merged.column_names:
             merged = merged.filter(lambda row: row["label"] in ("a", "b"))

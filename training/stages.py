@@ -6,7 +6,6 @@ outputs go to <train.out or RUN_DIR/train>/<stage>, PPO's reward model is the re
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +17,24 @@ from rlaif.models import resolve_model
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
 
+def training_folder(config: Config) -> Path:
+    """train.out, else RUN_DIR/train: the stages' output folders and their shared data cache."""
+    return Path(config.train.out) if config.train.out else config.run.directory() / "train"
+
+
 def stage_output(config: Config, stage: Stage) -> Path:
     """Where a stage writes by default: <train.out or RUN_DIR/train>/<stage>."""
-    return (Path(config.train.out) if config.train.out else config.run.directory() / "train") / stage
+    return training_folder(config) / stage
+
+
+def data_cache(config: Config) -> Path:
+    """<train.out or RUN_DIR/train>/datasets-cache: what `datasets` derives from a merged dataset.
+
+    The usable rows, each stage's tokenization and DPO's reference log-probs, in files named after what
+    they were made from, so a rerun on the same data and model reuses them (a new merge gets a new name).
+    Deleting the folder only costs recomputation. The merged dataset's own folder is only read.
+    """
+    return training_folder(config) / "datasets-cache"
 
 
 def run_stage(
@@ -30,40 +44,21 @@ def run_stage(
     model: str | None = None,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json).
-
-    The files `datasets` derives from the data (usable rows, tokenization, reference log-probs) go to a
-    temporary folder (under $TMPDIR) that goes when the stage ends, not into a merged dataset's folder.
-    """
+    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json)."""
     from training.data import held_out_split, load_preferences
 
     data = config.train.data or str(config.run.directory())
-    with tempfile.TemporaryDirectory(prefix=f"rlaif-train-{stage}-") as work_dir:
-        dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=Path(work_dir))
-        if len(dataset) < 2:
-            raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
-        train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
-        out = out or stage_output(config, stage)
-        settings = getattr(config.train, stage)
-        model_path = str(resolve_model(model or settings.model, say=say))
-        say(
-            f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
-            f"from {data}, model {model_path} -> {out}"
-        )
-        return train_split(config, stage, train, held_out, model_path, out, say)
-
-
-def train_split(
-    config: Config,
-    stage: Stage,
-    train: Any,
-    held_out: Any | None,
-    model_path: str,
-    out: Path,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """Train one stage on already split data with the config's settings for it."""
+    dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=data_cache(config))
+    if len(dataset) < 2:
+        raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
+    train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
+    out = out or stage_output(config, stage)
     settings = getattr(config.train, stage)
+    model_path = str(resolve_model(model or settings.model, say=say))
+    say(
+        f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
+        f"from {data}, model {model_path} -> {out}"
+    )
     seed = config.run.seed
     if stage == "reward":
         from training.reward import train_reward_model
