@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 
 import datasets
@@ -77,17 +78,26 @@ def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_referen
     config = load_config(None, [f"run.dir={tmp_path / 'run'}", f"train.dpo.model={model}", *settings])
 
     def cache_files() -> dict[str, float]:
-        return {path.name: path.stat().st_mtime for path in data_cache(config).iterdir()}
+        return {str(path): path.stat().st_mtime for path in data_cache(config).glob("*/*")}
 
     first = run_stage(config, "dpo", say=print)
     cached = cache_files()
-    columns = [datasets.Dataset.from_file(str(data_cache(config) / name)).column_names for name in cached]
+    columns = [datasets.Dataset.from_file(name).column_names for name in cached]
     assert any("ref_chosen_logps" in names for names in columns)  # the reference pass is among them
     second = run_stage(config, "dpo", say=print)
     assert cache_files() == cached  # nothing computed again, nothing rewritten
     assert second["train_loss"] == pytest.approx(first["train_loss"])
     assert sorted(path.name for path in (tmp_path / "run" / "dataset").iterdir()) == dataset_files
     assert not any((tmp_path / "run" / "train" / "dpo").glob("*.arrow"))
+    (first_merge,) = data_cache(config).iterdir()
+    datasets.load_from_disk(str(tmp_path / "run" / "dataset")).select(range(15)).save_to_disk(
+        str(tmp_path / "merged-again")
+    )  # a new merge replaces the dataset (and its fingerprint)
+    shutil.rmtree(tmp_path / "run" / "dataset")
+    (tmp_path / "merged-again").rename(tmp_path / "run" / "dataset")
+    run_stage(config, "dpo", say=print)
+    (second_merge,) = data_cache(config).iterdir()  # the first merge's files are gone
+    assert second_merge != first_merge
 
 
 def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):

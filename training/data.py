@@ -10,6 +10,7 @@ it (the usable rows here, the trainers' tokenization and reference log-probs lat
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,9 @@ DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
 def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, work_dir: Path | None = None) -> Any:
     """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order.
 
-    A merged dataset's usable rows are written to `work_dir` (made when missing), and `datasets` puts every
-    later map's file beside them, instead of into the merged folder; without `work_dir` its rows are
+    A merged dataset's usable rows are written to a folder in `work_dir` named after the dataset's
+    fingerprint (new with every merge), and `datasets` puts every later map's file beside them, instead
+    of into the merged folder; the folders of earlier merges are removed. Without `work_dir` the rows are
     loaded into memory.
     """
     import datasets
@@ -42,10 +44,7 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, w
             merged = merged.add_column("confidence", [1.0] * len(merged))
         cache_file = None
         if work_dir is not None:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            # Named after the merged dataset's fingerprint (new with every merge), so it is reused only for
-            # the same data; later maps are named by `datasets` from this file's fingerprint.
-            cache_file = str(work_dir / f"preferences-{merged._fingerprint}.arrow")
+            cache_file = str(merged_data_cache(work_dir, merged._fingerprint) / "preferences.arrow")
         merged = merged.map(
             lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]},
             cache_file_name=cache_file,
@@ -69,6 +68,18 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, w
     if not rows:
         raise LabelledDataError(f"{source}: no usable preference pairs")
     return datasets.Dataset.from_list(rows)
+
+
+def merged_data_cache(work_dir: Path, fingerprint: str) -> Path:
+    """work_dir/<fingerprint>, made when missing; the other merges' folders there are removed (a run's
+    merged dataset is replaced by each merge, so their files would never be read again)."""
+    folder = work_dir / fingerprint
+    if work_dir.is_dir():
+        for other in work_dir.iterdir():
+            if other.is_dir() and other != folder:
+                shutil.rmtree(other, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def held_out_split(dataset: Any, eval_size: int | None, eval_fraction: float) -> tuple[Any, Any | None]:

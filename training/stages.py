@@ -30,9 +30,10 @@ def stage_output(config: Config, stage: Stage) -> Path:
 def data_cache(config: Config) -> Path:
     """<train.out or RUN_DIR/train>/datasets-cache: what `datasets` derives from a merged dataset.
 
-    The usable rows, each stage's tokenization and DPO's reference log-probs, in files named after what
-    they were made from, so a rerun on the same data and model reuses them (a new merge gets a new name).
-    Deleting the folder only costs recomputation. The merged dataset's own folder is only read.
+    The usable rows, each stage's tokenization and DPO's reference log-probs, in a folder per merge and
+    files named after what they were made from, so a rerun on the same data and model reuses them (only
+    the latest merge's folder is kept). Deleting it only costs recomputation. The merged dataset's own
+    folder is only read.
     """
     return training_folder(config) / "datasets-cache"
 
