@@ -139,10 +139,9 @@ def sampling_table(document: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run in document["runs"]:
-        each = run.get("tokens_per_s_each", [run["tokens_per_s"]])
         lines.append(
             f"| {run['name']} | {_cell(run['seconds'])} | {_cell(run['tokens'])} | {_cell(run['tokens_per_s'])} | "
-            f"{run['tokens_per_s'] / plain:.2f} | {', '.join(_cell(v) for v in each)} |"
+            f"{run['tokens_per_s'] / plain:.2f} | {', '.join(_cell(v) for v in run['tokens_per_s_each'])} |"
         )
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import datasets
 import pytest
@@ -37,6 +38,10 @@ def test_hh_rlhf_pandalm_and_llmbar_load_as_conversational_pairs(shared_data):
         held_out_split(hh, len(hh), 0.1)
 
 
+def file_names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
 def test_a_folder_that_is_not_a_merged_dataset_is_named(tmp_path):
     with pytest.raises(LabelledDataError, match="not a merged dataset"):
         load_preferences(tmp_path, "merged")
@@ -56,7 +61,7 @@ def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_pat
         for i in range(12)
     ]
     datasets.Dataset.from_list(rows).save_to_disk(str(folder))
-    files = sorted(path.name for path in folder.iterdir())
+    files = file_names(folder)
     work_dir = tmp_path / "work"
     work_dir.mkdir()
     for work in (work_dir, None):
@@ -64,7 +69,7 @@ def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_pat
         assert len(pairs) == 6 and pairs.column_names == ["prompt", "chosen", "rejected", "confidence"]
         assert pairs["confidence"] == [0.75, 1.0] * 3  # the judge's, or 1.0 where it gave none
         pairs.map(lambda row: {"length": len(row["prompt"])})  # as a trainer's tokenization would
-    assert sorted(path.name for path in folder.iterdir()) == files
+    assert file_names(folder) == files
     assert any(work_dir.iterdir())
 
 
@@ -72,8 +77,9 @@ def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_referen
     from training.stages import data_cache, run_stage
 
     model, pairs = tiny_qwen2
-    pairs.save_to_disk(str(tmp_path / "run" / "dataset"))
-    dataset_files = sorted(path.name for path in (tmp_path / "run" / "dataset").iterdir())
+    merged = tmp_path / "run" / "dataset"
+    pairs.save_to_disk(str(merged))
+    dataset_files = file_names(merged)
     settings = ["train.dpo.batch_size=4", "train.dpo.max_length=64", "train.eval_size=4"]
     config = load_config(None, [f"run.dir={tmp_path / 'run'}", f"train.dpo.model={model}", *settings])
 
@@ -87,14 +93,14 @@ def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_referen
     second = run_stage(config, "dpo", say=print)
     assert cache_files() == cached  # nothing computed again, nothing rewritten
     assert second["train_loss"] == pytest.approx(first["train_loss"])
-    assert sorted(path.name for path in (tmp_path / "run" / "dataset").iterdir()) == dataset_files
+    assert file_names(merged) == dataset_files
     assert not any((tmp_path / "run" / "train" / "dpo").glob("*.arrow"))
     (first_merge,) = data_cache(config).iterdir()
-    datasets.load_from_disk(str(tmp_path / "run" / "dataset")).select(range(15)).save_to_disk(
+    datasets.load_from_disk(str(merged)).select(range(15)).save_to_disk(
         str(tmp_path / "merged-again")
     )  # a new merge replaces the dataset (and its fingerprint)
-    shutil.rmtree(tmp_path / "run" / "dataset")
-    (tmp_path / "merged-again").rename(tmp_path / "run" / "dataset")
+    shutil.rmtree(merged)
+    (tmp_path / "merged-again").rename(merged)
     run_stage(config, "dpo", say=print)
     (second_merge,) = data_cache(config).iterdir()  # the first merge's files are gone
     assert second_merge != first_merge
@@ -255,7 +261,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
 
     run = merged_run.run.directory()
     assert datasets.load_from_disk(str(run / "dataset")).num_rows > 5
-    dataset_files = sorted(path.name for path in (run / "dataset").iterdir())
+    dataset_files = file_names(run / "dataset")
     common = [f"run.dir={run}", "train.eval_size=4"]
     config = load_config(
         None,
@@ -315,7 +321,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
         assert model.config.vocab_size == vocab
     assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
     # The stages' tokenization and reference log-probs were not cached into the merged dataset's folder.
-    assert sorted(path.name for path in (run / "dataset").iterdir()) == dataset_files
+    assert file_names(run / "dataset") == dataset_files
 
 
 def test_ppo_without_a_reward_model_says_how_to_get_one(tmp_path, shared_data):
