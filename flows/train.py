@@ -1,6 +1,8 @@
 """The `rlaif-train` flow: (optionally SFT, then) a reward model, then DPO or PPO, from a merged dataset.
 
 Thin over `training.stages`; one task per stage. Stage outputs go to <train.out or RUN_DIR/train>/<stage>.
+A rerun (after a crash, or a scheduled run on data not merged again) keeps the stages already trained on
+the same data with the same model and settings, and continues a stage stopped mid-run from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from training.stages import Stage, run_stage, stage_output
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(config: Config, stage: Stage, model: str | None = None) -> dict[str, Any]:
     logger = get_run_logger()
-    return run_stage(config, stage, say=logger.info, model=model)
+    return run_stage(config, stage, say=logger.info, model=model, reuse_finished=True)
 
 
 @flow(name="rlaif-train")

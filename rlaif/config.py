@@ -252,6 +252,10 @@ GRADIENT_CHECKPOINTING = (
     "Recompute each layer's activations in the backward pass instead of keeping them: less memory, slower "
     "(TRL's own default is on)."
 )
+SAVE_STEPS = (
+    "Save a checkpoint every this many {unit} in OUT/checkpoints (the latest kept): a stage killed mid-run "
+    "continues from it when run again with the same data and settings. 0: no checkpoints."
+)
 
 
 class RewardSection(Section):
@@ -266,6 +270,7 @@ class RewardSection(Section):
         0.0, ge=0, description="Margin = this x the judge's confidence for judge-labelled pairs (0: no margin)."
     )
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
 
 
 class LoraSection(Section):
@@ -299,6 +304,7 @@ class DPOSection(Section):
         "false: TRL's rows of prompt+chosen and prompt+rejected.",
     )
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
     lora: LoraSection = Field(default_factory=LoraSection)
 
@@ -328,6 +334,7 @@ class PPOSection(Section):
     clip_range_value: float = Field(0.2, gt=0)
     value_coef: float = Field(0.1, gt=0)
     whiten_rewards: bool = Field(False, description="Whiten the per-token rewards of a batch before GAE.")
+    save_steps: int = Field(50, ge=0, description=SAVE_STEPS.format(unit="iterations"))
     bf16: bool | None = Field(None, description="bfloat16 autocast; default on a GPU.")
 
 
@@ -341,6 +348,7 @@ class SFTSection(Section):
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(1024, ge=16)
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
 
 

@@ -364,7 +364,7 @@ def test_gradient_checkpointing_is_our_setting_and_set_without_a_deprecation_war
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         if stage == "reward":
-            arguments = reward_arguments(RewardSection(gradient_checkpointing=checkpointing), tmp_path, 0, True)
+            arguments = reward_arguments(RewardSection(gradient_checkpointing=checkpointing), tmp_path, 0)
         elif stage == "dpo":
             arguments = dpo_arguments(DPOSection(gradient_checkpointing=checkpointing), tmp_path, 0, train_pairs=8)
         else:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
+from training.checkpoints import saving_arguments
+from training.outputs import checkpointing_argument, load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
 
@@ -79,7 +80,7 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
         bf16=on_gpu if settings.bf16 is None else settings.bf16,
         train_sampling_strategy="sequential" if settings.group_by_length else "random",
         eval_strategy="no",
-        save_strategy="no",
+        **saving_arguments(settings.save_steps),
         logging_steps=10,
         report_to=[],
         seed=seed,
@@ -134,13 +135,20 @@ def build_dpo_trainer(
 
 
 def train_dpo(
-    train: Any, held_out: Any | None, settings: DPOSection, model_path: str, out: Path, seed: int = 0
+    train: Any,
+    held_out: Any | None,
+    settings: DPOSection,
+    model_path: str,
+    out: Path,
+    seed: int = 0,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Align the policy at `model_path` on prompt/chosen/rejected pairs; save it (LoRA merged) and a report."""
+    """Align the policy at `model_path` on prompt/chosen/rejected pairs (continuing from the checkpoint
+    `resume_from`, when given); save it (LoRA merged) to `out`; returns its report."""
     started = time.monotonic()
     trainer = build_dpo_trainer(train, held_out, settings, model_path, out, seed)
     tokenizer = trainer.processing_class
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
     model = trainer.model
     if settings.lora.enabled:
@@ -161,4 +169,4 @@ def train_dpo(
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    return finish_stage(out, report)
+    return report

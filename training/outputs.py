@@ -1,14 +1,10 @@
-"""What every training stage shares: its tokenizer (with a pad token), how it asks for gradient checkpointing,
-and its finished output folder."""
+"""What every training stage shares: its tokenizer (with a pad token) and how it asks for gradient
+checkpointing."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
-from pathlib import Path
 from typing import Any
-
-from rlaif.run_files import write_json_atomic
 
 
 def load_tokenizer(model_path: str) -> Any:
@@ -31,10 +27,3 @@ def checkpointing_argument(config_class: type, enabled: bool) -> dict[str, bool]
     fields = {field.name for field in dataclasses.fields(config_class)}
     name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return {name: enabled}
-
-
-def finish_stage(out: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Write OUT/eval_report.json and drop the trainer's intermediate checkpoints; returns the report."""
-    write_json_atomic(out / "eval_report.json", report)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return report

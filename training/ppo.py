@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,11 @@ import torch
 from torch import nn
 
 from rlaif.config import PPOSection
-from training.outputs import finish_stage, load_tokenizer
+from rlaif.run_files import write_json_atomic
+from training.checkpoints import STATE_FILE
+from training.outputs import load_tokenizer
+
+CHECKPOINT_FILE = "ppo_state.pt"
 
 # score(queries, query_mask, responses, response_mask) -> one reward per sequence
 RewardFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -144,9 +149,33 @@ class PPOTrainer:
             else None
         )
         self.bf16 = settings.bf16 if settings.bf16 is not None else self.device.type == "cuda"
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue as this one would: the trained weights (the
+        reference is frozen), the optimizer, the KL coefficient and the random states."""
+        return {
+            "policy": self.policy.state_dict(),
+            "value_model": self.value_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "kl_coef": self.kl_coef,
+            "python_rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value_model.load_state_dict(state["value_model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_coef = state["kl_coef"]
+        if self.controller is not None:
+            self.controller.value = self.kl_coef
+        self.rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     # -- rollouts -------------------------------------------------------------------------------------
 
@@ -347,8 +376,10 @@ def train_ppo(
     out: Path,
     seed: int = 0,
     say: Callable[[str], None] = print,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """PPO on the prompts of a preference dataset, rewarded by a reward model; saves the policy and a log."""
+    """PPO on the prompts of a preference dataset, rewarded by a reward model (continuing from the
+    checkpoint `resume_from`, when given); saves the policy and its log to `out`; returns its report."""
     from transformers import AutoModelForCausalLM
 
     from judges.reward_model import RewardModelScorer
@@ -374,11 +405,18 @@ def train_ppo(
     )
     prompts = list(conversations)
     eval_prompts = list(eval_conversations)[:64]
-    before = mean_score(trainer, eval_prompts) if eval_prompts else None
-    rng = random.Random(seed)
-    log = []
+    rng = random.Random(seed)  # which prompts each iteration samples
+    done: int = 0
+    log: list[dict[str, Any]] = []
+    if resume_from is None:
+        before = mean_score(trainer, eval_prompts) if eval_prompts else None
+    else:
+        saved = torch.load(resume_from / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        trainer.load_state_dict(saved["trainer"])
+        rng.setstate(saved["prompt_rng"])
+        done, log, before = saved["step"], saved["log"], saved["before"]
     out.mkdir(parents=True, exist_ok=True)
-    for step in range(1, settings.steps + 1):
+    for step in range(done + 1, settings.steps + 1):
         batch = rng.sample(prompts, min(settings.batch_size, len(prompts)))
         stats = trainer.step(batch)
         log.append({"step": step, **stats})
@@ -386,6 +424,9 @@ def train_ppo(
             f"ppo step {step}/{settings.steps}: score {stats['score']:.3f}, kl {stats['kl']:.3f}, "
             f"entropy {stats['entropy']:.2f}, clip {stats['clip_fraction']:.2f}, {stats['seconds']:.1f} s"
         )
+        if settings.save_steps and step % settings.save_steps == 0 and step < settings.steps:
+            state = {"trainer": trainer.state_dict(), "prompt_rng": rng.getstate()}
+            save_checkpoint(out / "checkpoints", step, {**state, "step": step, "log": log, "before": before})
     after = mean_score(trainer, eval_prompts) if eval_prompts else None
     policy.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -400,12 +441,24 @@ def train_ppo(
         "held_out_score_before": before,
         "held_out_score_after": after,
         "final": log[-1] if log else None,
-        "steps_per_s": settings.steps / sum(row["seconds"] for row in log) if log else None,
+        "steps_per_s": len(log) / sum(row["seconds"] for row in log) if log else None,
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
         "device": device,
     }
-    return finish_stage(out, report)
+    return report
+
+
+def save_checkpoint(folder: Path, step: int, state: dict[str, Any]) -> None:
+    """folder/checkpoint-STEP: the state, then trainer_state.json (which marks it complete); earlier
+    checkpoints are removed once it is."""
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    torch.save(state, checkpoint / CHECKPOINT_FILE)
+    write_json_atomic(checkpoint / STATE_FILE, {"global_step": step})
+    for earlier in folder.glob("checkpoint-*"):
+        if earlier != checkpoint:
+            shutil.rmtree(earlier)
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ from typing import Any
 
 from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
-from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
+from training.checkpoints import saving_arguments
+from training.outputs import checkpointing_argument, load_tokenizer
 
 
 def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
@@ -61,8 +62,13 @@ class PairCollator:
         return batch
 
 
-def reward_arguments(settings: RewardSection, output_dir: Path, seed: int, evaluate: bool) -> Any:
-    """RewardConfig from our settings; bf16 on a GPU."""
+def reward_arguments(settings: RewardSection, output_dir: Path, seed: int) -> Any:
+    """RewardConfig from our settings; bf16 on a GPU.
+
+    The held-out pairs are scored once, after training (`pairwise_accuracy`), not by the trainer at each
+    epoch's end: that evaluation draws from the random state after the epoch's last checkpoint, so a run
+    resumed from that checkpoint would shuffle the next epoch differently from an uninterrupted one.
+    """
     import torch
     from trl import RewardConfig
 
@@ -72,11 +78,10 @@ def reward_arguments(settings: RewardSection, output_dir: Path, seed: int, evalu
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size * 2,
         max_length=None,  # already truncated (from the left) by tokenize_pairs
         remove_unused_columns=False,
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="no",
+        eval_strategy="no",
+        **saving_arguments(settings.save_steps),
         logging_steps=10,
         report_to=[],
         bf16=on_gpu,
@@ -90,28 +95,35 @@ def reward_arguments(settings: RewardSection, output_dir: Path, seed: int, evalu
 
 
 def train_reward_model(
-    train: Any, held_out: Any | None, settings: RewardSection, model_path: str, out: Path, seed: int = 0
+    train: Any,
+    held_out: Any | None,
+    settings: RewardSection,
+    model_path: str,
+    out: Path,
+    seed: int = 0,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate on `held_out` (accuracy: the chosen answer scores higher), save model and report."""
-    from transformers import AutoModelForSequenceClassification
+    """Train (continuing from the checkpoint `resume_from`, when given), evaluate on `held_out` (accuracy:
+    the chosen answer scores higher) and save the model to `out`; returns its report."""
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
 
     started = time.monotonic()
     tokenizer = load_tokenizer(model_path)
+    set_seed(seed)  # the new score head starts from the same weights for a seed
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = reward_arguments(settings, out / "checkpoints", seed, evaluate=held_out is not None)
+    args = reward_arguments(settings, out / "checkpoints", seed)
     train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
     eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
     trainer = RewardTrainer(
         model=model,
         args=args,
         train_dataset=train_tokens,
-        eval_dataset=eval_tokens,
         processing_class=tokenizer,
         data_collator=PairCollator(tokenizer.pad_token_id),
     )
-    trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     held_out_figures = pairwise_accuracy(trainer.model, eval_tokens, PairCollator(tokenizer.pad_token_id))
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
@@ -122,12 +134,13 @@ def train_reward_model(
         "model": model_path,
         "train_pairs": len(train),
         "eval_pairs": len(held_out) if held_out is not None else 0,
+        "steps": result.global_step,
         **held_out_figures,
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
         "device": trainer.args.device.type,
     }
-    return finish_stage(out, report)
+    return report
 
 
 def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batch_size: int = 32) -> dict[str, Any]:

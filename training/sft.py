@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from training.outputs import checkpointing_argument, finish_stage, load_tokenizer
+from training.checkpoints import saving_arguments
+from training.outputs import checkpointing_argument, load_tokenizer
 
 
 def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
@@ -25,7 +26,7 @@ def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
         per_device_eval_batch_size=settings.batch_size,
         max_length=settings.max_length,
         bf16=on_gpu if settings.bf16 is None else settings.bf16,
-        save_strategy="no",
+        **saving_arguments(settings.save_steps),
         logging_steps=10,
         report_to=[],
         seed=seed,
@@ -35,9 +36,16 @@ def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
 
 
 def train_sft(
-    train: Any, held_out: Any | None, settings: SFTSection, model_path: str, out: Path, seed: int = 0
+    train: Any,
+    held_out: Any | None,
+    settings: SFTSection,
+    model_path: str,
+    out: Path,
+    seed: int = 0,
+    resume_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune the policy on prompt/chosen; save it and a report with the held-out loss."""
+    """Fine-tune the policy on prompt/chosen (continuing from the checkpoint `resume_from`, when given);
+    save it to `out`; returns its report (held-out loss)."""
     from trl import SFTTrainer
 
     started = time.monotonic()
@@ -56,7 +64,7 @@ def train_sft(
         eval_dataset=as_completion(held_out) if held_out is not None else None,
         processing_class=tokenizer,
     )
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
@@ -71,4 +79,4 @@ def train_sft(
         "settings": settings.model_dump(mode="json"),
         "wall_s": round(time.monotonic() - started, 1),
     }
-    return finish_stage(out, report)
+    return report

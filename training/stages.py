@@ -2,10 +2,12 @@
 
 Defaults come from the config's `train` section: data is the run's merged dataset (RUN_DIR/dataset),
 outputs go to <train.out or RUN_DIR/train>/<stage>, PPO's reward model is the reward stage's output.
+A stage killed mid-run continues from its latest checkpoint when run again (training/checkpoints.py).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +15,8 @@ from typing import Any, Literal
 from rlaif.config import Config
 from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
+from rlaif.run_files import write_json_atomic
+from training.checkpoints import REPORT_FILE, checkpoint_step, finished_report, resume_checkpoint, stage_identity
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
@@ -44,8 +48,16 @@ def run_stage(
     say: Callable[[str], None] = print,
     model: str | None = None,
     out: Path | None = None,
+    reuse_finished: bool = False,
 ) -> dict[str, Any]:
-    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json)."""
+    """Load and split the data, then train one stage; returns its report (also in OUT/eval_report.json).
+
+    A stage stopped mid-run continues from its latest checkpoint. With `reuse_finished` (the flow's
+    reruns), an output folder that already holds the stage trained on the same data, model, settings
+    and seed is kept and its report returned.
+    """
+    from accelerate import PartialState
+
     from training.data import held_out_split, load_preferences
 
     data = config.train.data or str(config.run.directory())
@@ -56,29 +68,48 @@ def run_stage(
     out = out or stage_output(config, stage)
     settings = getattr(config.train, stage)
     model_path = str(resolve_model(model or settings.model, say=say))
-    say(
-        f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
-        f"from {data}, model {model_path} -> {out}"
-    )
     seed = config.run.seed
-    if stage == "reward":
-        from training.reward import train_reward_model
-
-        return train_reward_model(train, held_out, settings, model_path, out, seed)
-    if stage == "dpo":
-        from training.dpo import train_dpo
-
-        return train_dpo(train, held_out, settings, model_path, out, seed)
-    if stage == "sft":
-        from training.sft import train_sft
-
-        return train_sft(train, held_out, settings, model_path, out, seed)
-    from training.ppo import train_ppo
-
-    reward_model = settings.reward_model or str(stage_output(config, "reward"))
-    if not (Path(reward_model) / "config.json").is_file():
+    reward_model = (settings.reward_model or str(stage_output(config, "reward"))) if stage == "ppo" else None
+    if reward_model is not None and not (Path(reward_model) / "config.json").is_file():
         raise FileNotFoundError(
             f"PPO needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
             "or set train.ppo.reward_model)"
         )
-    return train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say=say)
+    identity = stage_identity(stage, model_path, train, settings, seed, reward_model)
+    # Under `accelerate launch` the main process decides and clears, then the others find the same.
+    with PartialState().main_process_first():
+        finished = finished_report(out, identity) if reuse_finished else None
+        if finished is None:
+            (out / REPORT_FILE).unlink(missing_ok=True)  # the folder's model is about to be replaced
+            resume_from = resume_checkpoint(out / "checkpoints", identity, say)
+    if finished is not None:
+        say(f"train {stage}: {out} already holds it, trained on the same data with the same model and settings")
+        return finished
+    say(
+        f"train {stage}: {len(train)} pairs ({len(held_out) if held_out is not None else 0} held out) "
+        f"from {data}, model {model_path} -> {out}"
+    )
+    if resume_from is not None:
+        say(f"train {stage}: continuing from {resume_from} (step {checkpoint_step(resume_from)})")
+    if stage == "reward":
+        from training.reward import train_reward_model
+
+        report = train_reward_model(train, held_out, settings, model_path, out, seed, resume_from)
+    elif stage == "dpo":
+        from training.dpo import train_dpo
+
+        report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from)
+    elif stage == "sft":
+        from training.sft import train_sft
+
+        report = train_sft(train, held_out, settings, model_path, out, seed, resume_from)
+    else:
+        from training.ppo import train_ppo
+
+        report = train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say, resume_from)
+    # The report is written after the model (so a report means a whole model), then the checkpoints go.
+    report = {**report, "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}
+    report["trained_on"] = identity  # what a rerun compares
+    write_json_atomic(out / REPORT_FILE, report)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return report
