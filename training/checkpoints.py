@@ -66,9 +66,9 @@ def resume_checkpoint(folder: Path, identity: dict[str, Any], say: Callable[[str
     for the next rerun.
     """
     if read_json(folder / RUN_FILE) != as_json(identity):
-        if folder.exists():
+        if any(folder.glob("checkpoint-*")):
             say(f"{folder}: removing the checkpoints of an earlier run with other data, model or settings")
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / RUN_FILE, identity)
         return None
