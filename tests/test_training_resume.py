@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from rlaif.config import load_config
 from tests.review_fixtures import RLAIF
+from tests.test_training import file_names
 from training.checkpoints import RUN_FILE, STATE_FILE, resume_checkpoint
 from training.stages import run_stage
 
@@ -159,7 +160,7 @@ def test_checkpoints_of_another_run_or_cut_off_mid_write_are_never_continued(tmp
 
     other = {**identity, "settings": {"beta": 0.2}}
     assert resume_checkpoint(folder, other, said.append) is None
-    assert sorted(path.name for path in folder.iterdir()) == [RUN_FILE]
+    assert file_names(folder) == [RUN_FILE]
     assert json.loads((folder / RUN_FILE).read_text()) == other
     assert any("removing the checkpoints of an earlier run" in line for line in said)
 

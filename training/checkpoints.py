@@ -26,6 +26,11 @@ RUN_FILE = "run.json"
 STATE_FILE = "trainer_state.json"  # transformers' name for a checkpoint's last file; PPO's checkpoints use it too
 
 
+def checkpoint_folder(out: Path) -> Path:
+    """OUT/checkpoints: where a stage saves its checkpoints and where a rerun looks for them."""
+    return out / "checkpoints"
+
+
 def stage_identity(
     stage: str, model_path: str, train: Any, settings: BaseModel, seed: int, reward_model: str | None = None
 ) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from training.checkpoints import saving_arguments
+from training.checkpoints import checkpoint_folder, saving_arguments
 from training.outputs import checkpointing_argument, load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
@@ -126,7 +126,7 @@ def build_dpo_trainer(
     trainer_class = SharedPromptDPOTrainer if settings.shared_prompt else BatchedTokenizationDPOTrainer
     return trainer_class(
         model=model_path,
-        args=arguments or dpo_arguments(settings, out / "checkpoints", seed, len(train)),
+        args=arguments or dpo_arguments(settings, checkpoint_folder(out), seed, len(train)),
         train_dataset=train,
         eval_dataset=held_out.select_columns(columns) if held_out is not None else None,
         processing_class=tokenizer,

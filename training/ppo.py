@@ -29,7 +29,7 @@ from torch import nn
 
 from rlaif.config import PPOSection
 from rlaif.run_files import write_json_atomic
-from training.checkpoints import STATE_FILE
+from training.checkpoints import STATE_FILE, checkpoint_folder
 from training.outputs import load_tokenizer
 
 CHECKPOINT_FILE = "ppo_state.pt"
@@ -426,7 +426,7 @@ def train_ppo(
         )
         if settings.save_steps and step % settings.save_steps == 0 and step < settings.steps:
             state = {"trainer": trainer.state_dict(), "prompt_rng": rng.getstate()}
-            save_checkpoint(out / "checkpoints", step, {**state, "step": step, "log": log, "before": before})
+            save_checkpoint(checkpoint_folder(out), step, {**state, "step": step, "log": log, "before": before})
     after = mean_score(trainer, eval_prompts) if eval_prompts else None
     policy.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

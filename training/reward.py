@@ -15,7 +15,7 @@ from typing import Any
 
 from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
-from training.checkpoints import saving_arguments
+from training.checkpoints import checkpoint_folder, saving_arguments
 from training.outputs import checkpointing_argument, load_tokenizer
 
 
@@ -113,7 +113,7 @@ def train_reward_model(
     set_seed(seed)  # the new score head starts from the same weights for a seed
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = reward_arguments(settings, out / "checkpoints", seed)
+    args = reward_arguments(settings, checkpoint_folder(out), seed)
     train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
     eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
     trainer = RewardTrainer(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from training.checkpoints import saving_arguments
+from training.checkpoints import checkpoint_folder, saving_arguments
 from training.outputs import checkpointing_argument, load_tokenizer
 
 
@@ -59,7 +59,7 @@ def train_sft(
     tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(
         model=model_path,
-        args=sft_arguments(settings, out / "checkpoints", seed),
+        args=sft_arguments(settings, checkpoint_folder(out), seed),
         train_dataset=as_completion(train),
         eval_dataset=as_completion(held_out) if held_out is not None else None,
         processing_class=tokenizer,

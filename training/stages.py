@@ -16,7 +16,14 @@ from rlaif.config import Config
 from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
 from rlaif.run_files import write_json_atomic
-from training.checkpoints import REPORT_FILE, checkpoint_step, finished_report, resume_checkpoint, stage_identity
+from training.checkpoints import (
+    REPORT_FILE,
+    checkpoint_folder,
+    checkpoint_step,
+    finished_report,
+    resume_checkpoint,
+    stage_identity,
+)
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
@@ -81,7 +88,7 @@ def run_stage(
         finished = finished_report(out, identity) if reuse_finished else None
         if finished is None:
             (out / REPORT_FILE).unlink(missing_ok=True)  # the folder's model is about to be replaced
-            resume_from = resume_checkpoint(out / "checkpoints", identity, say)
+            resume_from = resume_checkpoint(checkpoint_folder(out), identity, say)
     if finished is not None:
         say(f"train {stage}: {out} already holds it, trained on the same data with the same model and settings")
         return finished
@@ -111,5 +118,5 @@ def run_stage(
     report = {**report, "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}
     report["trained_on"] = identity  # what a rerun compares
     write_json_atomic(out / REPORT_FILE, report)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return report
