@@ -187,6 +187,7 @@ def train(
     """
     import json
 
+    from training.outputs import training_processes
     from training.stages import run_stage
 
     if stage not in ("reward", "dpo", "ppo", "sft"):
@@ -195,7 +196,8 @@ def train(
     cfg = load_config(config, [*(overrides or []), *flags])
     with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout carries only the report
         report = run_stage(cfg, stage, say=say, model=model, out=out)  # type: ignore[arg-type]
-    typer.echo(json.dumps(report, indent=2))
+    if training_processes().is_main_process:  # printed once under several processes
+        typer.echo(json.dumps(report, indent=2))
 
 
 @app.command()

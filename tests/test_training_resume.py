@@ -1,6 +1,6 @@
 """Resumable training: a stage stopped mid-run continues from its latest checkpoint when run again and
-ends with exactly the weights of an uninterrupted run; checkpoints of another run, or cut off while being
-written, are never continued.
+ends with exactly the weights of an uninterrupted run, in one process or in two data-parallel ones;
+checkpoints of another run, or cut off while being written, are never continued.
 
 The stages train a two-layer Qwen2 (the `tiny_qwen2` fixture) at a high learning rate, so training
 visibly moves the weights: bit-equal final weights then mean the same training, not untouched models.
@@ -12,10 +12,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -139,6 +141,63 @@ def test_killed_mid_run_then_rerun_from_the_cli_continues_from_its_last_complete
     report = json.loads(result.stdout)
     assert report["resumed_from_step"] >= 1 and "continuing from" in result.stderr
     assert_same_weights(out, tmp_path / "uninterrupted", tiny_qwen2[0])
+
+
+ONE_THREAD_EACH = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
+
+
+def two_processes(stage: str, out: Path, overrides: list[str]) -> list[str]:
+    """`rlaif train STAGE` in two processes on the CPU, launched by torchrun (the launcher `accelerate
+    launch` uses on GPUs): data-parallel training over gloo."""
+    flags = [item for flag in overrides for item in ("--set", flag)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return [*launcher, "-m", "rlaif.cli", "train", stage, "--out", str(out), *flags]
+
+
+def run_two_processes(stage: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
+    command = two_processes(stage, out, overrides)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=ONE_THREAD_EACH)
+
+
+def test_two_processes_killed_mid_run_continue_from_their_checkpoint_and_write_their_outputs_once(tiny_qwen2, tmp_path):
+    """Every process of a two-process run is killed (SIGKILL, as when a node is lost) once a checkpoint is
+    complete; the same command then continues from it, with the uninterrupted two-process run's weights."""
+    overrides = tiny_run(tmp_path, tiny_qwen2, "dpo", "train.dpo.epochs=4", "train.dpo.save_steps=1")
+    uninterrupted = run_two_processes("dpo", tmp_path / "uninterrupted", overrides)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    report = json.loads(uninterrupted.stdout)  # one report: printed by the main process alone
+    assert report["steps"] == 12  # 12 training pairs, 2 per process and step, 4 epochs: the processes split them
+    assert uninterrupted.stderr.count("train dpo: 12 pairs") == 1
+
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen(
+        two_processes("dpo", out, overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD_EACH
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob(f"checkpoints/checkpoint-*/{STATE_FILE}")) and time.monotonic() < deadline:
+        assert launcher.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    run = psutil.Process(launcher.pid)
+    processes = [run, *run.children(recursive=True)]  # torchrun starts each worker in a session of its own
+    assert len(processes) >= 3
+    for process in processes:
+        process.kill()
+    psutil.wait_procs(processes, timeout=60)
+    assert not (out / "eval_report.json").exists()
+
+    resumed = run_two_processes("dpo", out, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["resumed_from_step"] >= 1
+    assert resumed.stderr.count("continuing from") == 1
+    assert_same_weights(out, tmp_path / "uninterrupted", tiny_qwen2[0])
+    assert not (out / "checkpoints").exists()
+
+
+def test_ppo_refuses_several_processes(tiny_qwen2, tmp_path):
+    overrides = tiny_run(tmp_path, tiny_qwen2, "ppo", "train.ppo.reward_model=" + tiny_qwen2[0])
+    result = run_two_processes("ppo", tmp_path / "ppo", overrides)
+    assert result.returncode != 0
+    assert "error: PPO trains on one process, not 2: run `rlaif train ppo` without accelerate launch" in result.stderr
 
 
 def test_checkpoints_of_another_run_or_cut_off_mid_write_are_never_continued(tmp_path):

@@ -150,12 +150,14 @@ def train_dpo(
     tokenizer = trainer.processing_class
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
-    model = trainer.model
-    if settings.lora.enabled:
-        model = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    if settings.lora.enabled:
+        merged = trainer.model.merge_and_unload()
+        if trainer.args.should_save:  # the main process writes the files
+            merged.save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))  # the model and tokenizer, by the main process
     report = {
         "stage": "dpo",
         "model": model_path,

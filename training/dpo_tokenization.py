@@ -15,6 +15,7 @@ from typing import Any
 
 from trl import DPOTrainer
 from trl.data_utils import common_prefix_length, is_conversational
+from trl.trainer.utils import global_then_local_main_first
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,14 @@ class BatchedTokenizationDPOTrainer(DPOTrainer):
         first = next(iter(dataset))
         if not isinstance(dataset, Dataset) or not is_conversational(first) or EXTRA_COLUMNS & set(first):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        dataset = dataset.map(
-            tokenize_pairs,
-            fn_kwargs={"tokenizer": getattr(processing_class, "tokenizer", processing_class)},
-            batched=True,
-            desc=f"Tokenizing {dataset_name} dataset",
-        )
-        if args.max_length is not None and args.truncation_mode == "keep_start":
-            # As TRL: a prompt that fills max_length leaves no answer token to learn from.
-            dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
+        with global_then_local_main_first():  # as TRL: one process writes the cache, the others read it
+            dataset = dataset.map(
+                tokenize_pairs,
+                fn_kwargs={"tokenizer": getattr(processing_class, "tokenizer", processing_class)},
+                batched=True,
+                desc=f"Tokenizing {dataset_name} dataset",
+            )
+            if args.max_length is not None and args.truncation_mode == "keep_start":
+                # As TRL: a prompt that fills max_length leaves no answer token to learn from.
+                dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
         return dataset

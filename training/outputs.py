@@ -1,10 +1,23 @@
-"""What every training stage shares: its tokenizer (with a pad token) and how it asks for gradient
-checkpointing."""
+"""What every training stage shares: its processes, its tokenizer (with a pad token) and how it asks
+for gradient checkpointing."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+
+def training_processes() -> Any:
+    """accelerate's view of the stage's processes: one, or several under `accelerate launch` or torchrun.
+
+    Made for the CPU where there is no GPU, as the trainers then train there: on a CPU that is the only
+    way several processes know of each other before their trainer starts (else each would clear and
+    write the run's files as if alone).
+    """
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def load_tokenizer(model_path: str) -> Any:

@@ -21,6 +21,7 @@ from training.outputs import checkpointing_argument, load_tokenizer
 
 def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
     """chosen_ids / rejected_ids (and segment ids, and a margin when asked) for RewardTrainer."""
+    from trl.trainer.utils import global_then_local_main_first
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         answers = {side: [messages[-1]["content"] for messages in batch[side]] for side in ("chosen", "rejected")}
@@ -36,7 +37,8 @@ def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: 
             out["margin"] = [margin_scale * float(c) for c in batch["confidence"]]
         return out
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing pairs")
+    with global_then_local_main_first():  # under several processes one writes the cache, the others read it
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing pairs")
 
 
 class PairCollator:
@@ -126,9 +128,10 @@ def train_reward_model(
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     held_out_figures = pairwise_accuracy(trainer.model, eval_tokens, PairCollator(tokenizer.pad_token_id))
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))
-    tokenizer.model_max_length = settings.max_length  # the judge then reads inputs as the model learnt them
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # by the main process, as the tokenizer below
+    if trainer.args.should_save:
+        tokenizer.model_max_length = settings.max_length  # the judge then reads inputs as the model learnt them
+        tokenizer.save_pretrained(str(out))
     report = {
         "stage": "reward",
         "model": model_path,

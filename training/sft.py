@@ -47,14 +47,16 @@ def train_sft(
     """Fine-tune the policy on prompt/chosen (continuing from the checkpoint `resume_from`, when given);
     save it to `out`; returns its report (held-out loss)."""
     from trl import SFTTrainer
+    from trl.trainer.utils import global_then_local_main_first
 
     started = time.monotonic()
 
     def as_completion(dataset: Any) -> Any:
-        return dataset.map(
-            lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
-            remove_columns=dataset.column_names,
-        )
+        with global_then_local_main_first():  # under several processes one writes the cache, the others read it
+            return dataset.map(
+                lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
+                remove_columns=dataset.column_names,
+            )
 
     tokenizer = load_tokenizer(model_path)
     trainer = SFTTrainer(
@@ -67,8 +69,7 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # the model and tokenizer, by the main process
     report = {
         "stage": "sft",
         "model": model_path,

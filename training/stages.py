@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from rlaif.config import Config
+from rlaif.config import Config, ConfigError
 from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
 from rlaif.run_files import write_json_atomic
@@ -24,6 +24,7 @@ from training.checkpoints import (
     resume_checkpoint,
     stage_identity,
 )
+from training.outputs import training_processes
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
@@ -63,12 +64,21 @@ def run_stage(
     reruns), an output folder that already holds the stage trained on the same data, model, settings
     and seed is kept and its report returned.
     """
-    from accelerate import PartialState
-
     from training.data import held_out_split, load_preferences
 
+    processes = training_processes()
+    if not processes.is_main_process:
+        say = quiet  # one process speaks for them all
+    if stage == "ppo" and processes.num_processes > 1:
+        raise ConfigError(
+            f"PPO trains on one process, not {processes.num_processes}: run `rlaif train ppo` without "
+            "accelerate launch or torchrun"
+        )
     data = config.train.data or str(config.run.directory())
-    dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=data_cache(config))
+    # Under several processes the main one goes first, as in everything below that writes files: it
+    # writes the data cache, the others read it.
+    with processes.main_process_first(), processes.local_main_process_first():
+        dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=data_cache(config))
     if len(dataset) < 2:
         raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
     train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
@@ -83,8 +93,8 @@ def run_stage(
             "or set train.ppo.reward_model)"
         )
     identity = stage_identity(stage, model_path, train, settings, seed, reward_model)
-    # Under `accelerate launch` the main process decides and clears, then the others find the same.
-    with PartialState().main_process_first():
+    # The main process decides and clears, then the others find the same.
+    with processes.main_process_first():
         finished = finished_report(out, identity) if reuse_finished else None
         if finished is None:
             (out / REPORT_FILE).unlink(missing_ok=True)  # the folder's model is about to be replaced
@@ -114,9 +124,16 @@ def run_stage(
         from training.ppo import train_ppo
 
         report = train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say, resume_from)
-    # The report is written after the model (so a report means a whole model), then the checkpoints go.
+    # The report is written after the model (so a report means a whole model), then the checkpoints go;
+    # by the main process, once every process is done with them.
     report = {**report, "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}
     report["trained_on"] = identity  # what a rerun compares
-    write_json_atomic(out / REPORT_FILE, report)
-    shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        write_json_atomic(out / REPORT_FILE, report)
+        shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return report
+
+
+def quiet(message: str) -> None:
+    """Says nothing: the messages of the processes other than the main one."""
