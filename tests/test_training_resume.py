@@ -193,6 +193,15 @@ def test_two_processes_killed_mid_run_continue_from_their_checkpoint_and_write_t
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("stage", ["reward", "sft"])
+def test_the_other_trl_stages_split_the_pairs_between_two_processes_and_write_once(stage, tiny_qwen2, tmp_path):
+    result = run_two_processes(stage, tmp_path / stage, tiny_run(tmp_path, tiny_qwen2, stage))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)  # one report
+    assert report["steps"] == 6  # 12 pairs, 2 per process and step, 2 epochs (one process alone: 12 steps)
+    assert (tmp_path / stage / "model.safetensors").is_file() and not (tmp_path / stage / "checkpoints").exists()
+
+
 def test_ppo_refuses_several_processes(tiny_qwen2, tmp_path):
     overrides = tiny_run(tmp_path, tiny_qwen2, "ppo", "train.ppo.reward_model=" + tiny_qwen2[0])
     result = run_two_processes("ppo", tmp_path / "ppo", overrides)

@@ -88,6 +88,7 @@ def reward_arguments(settings: RewardSection, output_dir: Path, seed: int) -> An
         report_to=[],
         bf16=on_gpu,
         seed=seed,
+        use_cpu=not on_gpu,  # as the other stages: else, on a CPU, several processes would each train alone
         # Sequences of similar length in one batch: less padding.
         train_sampling_strategy="group_by_length",
         length_column_name="length",
