@@ -129,10 +129,8 @@ def train_reward_model(
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     held_out_figures = pairwise_accuracy(trainer.model, eval_tokens, PairCollator(tokenizer.pad_token_id))
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out))  # by the main process, as the tokenizer below
-    if trainer.args.should_save:
-        tokenizer.model_max_length = settings.max_length  # the judge then reads inputs as the model learnt them
-        tokenizer.save_pretrained(str(out))
+    tokenizer.model_max_length = settings.max_length  # the judge then reads inputs as the model learnt them
+    trainer.save_model(str(out))  # the model and this tokenizer, by the main process
     report = {
         "stage": "reward",
         "model": model_path,
