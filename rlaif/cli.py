@@ -55,9 +55,12 @@ def say(message: str) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False) -> None:
-    # Prefect reads its settings when first imported (the commands import it lazily, after this): the
-    # temporary local server that runs flows without PREFECT_API_URL sends no usage telemetry.
+    # Prefect reads its settings when first imported (the commands import it lazily, after this). The
+    # temporary local server that runs flows without PREFECT_API_URL sends no usage telemetry, and it is
+    # given 2 minutes to start instead of Prefect's 20 s: its first start creates its database, which
+    # took 18-23 s on a 2-core machine, so a first run could fail before doing anything.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     handler = logging.StreamHandler(sys.stderr)
     line_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(line_format) if verbose else ExpectedErrorsWithoutTraceback(line_format))
