@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from filelock import FileLock
+
 log = logging.getLogger(__name__)
 
 MODELS_DIR_ENV = "RLAIF_MODELS_DIR"
@@ -89,7 +91,9 @@ def prepare_model(
     """Prepare a known model once and return its folder; later calls return at once.
 
     The folder is built under a temporary name and renamed into place, so an interrupted
-    preparation never leaves a folder that looks finished.
+    preparation never leaves a folder that looks finished. Processes preparing the same model at
+    once (parallel tests, two first runs) take turns on a lock file: one converts, the others wait
+    and then find its folder.
     """
     if name not in KNOWN_MODELS:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
@@ -100,25 +104,27 @@ def prepare_model(
         return done
     source = _packaged_file(spec)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        say(f"preparing {name} from {spec.distribution} into {root / name} (once)")
-        if spec.kind == "gguf-causal-lm":
-            _convert_gguf(source, staging)
-        else:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-        marker = {"name": name, "distribution": spec.distribution, "version": spec.version}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        final = root / name
-        if final.exists():  # an unfinished earlier attempt (no marker), or a concurrent winner
-            if prepared_path(name, root):
-                return final
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        return final
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with FileLock(root / f".{name}.lock"):
+        done = prepared_path(name, root)  # prepared by another process while this one waited
+        if done:
+            return done
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            say(f"preparing {name} from {spec.distribution} into {root / name} (once)")
+            if spec.kind == "gguf-causal-lm":
+                _convert_gguf(source, staging)
+            else:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+            marker = {"name": name, "distribution": spec.distribution, "version": spec.version}
+            (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            final = root / name
+            if final.exists():  # an unfinished earlier attempt (no marker)
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            return final
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _packaged_file(spec: PackagedModel) -> Path:

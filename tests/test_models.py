@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +57,29 @@ def test_prepare_into_a_chosen_directory(tmp_path):
     )
     folder = Path(printed.stdout.strip())
     assert folder == tmp_path / "all-minilm-l6-v2" and (folder / "model.safetensors").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging folder left
+
+
+def prepare_at_the_same_moment(barrier: Any, root: Path, results: Any) -> None:
+    said: list[str] = []
+    barrier.wait()
+    results.put((str(prepare_model("all-minilm-l6-v2", root, say=said.append)), said))
+
+
+def test_processes_preparing_the_same_model_at_once_prepare_it_once(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=prepare_at_the_same_moment, args=(barrier, tmp_path, results)) for _ in "ab"]
+    for worker in workers:
+        worker.start()
+    barrier.wait(timeout=60)  # both processes have started and call prepare_model now
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert {folder for folder, _ in outcomes} == {str(tmp_path / "all-minilm-l6-v2")}
+    assert sorted(len(said) for _, said in outcomes) == [0, 1]  # one prepared, the other found its folder
+    assert prepared_path("all-minilm-l6-v2", tmp_path) == tmp_path / "all-minilm-l6-v2"
 
 
 def test_an_unfinished_preparation_does_not_count(tmp_path):
