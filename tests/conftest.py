@@ -13,6 +13,11 @@ from typing import Any
 
 import pytest
 
+# Under pytest-xdist (`make test`) each worker is one of as many processes as CPUs: torch's kernels take
+# one thread in each (and in the processes it starts), else every core is shared by two spinning
+# OpenMP pools (the train-flow test ran 2.7x slower). Torch reads this when first imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never reach a model hub: every model they use is local (subprocesses inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Prefect reads its settings when imported: give the tests their own home and a temporary server.

@@ -30,7 +30,26 @@ class Action:
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """Says nothing when a client goes away mid-answer (the crash tests kill clients on purpose)."""
+    """Says nothing when a client goes away mid-answer (the crash tests kill clients on purpose), and
+    counts its open connections: accepted, and not yet read to their end and closed."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.open_connections = 0
+        self.connections_changed = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_changed:
+            self.open_connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:  # after the connection's last request was handled
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self.connections_changed:
+                self.open_connections -= 1
+                self.connections_changed.notify_all()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -69,6 +88,13 @@ class ScriptedOpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def wait_until_no_client_is_connected(self, timeout_s: float = 60.0) -> None:
+        """Wait until every connection has been read to its end and closed: after a client was killed,
+        the requests it had sent are then all in `requests` (a busy server thread records them late)."""
+        with self._server.connections_changed:
+            if not self._server.connections_changed.wait_for(lambda: self._server.open_connections == 0, timeout_s):
+                raise TimeoutError(f"{self._server.open_connections} connections still open after {timeout_s} s")
 
     def _next_action(self, body: dict[str, Any]) -> Action:
         with self._lock:

@@ -183,6 +183,7 @@ def test_killed_then_rerun_repeats_no_judge_call_for_finished_shards(tmp_path):
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)  # the run and its temporary Prefect server
         process.wait()
+        server.wait_until_no_client_is_connected()  # the killed run's last requests are recorded
         finished = len(list((run / "judgments").glob("*.jsonl")))
         assert 4 <= finished < 14
         for shard in (run / "judgments").glob("*.jsonl"):  # a finished shard is whole: 15 readable judgments

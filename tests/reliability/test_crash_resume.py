@@ -126,6 +126,7 @@ def kill_and_resume(tmp_path: Path, seed: int, uninterrupted: tuple[Outcome, tup
         time.sleep(kill_at)
         os.killpg(process.pid, signal.SIGKILL)  # the run and its temporary Prefect server
         process.wait()
+        server.wait_until_no_client_is_connected()  # the killed run's last requests are recorded
         finished_at_kill = check_shard_files(run) if run.exists() else {step: set() for step in ROWS}
         before = len(server.requests)
         rerun = subprocess.run(command, capture_output=True, text=True)
