@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 demo: $(STAMP)
 	$(BIN)/rlaif demo --auto-review
 
-# One worker process per CPU (most tests wait on subprocesses and servers; serially the suite kept one
+# One worker process per logical CPU (most tests wait on subprocesses and servers; serially the suite kept one
 # of two cores busy); --dist loadfile keeps a file's tests, and so its module fixtures, in one worker.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n auto --dist loadfile --durations=15  # the slowest tests, to keep CI within its time
+	$(BIN)/python -m pytest -n logical --dist loadfile --durations=15  # the slowest tests, to keep CI within its time
 
 # The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
 # 60 s); `make test` runs its short variants.
