@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 demo: $(STAMP)
 	$(BIN)/rlaif demo --auto-review
 
-# One worker process per logical CPU (most tests wait on subprocesses and servers; serially the suite kept one
-# of two cores busy); --dist loadfile keeps a file's tests, and so its module fixtures, in one worker.
+# One worker process per logical CPU (most tests wait on subprocesses and servers; serially the suite
+# kept one of two cores busy); --dist loadfile keeps a file's tests, and so its module fixtures, in one
+# worker.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n logical --dist loadfile --durations=15  # the slowest tests, to keep CI within its time
 
