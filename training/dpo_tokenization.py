@@ -15,7 +15,8 @@ from typing import Any
 
 from trl import DPOTrainer
 from trl.data_utils import common_prefix_length, is_conversational
-from trl.trainer.utils import global_then_local_main_first
+
+from training.outputs import main_process_first
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class BatchedTokenizationDPOTrainer(DPOTrainer):
         first = next(iter(dataset))
         if not isinstance(dataset, Dataset) or not is_conversational(first) or EXTRA_COLUMNS & set(first):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        with global_then_local_main_first():  # as TRL: one process writes the cache, the others read it
+        with main_process_first():  # as TRL: one process writes the cache, the others read it
             dataset = dataset.map(
                 tokenize_pairs,
                 fn_kwargs={"tokenizer": getattr(processing_class, "tokenizer", processing_class)},

@@ -3,7 +3,9 @@ for gradient checkpointing."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -18,6 +20,15 @@ def training_processes() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Under several processes, the main process runs the block first, then each node's main process,
+    then the others: work that writes a cache (data files, dataset maps) is done once, then read."""
+    processes = training_processes()
+    with processes.main_process_first(), processes.local_main_process_first():
+        yield
 
 
 def load_tokenizer(model_path: str) -> Any:

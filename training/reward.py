@@ -16,12 +16,11 @@ from typing import Any
 from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
 from training.checkpoints import checkpoint_folder, saving_arguments
-from training.outputs import checkpointing_argument, load_tokenizer
+from training.outputs import checkpointing_argument, load_tokenizer, main_process_first
 
 
 def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
     """chosen_ids / rejected_ids (and segment ids, and a margin when asked) for RewardTrainer."""
-    from trl.trainer.utils import global_then_local_main_first
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         answers = {side: [messages[-1]["content"] for messages in batch[side]] for side in ("chosen", "rejected")}
@@ -37,7 +36,7 @@ def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: 
             out["margin"] = [margin_scale * float(c) for c in batch["confidence"]]
         return out
 
-    with global_then_local_main_first():  # under several processes one writes the cache, the others read it
+    with main_process_first():  # under several processes one writes the cache, the others read it
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing pairs")
 
 

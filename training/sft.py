@@ -8,7 +8,7 @@ from typing import Any
 
 from rlaif.config import SFTSection
 from training.checkpoints import checkpoint_folder, saving_arguments
-from training.outputs import checkpointing_argument, load_tokenizer
+from training.outputs import checkpointing_argument, load_tokenizer, main_process_first
 
 
 def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
@@ -47,12 +47,11 @@ def train_sft(
     """Fine-tune the policy on prompt/chosen (continuing from the checkpoint `resume_from`, when given);
     save it to `out`; returns its report (held-out loss)."""
     from trl import SFTTrainer
-    from trl.trainer.utils import global_then_local_main_first
 
     started = time.monotonic()
 
     def as_completion(dataset: Any) -> Any:
-        with global_then_local_main_first():  # under several processes one writes the cache, the others read it
+        with main_process_first():  # under several processes one writes the cache, the others read it
             return dataset.map(
                 lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
                 remove_columns=dataset.column_names,

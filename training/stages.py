@@ -24,7 +24,7 @@ from training.checkpoints import (
     resume_checkpoint,
     stage_identity,
 )
-from training.outputs import training_processes
+from training.outputs import main_process_first, training_processes
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
@@ -77,7 +77,7 @@ def run_stage(
     data = config.train.data or str(config.run.directory())
     # Under several processes the main one goes first, as in everything below that writes files: it
     # writes the data cache, the others read it.
-    with processes.main_process_first(), processes.local_main_process_first():
+    with main_process_first():
         dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=data_cache(config))
     if len(dataset) < 2:
         raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
