@@ -40,7 +40,7 @@ def build_trainer(name: str, model_path: str, work: Path) -> Any:
     from trl import DPOTrainer
 
     from rlaif.config import DPOSection
-    from training.dpo import build_dpo_trainer
+    from rlaif.training.dpo import build_dpo_trainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = variable_length_pairs(tokenizer, PAIRS, seed=0, scale=SCALE)

@@ -172,8 +172,9 @@ def write_ready_run(folder: Path, pairs: list[dict[str, Any]], judge: dict[str, 
     candidate shards the sampling step would have made (one pair per prompt).
     """
     from rlaif.config import load_config
-    from rlaif.labeling import plan_shards
-    from rlaif.prompt_sources import load_configured_prompts
+    from rlaif.judges.setup import load_judge
+    from rlaif.pipeline.prompt_sources import load_configured_prompts
+    from rlaif.pipeline.shard_plan import plan_shards
     from rlaif.run_directory import RunDirectory
     from rlaif.run_files import write_jsonl_atomic
     from rlaif.schema import Candidate
@@ -196,7 +197,9 @@ def write_ready_run(folder: Path, pairs: list[dict[str, Any]], judge: dict[str, 
     config_file.write_text(json.dumps(config, indent=2))
     loaded = load_config(config_file)
     answers = iter(pairs)
-    for plan in plan_shards(RunDirectory(loaded.run.directory()), loaded, load_configured_prompts(loaded.prompts)):
+    run = RunDirectory(loaded.run.directory())
+    identity = load_judge(loaded.judge).identity()
+    for plan in plan_shards(run, loaded, load_configured_prompts(loaded.prompts), identity):
         candidates = []
         for prompt in plan.read_prompts():
             pair = next(answers)

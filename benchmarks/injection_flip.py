@@ -4,7 +4,7 @@
         [--limit N] [--set judge.mode=logprob ...] [--out benchmarks/results/injection_....json]
 
 The judge is the configured one (default: the embedded demo config's). See
-judges.evaluation.injection_flip_rate for the measures.
+rlaif.evaluation.judge_agreement.injection_flip_rate for the measures.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from judges.evaluation import INJECTION, injection_flip_rate
-from judges.factory import open_judge
 from rlaif.config import load_config
+from rlaif.evaluation.judge_agreement import INJECTION, injection_flip_rate
+from rlaif.judges.factory import open_judge
+from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
 from rlaif.run_files import write_json_atomic
 
@@ -35,7 +36,7 @@ def main() -> None:
     items = load_labelled(args.data, args.format, seed=config.run.seed)[: args.limit]
 
     async def run() -> dict[str, object]:
-        async with open_judge(config.judge, seed=config.run.seed) as judge:
+        async with open_judge(load_judge(config.judge), seed=config.run.seed) as judge:
             return await injection_flip_rate(judge, items)
 
     started = time.monotonic()

@@ -30,12 +30,12 @@ def main() -> None:
     import torch
     import transformers
 
-    from judges.evaluation import as_pair
-    from judges.pairwise import PairwiseLLMJudge
-    from judges.templates import load_template
+    from rlaif.evaluation.judge_agreement import as_pair
+    from rlaif.generation.transformers_backend import SHARED_OPENING_MIN_TOKENS, TransformersBackend
+    from rlaif.judges.pairwise import PairwiseLLMJudge
+    from rlaif.judges.templates import load_template
     from rlaif.labelled_data import load_labelled
     from rlaif.models import resolve_model
-    from rlaif.transformers_backend import SHARED_OPENING_MIN_TOKENS, TransformersBackend
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="A human-labelled file (see ../shared/data/README.md).")

@@ -38,7 +38,7 @@ from benchmarks.harness import (  # noqa: E402
     write_ready_run,
     write_results,
 )
-from rlaif.model_server import ManagedServer  # noqa: E402
+from rlaif.generation.server_launcher import ManagedServer  # noqa: E402
 from rlaif.models import prepare_model  # noqa: E402
 
 JUDGE_REQUESTS = re.compile(r"judge: (\d+) requests")

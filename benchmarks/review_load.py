@@ -35,7 +35,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.harness import free_port, provenance  # noqa: E402
-from rlaif.review_store import ReviewStore  # noqa: E402
+from rlaif.review.store import ReviewStore  # noqa: E402
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem  # noqa: E402
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")

@@ -9,7 +9,7 @@ use): its next-token distributions are peaked, as in real use. `--tokenizer` bui
 SmolLM2-135M-shaped model from config instead (random weights: flat distributions, and it rarely stops
 early, so every answer runs to max_tokens); `--tiny` makes that one tiny. The backend groups requests
 by settings, batches prompts of similar length, runs the opening a batch's prompts share once and each
-prompt once for its n answers, and samples with `rlaif.nucleus_sampling`; the plain loop takes the
+prompt once for its n answers, and samples with `rlaif.generation.nucleus_sampling`; the plain loop takes the
 prompts in the given order and uses `num_return_sequences` and transformers' own top-p. `--repeats` runs
 each contender several times, in alternating order, and reports the median run of each.
 """
@@ -55,7 +55,7 @@ def plain_loop(
     (nucleus_sampler) the same loop sampling as the backend does, to show that lever alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlaif.nucleus_sampling import NucleusSampler
+    from rlaif.generation.nucleus_sampling import NucleusSampler
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
@@ -102,8 +102,8 @@ def backend(
     model_path: str, texts: list[str], args: argparse.Namespace, in_calling_thread: bool = False
 ) -> dict[str, Any]:
     """The backend as the pipeline calls it, or (in_calling_thread) its batching loop without the worker thread."""
-    from rlaif.generation import GenerationRequest
-    from rlaif.transformers_backend import TransformersBackend
+    from rlaif.generation.protocol import GenerationRequest
+    from rlaif.generation.transformers_backend import TransformersBackend
 
     engine = TransformersBackend(model_path, batch_size=args.batch)
     requests = [

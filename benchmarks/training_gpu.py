@@ -184,7 +184,7 @@ def bench_dpo(args: argparse.Namespace) -> dict[str, Any]:
     from trl import DPOTrainer
 
     from rlaif.config import DPOSection
-    from training.dpo import build_dpo_trainer, dpo_arguments
+    from rlaif.training.dpo import build_dpo_trainer, dpo_arguments
 
     work = Path(args.work)
     model_path = qwen2_half_billion(args.tokenizer, work / "model", args.tiny)
@@ -238,7 +238,7 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import LlamaForCausalLM, LlamaModel
 
     from rlaif.config import PPOSection
-    from training.ppo import PPOTrainer, ValueModel, token_bonus_reward
+    from rlaif.training.ppo import PPOTrainer, ValueModel, token_bonus_reward
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = smollm2_shaped_config(args.tiny)

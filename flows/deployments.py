@@ -6,7 +6,7 @@
     rlaif-train/<name>      reward model, then DPO or PPO
 
 Every deployment takes the parameters `config` (a config file, relative to the working directory of
-`rlaif deploy`) and `overrides` (typed config keys, see `flows.parameters`); their defaults are the
+`rlaif deploy`) and `overrides` (typed config keys, see `rlaif.flows.parameters`); their defaults are the
 config and --set values `rlaif deploy` was started with.
 """
 
@@ -15,18 +15,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import yaml
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 from prefect.types.entrypoint import EntrypointType
 
-from flows.labeling import label_pipeline
-from flows.parameters import DEPLOYMENT_CONFIG_ONLY, ConfigOverrides
-from flows.pipeline import rlaif_pipeline
-from flows.review import QUEUE_EMPTIED, merge_flow
-from flows.train import train_pipeline
-from rlaif.config import Config, ConfigError, ScheduleSection
+from rlaif.config import Config, ConfigError, ScheduleSection, parse_override
+from rlaif.flows.label import label_pipeline
+from rlaif.flows.merge import QUEUE_EMPTIED, merge_flow
+from rlaif.flows.parameters import DEPLOYMENT_CONFIG_ONLY, ConfigOverrides
+from rlaif.flows.pipeline import rlaif_pipeline
+from rlaif.flows.train import train_pipeline
 
 FLOWS = {
     "rlaif-pipeline": rlaif_pipeline,
@@ -38,12 +37,7 @@ FLOWS = {
 
 def overrides_mapping(items: list[str]) -> dict[str, Any]:
     """`--set key=value` items as the typed `overrides` parameter (checked against the config's keys)."""
-    mapping = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        mapping[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    mapping = dict(parse_override(item) for item in items)
     try:
         ConfigOverrides.model_validate(mapping)
     except ValueError as exc:

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from rlaif.config import Config, ConfigError, apply_overrides, load_config
+from rlaif.judges.setup import JudgeSetup
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
@@ -66,6 +67,15 @@ ConfigParameter = Annotated[
             "null: the embedded demo config.",
         }
     ),
+]
+
+
+# A flow's `judge` parameter: the config's judge already loaded (`rlaif.judges.setup`), when a caller in this
+# process has loaded it (the CLI does, to fail on a broken template before Prefect starts); null otherwise,
+# and always null in a deployment run: the judge is then loaded from the config it runs with.
+JudgeParameter = Annotated[
+    JudgeSetup | None,
+    WithJsonSchema({"type": "null", "description": "Leave empty: the judge is loaded from the config."}),
 ]
 
 
@@ -151,15 +161,26 @@ def _started_by_a_deployment() -> bool:
     return context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None
 
 
-def run_config(config: Config | str | None, overrides: BaseModel | dict[str, Any] | None = None) -> Config:
+def run_config(
+    config: Config | str | None,
+    overrides: BaseModel | dict[str, Any] | None = None,
+    judge: JudgeSetup | None = None,
+) -> Config:
     """The Config of a flow run: a Config, or a file (default: the embedded demo config), with the overrides.
 
-    A run started from a deployment has its parameters checked first (`check_deployment_parameters`)."""
+    A run started from a deployment has its parameters checked first (`check_deployment_parameters`). A
+    `judge` loaded by the caller must be the resulting config's judge."""
     if _started_by_a_deployment():
         if isinstance(config, Config):  # Prefect makes a Config of a JSON object given as `config`
             raise ConfigError("config: a deployment run takes the path of a config file, not a config object")
+        if judge is not None:
+            raise ConfigError("judge: a deployment run loads its judge from its config; leave the parameter empty")
         check_deployment_parameters(config, override_mapping(overrides), allowed_roots())
     if isinstance(config, Config):
         items = override_list(overrides)
-        return Config.model_validate(apply_overrides(config.model_dump(mode="json"), items)) if items else config
-    return load_config(config, override_list(overrides))
+        result = Config.model_validate(apply_overrides(config.model_dump(mode="json"), items)) if items else config
+    else:
+        result = load_config(config, override_list(overrides))
+    if judge is not None and judge.section != result.judge:
+        raise ConfigError("judge: the loaded judge is not the one the config describes (load it from the same config)")
+    return result

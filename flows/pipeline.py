@@ -19,13 +19,13 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
-from flows.labeling import label_pipeline
-from flows.parameters import ConfigOverrides, ConfigParameter, override_mapping, run_config
-from flows.review import merge_flow
-from flows.train import train_pipeline
 from rlaif.config import Config
-from rlaif.review_store import ReviewStore
-from rlaif.run_report import write_html_report
+from rlaif.flows.label import label_pipeline
+from rlaif.flows.merge import merge_flow
+from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, override_mapping, run_config
+from rlaif.flows.train import train_pipeline
+from rlaif.pipeline.report_page import write_html_report
+from rlaif.review.store import ReviewStore
 
 DEMO_REVIEWER = "demo-auto-reviewer"
 
@@ -74,15 +74,17 @@ async def rlaif_pipeline(
     config: ConfigParameter = None,
     overrides: ConfigOverrides | None = None,
     auto_review: bool = False,
+    judge: JudgeParameter = None,
 ) -> dict[str, Any]:
     """Label the prompts; when nothing waits for people, merge and train (train.in_pipeline), else stop.
 
-    `auto_review` (demo only) answers the review queue with the judge's verdicts as `demo-auto-reviewer`.
+    `auto_review` (demo only) answers the review queue with the judge's verdicts as `demo-auto-reviewer`;
+    `judge`: the config's judge already loaded (in-process callers).
     """
     given = {"config": config, "overrides": override_mapping(overrides)}  # before the config is resolved
-    config = run_config(config, overrides)
+    config = run_config(config, overrides, judge)
     logger = get_run_logger()
-    report = await label_pipeline(config)
+    report = await label_pipeline(config, judge=judge)
     if auto_review:
         logger.warning(f"demo: {answer_queue_as_demo_reviewer(config)} review items answered by {DEMO_REVIEWER}")
     waiting = open_review_items(config)

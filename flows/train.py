@@ -1,6 +1,6 @@
 """The `rlaif-train` flow: (optionally SFT, then) a reward model, then DPO or PPO, from a merged dataset.
 
-Thin over `training.stages`; one task per stage. Stage outputs go to <train.out or RUN_DIR/train>/<stage>.
+Thin over `rlaif.training.stages`; one task per stage. Stage outputs go to <train.out or RUN_DIR/train>/<stage>.
 A rerun (after a crash, or a scheduled run on data not merged again) keeps the stages already trained on
 the same data with the same model and settings, and continues a stage stopped mid-run from its checkpoint.
 """
@@ -13,9 +13,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.config import Config
-from training.stages import Stage, run_stage, stage_output
+from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
+from rlaif.training.stages import Stage, run_stage, stage_output
 
 
 @task(name="train-stage", cache_policy=NO_CACHE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from judges.combine import combine_judges, confidence_of, winner_of
-from judges.protocol import Judge
-from rlaif.generation import TokenUsage
+from rlaif.generation.protocol import TokenUsage
+from rlaif.judges.combine import combine_judges, confidence_of, winner_of
+from rlaif.judges.protocol import Judge
 from rlaif.schema import Judgment, Pair, content_id
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from judges.combine import combine_orders, confidence_of, winner_of
-from judges.templates import JudgeTemplate
-from judges.verdicts import VerdictParseError, label_probability, parse_verdict, verdict_probability
-from rlaif.generation import BackendError, Generation, GenerationBackend, GenerationRequest, TokenUsage
+from rlaif.generation.protocol import BackendError, Generation, GenerationBackend, GenerationRequest, TokenUsage
+from rlaif.judges.combine import combine_orders, confidence_of, winner_of
+from rlaif.judges.templates import JudgeTemplate
+from rlaif.judges.verdicts import VerdictParseError, label_probability, parse_verdict, verdict_probability
 from rlaif.schema import Judgment, Pair, content_id
 
 LOGPROB_MAX_TOKENS = 16  # without a prefill, logprob mode reads the label among the first tokens of the reply

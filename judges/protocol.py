@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from rlaif.generation import TokenUsage
+from rlaif.generation.protocol import TokenUsage
 from rlaif.schema import Judgment, Pair
 
 

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from judges.combine import confidence_of, winner_of
-from rlaif.generation import TokenUsage
+from rlaif.generation.protocol import TokenUsage
+from rlaif.judges.combine import confidence_of, winner_of
 from rlaif.schema import Judgment, Pair, PromptItem, content_id
 
 

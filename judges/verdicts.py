@@ -7,8 +7,8 @@ import math
 import re
 from collections.abc import Sequence
 
-from judges.templates import Labels
-from rlaif.generation import TokenLogprob
+from rlaif.generation.protocol import TokenLogprob
+from rlaif.judges.templates import Labels
 
 Verdict = str  # "a" | "b" | "tie"
 _BRACKETS = re.compile(r"\[\[\s*([^\[\]\s]{1,16})\s*\]\]")

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlaif.message_text import redact_url
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
@@ -271,6 +273,7 @@ class RewardSection(Section):
     )
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
     save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
 
 
 class LoraSection(Section):
@@ -445,14 +448,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Return a copy of `data` with each `dotted.key=value` set; values are parsed as YAML scalars."""
     result = copy.deepcopy(data)
     for item in overrides:
-        key, sep, value_text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampling.n=4")
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError:
-            value = value_text
+        key, value = parse_override(item)
         node = result
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -464,9 +460,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """`dotted.key=value` as (key, value); the value is read as YAML (`4` an int, `[a, b]` a list), else text."""
+    key, sep, value_text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampling.n=4")
+    try:
+        return key, yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        return key, value_text
+
+
 def describe_errors(exc: ValidationError, source: Path, overrides: list[str]) -> str:
     """One line per problem, each naming the key path and whether it came from the file or --set."""
-    override_keys = {item.partition("=")[0].strip() for item in overrides}
+    override_keys = {parse_override(item)[0] for item in overrides}
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
@@ -479,21 +487,8 @@ def describe_errors(exc: ValidationError, source: Path, overrides: list[str]) ->
             )
             lines.append(f"{origin}: unknown key '{key}'{hint}")
         else:
-            lines.append(f"{origin}: {key}: {error['msg']} (got {_without_password(error.get('input'))!r})")
+            lines.append(f"{origin}: {key}: {error['msg']} (got {redact_url(error.get('input'))!r})")
     return "invalid config:\n  " + "\n  ".join(lines)
-
-
-def _without_password(value: Any) -> Any:
-    """A value for an error message: a database URL's password is hidden."""
-    if isinstance(value, str) and "://" in value:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except ArgumentError:
-            return value
-    return value
 
 
 def read_api_key(env_name: str | None, where: str) -> str | None:

@@ -11,7 +11,6 @@ Formats (see ../shared/data/README.md):
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlaif.run_files import read_jsonl
 from rlaif.schema import PromptItem, content_id
 
 Format = Literal["llmbar", "pandalm", "hh-rlhf"]
@@ -129,28 +129,21 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str
 
 
 def _hh_rlhf(path: Path, seed: int) -> list[LabelledPair]:
-    opener = gzip.open if path.suffix == ".gz" else open
     items = []
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for index, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LabelledDataError(f"{path}:{index + 1}: not valid JSON ({exc.msg})") from None
-            split = split_hh_pair(_field(record, "chosen", path, index), _field(record, "rejected", path, index))
-            if split is None or split[1] == split[2]:
-                continue  # no shared prompt, or nothing to prefer: not a usable pair
-            prompt, chosen, rejected = split
-            chosen_first = random.Random(content_id("hh-order", seed, index)).random() < 0.5
-            items.append(
-                LabelledPair(
-                    prompt=PromptItem(messages=prompt),
-                    first=chosen if chosen_first else rejected,
-                    second=rejected if chosen_first else chosen,
-                    label="a" if chosen_first else "b",
-                    source_index=index,
-                )
+    for number, record in read_jsonl(path, LabelledDataError):
+        index = number - 1
+        split = split_hh_pair(_field(record, "chosen", path, index), _field(record, "rejected", path, index))
+        if split is None or split[1] == split[2]:
+            continue  # no shared prompt, or nothing to prefer: not a usable pair
+        prompt, chosen, rejected = split
+        chosen_first = random.Random(content_id("hh-order", seed, index)).random() < 0.5
+        items.append(
+            LabelledPair(
+                prompt=PromptItem(messages=prompt),
+                first=chosen if chosen_first else rejected,
+                second=rejected if chosen_first else chosen,
+                label="a" if chosen_first else "b",
+                source_index=index,
             )
+        )
     return items

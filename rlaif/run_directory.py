@@ -22,23 +22,23 @@ readable with `datasets.load_dataset("json", data_files=...)`.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from rlaif.run_files import read_jsonl
+
 T = TypeVar("T", bound=BaseModel)
 
 
-def source_hash(*modules: ModuleType) -> str:
-    """A hash of the source code of the modules that compute a step: changing the code invalidates its shards."""
+def source_hash(*files: Path) -> str:
+    """A hash of the source files of the code that computes a step: changing the code invalidates its shards."""
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode("utf-8"))
+    for file in files:
+        digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -87,13 +87,10 @@ def read_manifest(run: RunDirectory) -> dict[str, Any]:
 def read_records(path: Path, model: type[T], keep: Callable[[str], bool] | None = None) -> Iterator[T]:
     """The records of a JSONL file, validated as `model`; with `keep`, only the lines whose `id` it accepts
     (read from the line first, so the others are not validated: a tenth of a run's pairs costs a tenth)."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                if keep is not None and not keep(json.loads(line).get("id", "")):
-                    continue
-                yield model.model_validate_json(line)
-            except (json.JSONDecodeError, ValueError, AttributeError) as exc:
-                raise ValueError(f"{path}:{number}: not a valid {model.__name__}: {exc}") from None
+    for number, row in read_jsonl(path):
+        if keep is not None and not (isinstance(row, dict) and keep(row.get("id", ""))):
+            continue
+        try:
+            yield model.model_validate(row)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not a valid {model.__name__}: {exc}") from None

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlaif.chat_template import ChatTemplate, ChatTemplateError
+from rlaif.generation.chat_template import ChatTemplate, ChatTemplateError
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}],

@@ -14,9 +14,9 @@ import datasets
 import typer.main
 from typer.testing import CliRunner
 
-from rlaif.cli import app
-from rlaif.cli_errors import ExpectedErrorsWithoutTraceback
-from rlaif.generation import BackendError
+from rlaif.cli.errors import ExpectedErrorsWithoutTraceback
+from rlaif.cli.main import app
+from rlaif.generation.protocol import BackendError
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
@@ -81,7 +81,7 @@ def test_config_show_prints_the_effective_config():
 
 
 def test_both_entry_points_keep_the_exit_code_and_every_line_of_output(tmp_path):
-    """`rlaif` and `python -m rlaif.cli` end by freezing the heap instead of collecting it (`rlaif.cli.run`):
+    """`rlaif` and `python -m rlaif.cli` end by freezing the heap instead of collecting it (`rlaif.cli.main.run`):
     the exit status and every line printed must come through all the same."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampling:\n  best_of: 3\n")

@@ -218,7 +218,7 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
                 {"config": str(config_path), "overrides": {"review.deadline_hours": 24}, "on_pending": "judge"}
             ]
             db = f"sqlite:///{tmp_path / 'runs' / 'review.db'}"
-            from rlaif.review_store import ReviewStore
+            from rlaif.review.store import ReviewStore
 
             with ReviewStore.open(db) as store:
                 token = store.add_reviewer("carol")

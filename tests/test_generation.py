@@ -8,12 +8,12 @@ import math
 import pytest
 
 from rlaif.config import SamplingSection
-from rlaif.generation import GenerationRequest
-from rlaif.model_server import ManagedServer, ServerError
-from rlaif.openai_backend import OpenAIBackend
-from rlaif.prompt_sources import load_prompts
-from rlaif.sampling import sample_candidates
-from rlaif.transformers_backend import TransformersBackend
+from rlaif.generation.openai_backend import OpenAIBackend
+from rlaif.generation.protocol import GenerationRequest
+from rlaif.generation.server_launcher import ManagedServer, ServerError
+from rlaif.generation.transformers_backend import TransformersBackend
+from rlaif.pipeline.prompt_sources import load_prompts
+from rlaif.pipeline.sample import sample_candidates
 
 SAMPLING = SamplingSection(n=4, temperature=1.0, top_p=0.95, max_tokens=24)
 
@@ -60,7 +60,7 @@ def test_in_process_answers_from_a_shared_prompt_cache_are_those_of_whole_prompt
     log-probs must be those of `generate` on whole, left-padded prompts."""
     import torch
 
-    from rlaif.transformers_backend import SHARED_OPENING_MIN_TOKENS
+    from rlaif.generation.transformers_backend import SHARED_OPENING_MIN_TOKENS
 
     system = {"role": "system", "content": "You judge answers. Be brief, exact and fair; say only what is asked."}
     questions = ["Is the sky blue?", "Name a fruit that is yellow and long, and say where it grows.", "Hi"]

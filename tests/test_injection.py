@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from judges.evaluation import INJECTION, as_pair, injection_flip_rate
-from judges.factory import open_judge
 from rlaif.config import JudgeSection
+from rlaif.evaluation.judge_agreement import INJECTION, as_pair, injection_flip_rate
+from rlaif.judges.factory import open_judge
+from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
 
 
@@ -14,7 +15,7 @@ def test_injection_stays_inside_the_fence_and_its_flip_rate_is_measured(smollm2_
     items = load_labelled(shared_data / "llmbar" / "natural.json", "llmbar")[:12]
 
     async def measure():
-        async with open_judge(JudgeSection(mode="logprob")) as judge:
+        async with open_judge(load_judge(JudgeSection(mode="logprob"))) as judge:
             item = items[0]
             pair = as_pair(item.__class__(item.prompt, item.first + INJECTION, item.second, item.label, 0))
             messages = judge.prompt_messages(pair)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from judges.evaluation import agreement_report, expected_calibration_error, format_report, routing_efficiency
+from rlaif.evaluation.judge_agreement import (
+    agreement_report,
+    expected_calibration_error,
+    format_report,
+    routing_efficiency,
+)
 from rlaif.labelled_data import LabelledDataError, load_labelled, split_hh_pair
 from rlaif.schema import Judgment
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt

@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-from judges.ensemble import EnsembleJudge
-from judges.pairwise import PairwiseLLMJudge
-from judges.reward_model import RewardModelJudge, RewardModelScorer
-from judges.templates import load_template
+from rlaif.generation.openai_backend import OpenAIBackend
+from rlaif.judges.ensemble import EnsembleJudge
+from rlaif.judges.pairwise import PairwiseLLMJudge
+from rlaif.judges.reward_model import RewardModelJudge, RewardModelScorer
+from rlaif.judges.templates import load_template
 from rlaif.models import prepare_model
-from rlaif.openai_backend import OpenAIBackend
 from rlaif.schema import Candidate, Pair, PromptItem
 from tests.scripted_openai_server import Action, ScriptedOpenAIServer, judge_prompt
 

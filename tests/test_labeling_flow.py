@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.labeling import label_pipeline
 from rlaif.config import load_config
+from rlaif.flows.label import label_pipeline
 from rlaif.run_directory import read_records
 from rlaif.schema import Judgment, Pair
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt

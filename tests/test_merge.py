@@ -13,10 +13,10 @@ import datasets
 import httpx
 import pytest
 
-from flows.labeling import label_pipeline
 from rlaif.config import Config, load_config
-from rlaif.merge import MergeError, agreement, merge_run
-from rlaif.review_store import ReviewStore
+from rlaif.flows.label import label_pipeline
+from rlaif.pipeline.merge import MergeError, agreement, merge_run
+from rlaif.review.store import ReviewStore
 from rlaif.run_directory import read_records
 from rlaif.schema import Pair
 from tests.review_fixtures import RLAIF, ReviewServer
@@ -175,7 +175,7 @@ def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_t
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.settings import PREFECT_API_URL
 
-    from flows.pipeline import rlaif_pipeline
+    from rlaif.flows.pipeline import rlaif_pipeline
 
     with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
         overrides = scripted_overrides(

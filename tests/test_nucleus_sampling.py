@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-from rlaif.nucleus_sampling import NucleusSampler
+from rlaif.generation.nucleus_sampling import NucleusSampler
 
 VOCAB = 64
 

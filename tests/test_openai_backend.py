@@ -6,9 +6,10 @@ import asyncio
 import time
 
 from rlaif.config import SamplingSection
-from rlaif.generation import BackendError, GenerationRequest
-from rlaif.openai_backend import OpenAIBackend, redact_url
-from rlaif.sampling import sample_candidates
+from rlaif.generation.openai_backend import OpenAIBackend
+from rlaif.generation.protocol import BackendError, GenerationRequest
+from rlaif.message_text import redact_url
+from rlaif.pipeline.sample import sample_candidates
 from rlaif.schema import PromptItem
 from tests.scripted_openai_server import Action, ScriptedOpenAIServer, SilentServer
 

@@ -31,13 +31,16 @@ def test_wheel_bundles_configs_and_prompts_and_finds_them_installed(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "rlaif/bundled/configs/demo.yaml" in names
     assert "rlaif/bundled/prompts/__init__.py" in names
-    assert {"judges/__init__.py", "flows/__init__.py", "training/__init__.py", "rlaif/cli.py"} <= names
+    assert {"rlaif/judges/__init__.py", "rlaif/flows/__init__.py", "rlaif/training/__init__.py"} <= names
+    assert {"rlaif/cli/main.py", "rlaif/review/web/item.html.j2", "rlaif/pipeline/templates/report.html.j2"} <= names
+    # One top-level import package: nothing generic (flows, judges, training) lands in site-packages.
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"rlaif"}
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     # Run from an unrelated directory with the unpacked wheel first on the path: no checkout involved.
     probe = (
         "import rlaif.config as c; print(c.__file__); print(c.default_config_path()); "
-        "print(c.load_config().policy.model)"
+        "print(c.load_config().policy.model); import rlaif.judges.setup as j; print(j.__file__)"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -47,6 +50,6 @@ def test_wheel_bundles_configs_and_prompts_and_finds_them_installed(tmp_path):
         cwd=tmp_path,
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
-    module, config_path, model = result.stdout.split()
-    assert module.startswith(str(target)) and config_path.startswith(str(target))
+    module, config_path, model, judges = result.stdout.split()
+    assert module.startswith(str(target)) and config_path.startswith(str(target)) and judges.startswith(str(target))
     assert model == "smollm2-135m-instruct"

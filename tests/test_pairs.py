@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif.pairs import make_pairs
+from rlaif.pipeline.pair import make_pairs
 from rlaif.schema import Candidate, PromptItem
 
 PROMPT = PromptItem(messages=[{"role": "user", "content": "Say something."}])

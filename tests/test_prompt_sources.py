@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.prompt_sources import PromptSourceError, load_prompts
+from rlaif.pipeline.prompt_sources import PromptSourceError, load_prompts
 
 
 def jsonl(tmp_path: Path, lines: list[str], name: str = "prompts.jsonl") -> Path:

@@ -20,12 +20,13 @@ import pytest
 
 from benchmarks.fake_openai_server import p_a_for
 from benchmarks.harness import free_port, wait_until
-from judges.pairwise import PairwiseLLMJudge
-from judges.templates import load_template
-from rlaif.chat_template import ChatTemplate
 from rlaif.config import ConfigError, ModelSection
-from rlaif.generation import GenerationRequest, open_backend
-from rlaif.openai_backend import OpenAIBackend
+from rlaif.generation.chat_template import ChatTemplate
+from rlaif.generation.factory import open_backend
+from rlaif.generation.openai_backend import OpenAIBackend
+from rlaif.generation.protocol import GenerationRequest
+from rlaif.judges.pairwise import PairwiseLLMJudge
+from rlaif.judges.templates import load_template
 from rlaif.schema import Candidate, Pair, PromptItem
 from tests.conftest import PROJECT_ROOT
 

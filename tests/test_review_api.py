@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from rlaif.review_app import create_app, csrf_token, stored_label
-from rlaif.review_store import ReviewStore
+from rlaif.review.app import create_app, csrf_token, stored_label
+from rlaif.review.store import ReviewStore
 from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
 
 

@@ -3,8 +3,8 @@ label with the keyboard, see progress; hostile candidates show as text and run n
 
 from __future__ import annotations
 
-from rlaif.review_app import stored_label
-from rlaif.review_store import ReviewStore
+from rlaif.review.app import stored_label
+from rlaif.review.store import ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
 from tests.review_fixtures import RLAIF, ReviewServer
 

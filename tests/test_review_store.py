@@ -11,7 +11,8 @@ from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy import text
 
 from rlaif.config import ConfigError, load_config
-from rlaif.review_store import SCHEMA_VERSION, ClaimConflict, ReviewStore, ReviewStoreError, label_studio_tasks
+from rlaif.review.label_studio import label_studio_tasks
+from rlaif.review.store import SCHEMA_VERSION, ClaimConflict, ReviewStore, ReviewStoreError
 from tests.review_fixtures import queue_entries
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rlaif.routing import choose_for_review, route_for_review, routing_counts
+from rlaif.pipeline.route import choose_for_review, route_judgments, routing_counts
 from rlaif.schema import Judgment
 
 
@@ -43,14 +43,14 @@ def judgments(count: int, failed: int = 0, seed: int = 0) -> list[Judgment]:
 
 def test_routed_fraction_is_within_one_point_of_the_target():
     for count in (200, 537, 2000):
-        decisions = route_for_review(judgments(count, failed=3), fraction=0.10, audit_fraction=0.03, seed=7)
+        decisions = route_judgments(judgments(count, failed=3), fraction=0.10, audit_fraction=0.03, seed=7)
         routed = sum(d.decision == "review" for d in decisions)
         assert abs(routed / count - 0.10) <= 0.01, (count, routed)
 
 
 def test_failures_first_then_audit_then_least_confident():
     items = judgments(300, failed=5)
-    decisions = route_for_review(items, fraction=0.10, audit_fraction=0.03, seed=1)
+    decisions = route_judgments(items, fraction=0.10, audit_fraction=0.03, seed=1)
     counts = routing_counts(decisions)
     assert counts == {"failed": 5, "audit": 9, "low_confidence": 16}
     reasons = {d.pair_id: d.reason for d in decisions}
@@ -62,7 +62,7 @@ def test_failures_first_then_audit_then_least_confident():
 
 
 def test_every_failure_goes_even_past_the_budget():
-    decisions = route_for_review(judgments(100, failed=20), fraction=0.10, audit_fraction=0.03, seed=0)
+    decisions = route_judgments(judgments(100, failed=20), fraction=0.10, audit_fraction=0.03, seed=0)
     assert routing_counts(decisions)["failed"] == 20
     assert routing_counts(decisions)["audit"] == 3
     assert "low_confidence" not in routing_counts(decisions)
@@ -70,9 +70,9 @@ def test_every_failure_goes_even_past_the_budget():
 
 def test_routing_is_deterministic_for_a_seed():
     items = judgments(400)
-    first = route_for_review(items, seed=3)
-    assert first == route_for_review(list(items), seed=3)
-    assert first != route_for_review(items, seed=4)
+    first = route_judgments(items, seed=3)
+    assert first == route_judgments(list(items), seed=3)
+    assert first != route_judgments(items, seed=4)
 
 
 def test_the_audit_sample_is_uniform_over_confidence():
@@ -82,7 +82,7 @@ def test_the_audit_sample_is_uniform_over_confidence():
     decile = {j.pair_id: index * 10 // len(ranked) for index, j in enumerate(ranked)}
     observed = [0] * 10
     for seed in range(200):
-        for decision in route_for_review(items, fraction=0.10, audit_fraction=0.03, seed=seed):
+        for decision in route_judgments(items, fraction=0.10, audit_fraction=0.03, seed=seed):
             if decision.reason == "audit":
                 observed[decile[decision.pair_id]] += 1
     expected = sum(observed) / 10

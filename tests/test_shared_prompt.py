@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.shared_prompt import SharedPromptCollator, branch_attention_mask, shared_row
+from rlaif.training.shared_prompt import SharedPromptCollator, branch_attention_mask, shared_row
 
 
 def test_a_pair_becomes_one_row_whose_branches_start_with_the_last_prompt_token():
@@ -57,8 +57,8 @@ def dpo_args(out: Path, **changes: object) -> object:
 def test_shared_prompt_rows_give_trl_s_reference_log_probs_and_losses(tiny_qwen2, tmp_path):
     from trl import DPOTrainer
 
-    from training.outputs import load_tokenizer
-    from training.shared_prompt import SharedPromptDPOTrainer
+    from rlaif.training.shared_prompt import SharedPromptDPOTrainer
+    from rlaif.training.tokenizer import load_tokenizer
 
     model, pairs = tiny_qwen2
     tokenizer = load_tokenizer(model)
@@ -92,8 +92,8 @@ def test_shared_prompt_rows_give_trl_s_reference_log_probs_and_losses(tiny_qwen2
 
 
 def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2, tmp_path):
-    from training.outputs import load_tokenizer
-    from training.shared_prompt import SharedPromptDPOTrainer
+    from rlaif.training.shared_prompt import SharedPromptDPOTrainer
+    from rlaif.training.tokenizer import load_tokenizer
 
     model, pairs = tiny_qwen2
     with pytest.raises(ValueError, match="sdpa attention, not 'eager'"):
@@ -108,9 +108,9 @@ def test_shared_prompt_rows_refuse_attention_that_ignores_their_mask(tiny_qwen2,
 def test_batched_tokenization_gives_trl_s_ids_on_real_pairs(tiny_qwen2, shared_data, tmp_path):
     from trl import DPOTrainer
 
-    from training.data import load_preferences
-    from training.dpo_tokenization import BatchedTokenizationDPOTrainer
-    from training.outputs import load_tokenizer
+    from rlaif.training.data import load_preferences
+    from rlaif.training.dpo_tokenization import BatchedTokenizationDPOTrainer
+    from rlaif.training.tokenizer import load_tokenizer
 
     model, _ = tiny_qwen2
     pairs = load_preferences(shared_data / "hh_rlhf" / "harmless_base_test_0000_1799.jsonl.gz", "hh-rlhf")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from judges.templates import TemplateError, bundled_template_names, fence, load_template
+from rlaif.judges.templates import TemplateError, bundled_template_names, fence, load_template
 
 GOOD = """---
 name: mine

@@ -15,10 +15,10 @@ import torch
 
 from rlaif.config import PPOSection, load_config
 from rlaif.labelled_data import LabelledDataError
-from rlaif.review_store import ReviewStore
+from rlaif.review.store import ReviewStore
+from rlaif.training.data import held_out_split, load_preferences
+from rlaif.training.ppo import PPOTrainer, ValueModel, gae, token_bonus_reward
 from tests.review_fixtures import RLAIF
-from training.data import held_out_split, load_preferences
-from training.ppo import PPOTrainer, ValueModel, gae, token_bonus_reward
 
 HH = "hh_rlhf/harmless_base_test_0000_1799.jsonl.gz"
 
@@ -74,7 +74,7 @@ def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_pat
 
 
 def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_reference_log_probs(tiny_qwen2, tmp_path):
-    from training.stages import data_cache, run_stage
+    from rlaif.training.stages import data_cache, run_stage
 
     model, pairs = tiny_qwen2
     merged = tmp_path / "run" / "dataset"
@@ -220,7 +220,7 @@ def test_ppo_raises_the_toy_reward_and_the_kl_coefficient_holds_the_policy_near_
 def test_the_adaptive_kl_coefficient_moves_towards_its_target():
     trainer = tiny_trainer(kl_coef=0.01)
     trainer.settings = trainer.settings.model_copy(update={"kl_target": 0.5, "kl_horizon": 100})
-    from training.ppo import AdaptiveKLController
+    from rlaif.training.ppo import AdaptiveKLController
 
     trainer.controller = AdaptiveKLController(0.01, 0.5, 100)
     log = run_tiny(trainer, steps=20)
@@ -245,7 +245,7 @@ def prefect_server():
 @pytest.fixture(scope="module")
 def merged_run(tmp_path_factory, prefect_server):
     """A run the pipeline labelled (scripted endpoint) and merged with the judge's labels for review items."""
-    from rlaif.merge import merge_run
+    from rlaif.pipeline.merge import merge_run
     from tests.test_merge import labelled_run
 
     config = labelled_run(tmp_path_factory.mktemp("merged"), "merge.on_pending=judge")
@@ -257,7 +257,7 @@ def merged_run(tmp_path_factory, prefect_server):
 def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(merged_run, smollm2_dir):
     from transformers import AutoModelForCausalLM
 
-    from flows.train import train_pipeline
+    from rlaif.flows.train import train_pipeline
 
     run = merged_run.run.directory()
     assert datasets.load_from_disk(str(run / "dataset")).num_rows > 5
@@ -357,9 +357,9 @@ def test_gradient_checkpointing_is_our_setting_and_set_without_a_deprecation_war
     import warnings
 
     from rlaif.config import DPOSection, RewardSection, SFTSection
-    from training.dpo import dpo_arguments
-    from training.reward import reward_arguments
-    from training.sft import sft_arguments
+    from rlaif.training.dpo import dpo_arguments
+    from rlaif.training.reward import reward_arguments
+    from rlaif.training.sft import sft_arguments
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

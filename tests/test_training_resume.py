@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 
 from rlaif.config import load_config
+from rlaif.training.checkpoints import RUN_FILE, STATE_FILE, resume_checkpoint
+from rlaif.training.stages import run_stage
 from tests.review_fixtures import RLAIF
 from tests.test_training import file_names
-from training.checkpoints import RUN_FILE, STATE_FILE, resume_checkpoint
-from training.stages import run_stage
 
 # Per stage: settings for a run of 10-12 optimizer steps (PPO: 4 iterations) that saves every step or
 # two, and the step after whose checkpoint the first run is stopped (reward: an epoch's last step).
@@ -80,14 +80,14 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
 ):
     from transformers import Trainer
 
-    import training.ppo
+    import rlaif.training.ppo
 
     config = load_config(None, tiny_run(tmp_path, tiny_qwen2, stage))
     if stage == "ppo":
         run_stage(config, "reward")  # PPO's reward model (RUN_DIR/train/reward)
     uninterrupted = run_stage(config, stage, out=tmp_path / "uninterrupted")
     stop_at = STAGES[stage][1]
-    save = training.ppo.save_checkpoint if stage == "ppo" else Trainer._save_checkpoint
+    save = rlaif.training.ppo.save_checkpoint if stage == "ppo" else Trainer._save_checkpoint
 
     def save_then_stop(*args: Any, **kwargs: Any) -> None:
         save(*args, **kwargs)
@@ -96,7 +96,7 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
             raise Stopped
 
     monkeypatch.setattr(
-        *(training.ppo, "save_checkpoint") if stage == "ppo" else (Trainer, "_save_checkpoint"), save_then_stop
+        *(rlaif.training.ppo, "save_checkpoint") if stage == "ppo" else (Trainer, "_save_checkpoint"), save_then_stop
     )
     out = tmp_path / "resumed"
     with pytest.raises(Stopped):

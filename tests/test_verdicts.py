@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from judges.combine import combine_judges, combine_orders, confidence_of, winner_of
-from judges.templates import Labels
-from judges.verdicts import VerdictParseError, label_probability, parse_verdict
-from rlaif.generation import TokenLogprob
+from rlaif.generation.protocol import TokenLogprob
+from rlaif.judges.combine import combine_judges, combine_orders, confidence_of, winner_of
+from rlaif.judges.templates import Labels
+from rlaif.judges.verdicts import VerdictParseError, label_probability, parse_verdict
 
 LABELS = Labels()
 

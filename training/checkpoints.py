@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlaif.run_files import write_json_atomic
+from rlaif.run_files import read_json, write_json_atomic
 
 REPORT_FILE = "eval_report.json"  # OUT's report, written after the model
 RUN_FILE = "run.json"
@@ -103,11 +103,3 @@ def saving_arguments(save_steps: int) -> dict[str, Any]:
 def as_json(document: Any) -> Any:
     """`document` as it reads back from a JSON file (tuples become lists), to compare with one."""
     return json.loads(json.dumps(document))
-
-
-def read_json(path: Path) -> Any:
-    """The JSON in `path`, or None when it is missing or cut off."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from training.checkpoints import checkpoint_folder, saving_arguments
-from training.outputs import checkpointing_argument, load_tokenizer
+from rlaif.training.arguments import trainer_arguments
+from rlaif.training.checkpoints import checkpoint_folder
+from rlaif.training.tokenizer import load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
 
@@ -51,24 +52,22 @@ def length_grouped_order(dataset: Any, batch_size: int, seed: int, shared_prompt
 
 
 def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs: int) -> Any:
-    """DPOConfig from our settings; bf16 defaults to on when a GPU is present.
+    """DPOConfig from our settings (`trainer_arguments`) and the DPO stage's own.
 
     The reference pass is precomputed only when training sees every pair at least once: a short run
     (max_steps) would pay for log-probs of pairs it never trains on.
     """
-    import torch
     from trl import DPOConfig
 
-    on_gpu = torch.cuda.is_available()
     pairs_seen = settings.max_steps * settings.batch_size * settings.gradient_accumulation_steps
     precompute = settings.precompute_ref_log_probs and (settings.max_steps < 0 or pairs_seen >= train_pairs)
-    return DPOConfig(
-        output_dir=str(output_dir),
+    return trainer_arguments(
+        DPOConfig,
+        settings,
+        output_dir,
+        seed,
         beta=settings.beta,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
@@ -76,15 +75,8 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
         # The reference pass goes through the training order at the training batch size, so its batches
         # are the length-grouped ones: a larger batch would join groups of different lengths and pad.
         precompute_ref_batch_size=settings.batch_size,
-        **checkpointing_argument(DPOConfig, settings.gradient_checkpointing),
-        bf16=on_gpu if settings.bf16 is None else settings.bf16,
         train_sampling_strategy="sequential" if settings.group_by_length else "random",
         eval_strategy="no",
-        **saving_arguments(settings.save_steps),
-        logging_steps=10,
-        report_to=[],
-        seed=seed,
-        use_cpu=not on_gpu,
     )
 
 
@@ -115,8 +107,8 @@ def build_dpo_trainer(
 
     `arguments` replaces the DPOConfig made from `settings` (the benchmarks change one field at a time).
     """
-    from training.dpo_tokenization import BatchedTokenizationDPOTrainer
-    from training.shared_prompt import SharedPromptDPOTrainer
+    from rlaif.training.dpo_tokenization import BatchedTokenizationDPOTrainer
+    from rlaif.training.shared_prompt import SharedPromptDPOTrainer
 
     tokenizer = load_tokenizer(model_path)
     columns = ["prompt", "chosen", "rejected"]

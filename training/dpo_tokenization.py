@@ -16,14 +16,14 @@ from typing import Any
 from trl import DPOTrainer
 from trl.data_utils import common_prefix_length, is_conversational
 
-from training.outputs import main_process_first
+from rlaif.training.processes import main_process_first
 
 log = logging.getLogger(__name__)
 
 EXTRA_COLUMNS = {"tools", "chat_template_kwargs", "images", "image"}  # left to TRL's own tokenization
 
 
-def tokenize_pairs(batch: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[list[int]]]:
+def tokenize_dpo_pairs(batch: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[list[int]]]:
     """prompt_ids, chosen_ids and rejected_ids of a batch of conversational pairs."""
 
     def render(messages: list[dict[str, Any]], **options: Any) -> str:
@@ -63,7 +63,7 @@ class BatchedTokenizationDPOTrainer(DPOTrainer):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         with main_process_first():  # as TRL: one process writes the cache, the others read it
             dataset = dataset.map(
-                tokenize_pairs,
+                tokenize_dpo_pairs,
                 fn_kwargs={"tokenizer": getattr(processing_class, "tokenizer", processing_class)},
                 batched=True,
                 desc=f"Tokenizing {dataset_name} dataset",

@@ -29,8 +29,8 @@ from torch import nn
 
 from rlaif.config import PPOSection
 from rlaif.run_files import write_json_atomic
-from training.checkpoints import STATE_FILE, checkpoint_folder
-from training.outputs import load_tokenizer
+from rlaif.training.checkpoints import STATE_FILE, checkpoint_folder
+from rlaif.training.tokenizer import load_tokenizer
 
 CHECKPOINT_FILE = "ppo_state.pt"
 
@@ -382,7 +382,7 @@ def train_ppo(
     checkpoint `resume_from`, when given); saves the policy and its log to `out`; returns its report."""
     from transformers import AutoModelForCausalLM
 
-    from judges.reward_model import RewardModelScorer
+    from rlaif.judges.reward_model import RewardModelScorer
 
     started = time.monotonic()
     device = "cuda" if torch.cuda.is_available() else "cpu"

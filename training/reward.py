@@ -1,6 +1,6 @@
 """Reward model: TRL's RewardTrainer on a sequence-classification model with one output (Bradley-Terry).
 
-Pairs are tokenized here, exactly as `judges.reward_model` reads them when judging (chat template, or
+Pairs are tokenized here, exactly as `rlaif.judges.reward_model` reads them when judging (chat template, or
 conversation/answer text pairs for encoders, the conversation cut from the left), so the trained model
 scores the same inputs it learnt from: TRL's own tokenization would filter pairs longer than max_length
 and ignore encoders' segment ids. The saved folder is usable as a judge (`judge.mode: reward_model`),
@@ -13,13 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from judges.reward_model import encode_reward_inputs
 from rlaif.config import RewardSection
-from training.checkpoints import checkpoint_folder, saving_arguments
-from training.outputs import checkpointing_argument, load_tokenizer, main_process_first
+from rlaif.judges.reward_model import encode_reward_inputs
+from rlaif.training.arguments import trainer_arguments
+from rlaif.training.checkpoints import checkpoint_folder
+from rlaif.training.processes import main_process_first
+from rlaif.training.tokenizer import load_tokenizer
 
 
-def tokenize_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
+def tokenize_reward_pairs(dataset: Any, tokenizer: Any, max_length: int, margin_scale: float) -> Any:
     """chosen_ids / rejected_ids (and segment ids, and a margin when asked) for RewardTrainer."""
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -64,35 +66,26 @@ class PairCollator:
 
 
 def reward_arguments(settings: RewardSection, output_dir: Path, seed: int) -> Any:
-    """RewardConfig from our settings; bf16 on a GPU.
+    """RewardConfig from our settings (`trainer_arguments`) and the reward stage's own.
 
     The held-out pairs are scored once, after training (`pairwise_accuracy`), not by the trainer at each
     epoch's end: that evaluation draws from the random state after the epoch's last checkpoint, so a run
     resumed from that checkpoint would shuffle the next epoch differently from an uninterrupted one.
     """
-    import torch
     from trl import RewardConfig
 
-    on_gpu = torch.cuda.is_available()
-    return RewardConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size,
-        max_length=None,  # already truncated (from the left) by tokenize_pairs
+    return trainer_arguments(
+        RewardConfig,
+        settings,
+        output_dir,
+        seed,
+        max_length=None,  # already truncated (from the left) by tokenize_reward_pairs
         remove_unused_columns=False,
         eval_strategy="no",
-        **saving_arguments(settings.save_steps),
-        logging_steps=10,
-        report_to=[],
-        bf16=on_gpu,
-        seed=seed,
-        use_cpu=not on_gpu,  # as the other stages: else, on a CPU, several processes would each train alone
         # Sequences of similar length in one batch: less padding.
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         dataset_num_proc=None,
-        **checkpointing_argument(RewardConfig, settings.gradient_checkpointing),
     )
 
 
@@ -116,8 +109,8 @@ def train_reward_model(
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = reward_arguments(settings, checkpoint_folder(out), seed)
-    train_tokens = tokenize_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
-    eval_tokens = tokenize_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
+    train_tokens = tokenize_reward_pairs(train, tokenizer, settings.max_length, settings.margin_scale)
+    eval_tokens = tokenize_reward_pairs(held_out, tokenizer, settings.max_length, 0.0) if held_out is not None else None
     trainer = RewardTrainer(
         model=model,
         args=args,

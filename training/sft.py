@@ -7,31 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from training.checkpoints import checkpoint_folder, saving_arguments
-from training.outputs import checkpointing_argument, load_tokenizer, main_process_first
+from rlaif.training.arguments import trainer_arguments
+from rlaif.training.checkpoints import checkpoint_folder
+from rlaif.training.processes import main_process_first
+from rlaif.training.tokenizer import load_tokenizer
 
 
 def sft_arguments(settings: SFTSection, output_dir: Path, seed: int) -> Any:
-    """SFTConfig from our settings; bf16 defaults to on when a GPU is present."""
-    import torch
+    """SFTConfig from our settings (`trainer_arguments`) and the SFT stage's own."""
     from trl import SFTConfig
 
-    on_gpu = torch.cuda.is_available()
-    return SFTConfig(
-        output_dir=str(output_dir),
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
+    return trainer_arguments(
+        SFTConfig,
+        settings,
+        output_dir,
+        seed,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         max_length=settings.max_length,
-        bf16=on_gpu if settings.bf16 is None else settings.bf16,
-        **saving_arguments(settings.save_steps),
-        logging_steps=10,
-        report_to=[],
-        seed=seed,
-        use_cpu=not on_gpu,
-        **checkpointing_argument(SFTConfig, settings.gradient_checkpointing),
     )
 
 

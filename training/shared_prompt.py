@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.dpo_tokenization import BatchedTokenizationDPOTrainer
+from rlaif.training.dpo_tokenization import BatchedTokenizationDPOTrainer
 
 PREFIX, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 

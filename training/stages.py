@@ -16,7 +16,7 @@ from rlaif.config import Config, ConfigError
 from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
 from rlaif.run_files import write_json_atomic
-from training.checkpoints import (
+from rlaif.training.checkpoints import (
     REPORT_FILE,
     checkpoint_folder,
     checkpoint_step,
@@ -24,7 +24,7 @@ from training.checkpoints import (
     resume_checkpoint,
     stage_identity,
 )
-from training.outputs import main_process_first, training_processes
+from rlaif.training.processes import main_process_first, training_processes
 
 Stage = Literal["reward", "dpo", "ppo", "sft"]
 
@@ -64,7 +64,7 @@ def run_stage(
     reruns), an output folder that already holds the stage trained on the same data, model, settings
     and seed is kept and its report returned.
     """
-    from training.data import held_out_split, load_preferences
+    from rlaif.training.data import held_out_split, load_preferences
 
     processes = training_processes()
     if not processes.is_main_process:
@@ -109,19 +109,19 @@ def run_stage(
     if resume_from is not None:
         say(f"train {stage}: continuing from {resume_from} (step {checkpoint_step(resume_from)})")
     if stage == "reward":
-        from training.reward import train_reward_model
+        from rlaif.training.reward import train_reward_model
 
         report = train_reward_model(train, held_out, settings, model_path, out, seed, resume_from)
     elif stage == "dpo":
-        from training.dpo import train_dpo
+        from rlaif.training.dpo import train_dpo
 
         report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from)
     elif stage == "sft":
-        from training.sft import train_sft
+        from rlaif.training.sft import train_sft
 
         report = train_sft(train, held_out, settings, model_path, out, seed, resume_from)
     else:
-        from training.ppo import train_ppo
+        from rlaif.training.ppo import train_ppo
 
         report = train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say, resume_from)
     # The report is written after the model (so a report means a whole model), then the checkpoints go;

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.labeling import SHARDS_IN_FLIGHT
-from rlaif.review_store import ReviewStore
+from rlaif.flows.label import SHARDS_IN_FLIGHT
+from rlaif.review.store import ReviewStore
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_labeling_flow import RLAIF, fake_judge_or_policy, prompts_file, scripted_overrides
 

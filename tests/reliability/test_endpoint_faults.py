@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.labeling import label_pipeline
 from rlaif.config import load_config
-from rlaif.generation import BackendError, EndpointDown, GenerationRequest
-from rlaif.openai_backend import OpenAIBackend
+from rlaif.flows.label import label_pipeline
+from rlaif.generation.openai_backend import OpenAIBackend
+from rlaif.generation.protocol import BackendError, EndpointDown, GenerationRequest
 from tests.reliability.fault_proxy import FAULT_KINDS, FaultProxy
 from tests.scripted_openai_server import ScriptedOpenAIServer
 from tests.test_labeling_flow import RLAIF, fake_judge_or_policy, judgments_of, prompts_file, scripted_overrides

@@ -17,8 +17,8 @@ import uuid
 import httpx
 import pytest
 
-from flows.parameters import check_deployment_parameters
 from rlaif.config import ConfigError
+from rlaif.flows.parameters import check_deployment_parameters
 from tests.reliability.fault_proxy import FaultProxy
 from tests.review_fixtures import ReviewServer
 from tests.scripted_openai_server import ScriptedOpenAIServer
@@ -141,7 +141,7 @@ def test_deployment_parameters_inside_the_roots_pass(tmp_path, monkeypatch):
 
 def test_the_review_service_serves_no_file_a_caller_names(tmp_path):
     """Its only file route serves two named assets; paths that try to climb out get 404 (signed in) or 401."""
-    from rlaif.review_store import ReviewStore
+    from rlaif.review.store import ReviewStore
 
     db = f"sqlite:///{tmp_path / 'review.db'}"
     with ReviewStore.open(db) as store:

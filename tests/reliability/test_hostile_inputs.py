@@ -15,10 +15,10 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from flows.labeling import label_pipeline
-from judges.templates import load_template
-from rlaif.cli import app
+from rlaif.cli.main import app
 from rlaif.config import load_config
+from rlaif.flows.label import label_pipeline
+from rlaif.judges.templates import load_template
 from rlaif.run_directory import read_records
 from rlaif.schema import Candidate
 from tests.scripted_openai_server import ScriptedOpenAIServer

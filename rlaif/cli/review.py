@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from rlaif.cli_errors import friendly_errors
+from rlaif.cli.errors import friendly_errors
 from rlaif.config import Config, load_config
-from rlaif.run_files import write_json_atomic, write_jsonl_atomic
+from rlaif.run_files import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 if TYPE_CHECKING:
-    from rlaif.review_store import ReviewStore
+    from rlaif.review.store import ReviewStore
 
 review_app = typer.Typer(
     help="The human-review queue: serve it, hand out tokens, export and import.", no_args_is_help=True
@@ -40,7 +39,7 @@ def _open(db: str | None, config: Path | None) -> ReviewStore:
 
 
 def _store(url: str) -> ReviewStore:
-    from rlaif.review_store import ReviewStore
+    from rlaif.review.store import ReviewStore
 
     return ReviewStore.open(url)
 
@@ -89,8 +88,8 @@ def serve(
     """Serve the review page and JSON API until interrupted."""
     import uvicorn
 
-    from flows.review import emit_queue_emptied
-    from rlaif.review_app import create_app
+    from rlaif.flows.merge import emit_queue_emptied
+    from rlaif.review.app import create_app
 
     cfg = load_config(config)
     store = _open(db, config)
@@ -115,7 +114,7 @@ def enqueue(
     db: DbOption = None,
 ) -> None:
     """Put a labelled run's routed pairs into the review database (labeling runs do this themselves)."""
-    from rlaif.labeling import read_review_queue
+    from rlaif.pipeline.shard_plan import read_review_queue
     from rlaif.run_directory import RunDirectory
 
     cfg = _run_config(run_dir, db)
@@ -149,7 +148,7 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Write a run's queue with its labels as JSONL, or as Label Studio tasks (JSON)."""
-    from rlaif.review_store import label_studio_tasks
+    from rlaif.review.label_studio import label_studio_tasks
 
     with _open(db, config) as store:
         store.stats(run)  # an unknown run fails here with its name
@@ -170,19 +169,11 @@ def import_queue(
     config: ConfigOption = None,
 ) -> None:
     """Load an exported queue: missing items and labels are added, existing ones kept."""
-    from rlaif.review_store import ReviewStoreError
+    from rlaif.review.store import ReviewStoreError
 
-    def rows() -> Iterator[dict[str, Any]]:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ReviewStoreError(f"{path}:{number}: not JSON: {exc}") from None
-
+    rows = (row for _, row in read_jsonl(path, ReviewStoreError))
     with _open(db, config) as store:
-        items, labels = store.import_rows(rows(), source=str(path))
+        items, labels = store.import_rows(rows, source=str(path))
     typer.echo(f"imported {items} new items and {labels} new labels from {path}")
 
 
@@ -196,7 +187,7 @@ def merge(
     push_to_hub: Annotated[str | None, typer.Option(help="Also push the dataset to this Hub repository.")] = None,
 ) -> None:
     """Build RUN_DIR/dataset: judge labels, overridden by human labels, in TRL's prompt/chosen/rejected form."""
-    from rlaif.merge import merge_run
+    from rlaif.pipeline.merge import merge_run
 
     cfg = _run_config(run_dir, db)
     with _store(cfg.review_db()) as store:

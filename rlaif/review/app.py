@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlaif.review_store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
+from rlaif.review.store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
 from rlaif.schema import ReviewLabel
 
 COOKIE = "rlaif_review"
@@ -123,7 +123,7 @@ def create_app(
     """The review app over `store`; `on_queue_emptied(run_id)` is called once when a run's last item is finished."""
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    web = Path(str(resources.files("rlaif").joinpath("review_web")))
+    web = Path(str(resources.files("rlaif.review").joinpath("web")))
     templates = Jinja2Templates(directory=str(web))
     templates.env.filters["markdown"] = render_markdown
 

@@ -26,14 +26,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
-from rlaif.chat_template import ChatTemplate
-from rlaif.generation import (
+from rlaif.generation.chat_template import ChatTemplate
+from rlaif.generation.protocol import (
     BackendError,
     EndpointDown,
     EndpointFailure,
@@ -44,20 +43,11 @@ from rlaif.generation import (
     TokenLogprob,
     TokenUsage,
 )
+from rlaif.message_text import clip, redact_url
 
 NMode = Literal["auto", "native", "seeds"]
 CompletionsSupport = Literal["list", "single", "none"]  # what a server's completions API takes
 R = TypeVar("R")
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 class CircuitBreaker:
@@ -174,7 +164,7 @@ class OpenAIBackend:
                 except openai.APIStatusError:
                     self.completions = "none"
         except openai.OpenAIError as exc:
-            raise BackendError(self._without_key(f"{url}: the completions probe failed: {_short(str(exc))}")) from None
+            raise BackendError(self._without_key(f"{url}: the completions probe failed: {clip(str(exc))}")) from None
         self.supports_prefill = self.completions != "none" or self.continue_final_message
         return self.completions
 
@@ -366,14 +356,14 @@ class OpenAIBackend:
                 raise EndpointFailure(f"{url}: connection failed after {attempts} attempts ({_cause(exc)})") from None
             except openai.APIStatusError as exc:
                 said = exc.message.removeprefix(f"Error code: {exc.status_code} - ")  # the client's own prefix
-                message = f"{url}: HTTP {exc.status_code}: {_short(said)}"
+                message = f"{url}: HTTP {exc.status_code}: {clip(said)}"
                 if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
                     raise EndpointFailure(f"{message} ({attempts} attempts)") from None
                 raise BackendError(message) from None
             except openai.OpenAIError as exc:
-                raise BackendError(f"{url}: {type(exc).__name__}: {_short(str(exc))}") from None
+                raise BackendError(f"{url}: {type(exc).__name__}: {clip(str(exc))}") from None
             except ValueError as exc:  # the body is not JSON: the answer was cut short
-                problem = f"the answer is not valid JSON ({_short(str(exc), 80)})"
+                problem = f"the answer is not valid JSON ({clip(str(exc), 80)})"
             else:
                 if isinstance(getattr(response, "choices", None), list) and response.choices:  # type: ignore[attr-defined]
                     return response
@@ -418,8 +408,3 @@ def _cause(exc: BaseException) -> str:
     while root.__cause__ is not None:
         root = root.__cause__
     return f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from rlaif.schema import Judgment, Record, ReviewReason, content_id
+from rlaif.config import Config
+from rlaif.pipeline.shard_plan import ShardPlan, run_judgments
+from rlaif.run_directory import RunDirectory, read_records
+from rlaif.run_files import count_lines, write_json_atomic, write_jsonl_atomic
+from rlaif.schema import Judgment, Pair, Record, ReviewItem, ReviewReason, content_id
 
 Decision = Literal["review", "judge"]
 
@@ -65,7 +69,7 @@ def choose_for_review(
     return reasons
 
 
-def route_for_review(
+def route_judgments(
     judgments: Sequence[Judgment], fraction: float = 0.10, audit_fraction: float = 0.03, seed: int = 0
 ) -> list[RoutingDecision]:
     """One decision per judgment, in the order given."""
@@ -88,6 +92,58 @@ def decision_for(judgment: Judgment, reasons: dict[str, ReviewReason]) -> Routin
 def routing_counts(decisions: Iterable[RoutingDecision]) -> dict[str, int]:
     """How many pairs went to review for each reason."""
     return dict(Counter(d.reason for d in decisions if d.reason is not None))
+
+
+def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> tuple[int, dict[str, int]]:
+    """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
+
+    Streams the shards: one pass to choose, one to write the decisions, one over the routed judgments and
+    pairs of each shard for the queue. What it keeps for the whole run is the routed pairs' ids.
+    Returns the number of judged pairs and how many were routed for each reason.
+    """
+    total = sum(count_lines(plan.judgments) for plan in plans)
+    review = config.review
+    reasons = choose_for_review(run_judgments(plans), total, review.fraction, review.audit_fraction, config.run.seed)
+    routed: list[tuple[str, ReviewReason]] = []  # (pair id, reason), in run order
+
+    def decisions() -> Iterator[RoutingDecision]:
+        for judgment in run_judgments(plans):
+            decision = decision_for(judgment, reasons)
+            if decision.reason is not None:
+                routed.append((judgment.pair_id, decision.reason))
+            yield decision
+
+    write_jsonl_atomic(run.routing, decisions())
+
+    def queue_rows() -> Iterator[dict[str, Any]]:
+        for plan in plans:
+            judged = {j.pair_id: j for j in read_records(plan.judgments, Judgment, keep=reasons.__contains__)}
+            for pair in read_records(plan.pairs, Pair, keep=judged.__contains__):
+                judgment = judged[pair.id]
+                item = ReviewItem(run_id=config.run.name, pair_id=pair.id, reason=reasons[judgment.id])
+                yield {
+                    "item": item.model_dump(mode="json"),
+                    "pair": pair.model_dump(mode="json"),
+                    "judgment": judgment.model_dump(mode="json"),
+                }
+
+    write_jsonl_atomic(run.review_queue, queue_rows())
+    write_json_atomic(
+        run.manifest,
+        {
+            "run": config.run.name,
+            "shards": [
+                {
+                    "index": plan.index,
+                    "pairs": str(plan.pairs.relative_to(run.root)),
+                    "judgments": str(plan.judgments.relative_to(run.root)),
+                }
+                for plan in plans
+            ],
+            "routed": [{"pair_id": pair_id, "reason": reason} for pair_id, reason in routed],
+        },
+    )
+    return total, dict(Counter(reason for _, reason in routed))
 
 
 def _keep_smallest(heap: list[Any], item: tuple[Any, ...], size: int) -> None:

@@ -9,15 +9,15 @@ from typing import Any, TypeVar
 
 import typer
 
-from judges.templates import TemplateError
 from rlaif.config import ConfigError
-from rlaif.generation import BackendError
+from rlaif.generation.protocol import BackendError
+from rlaif.generation.server_launcher import ServerError
+from rlaif.judges.templates import TemplateError
 from rlaif.labelled_data import LabelledDataError
-from rlaif.merge import MergeError
-from rlaif.model_server import ServerError
 from rlaif.models import ModelError
-from rlaif.prompt_sources import PromptSourceError
-from rlaif.review_store import ReviewStoreError
+from rlaif.pipeline.merge import MergeError
+from rlaif.pipeline.prompt_sources import PromptSourceError
+from rlaif.review.store import ReviewStoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXPECTED_ERRORS = (

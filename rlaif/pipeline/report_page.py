@@ -7,21 +7,16 @@ held-out accuracy of the trained models. Parts whose files are missing are left 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
-from rlaif.run_files import write_text_atomic
+from rlaif.run_files import read_json, write_text_atomic
 from rlaif.schema import Judgment
 
 BINS = 10
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def bars(values: dict[str, float], maximum: float | None = None) -> list[dict[str, Any]]:
@@ -43,27 +38,29 @@ def confidence_histogram(run: RunDirectory) -> list[dict[str, Any]]:
 def write_html_report(run_dir: Path) -> Path:
     """Render RUN_DIR/report.html from whatever stages of the run have finished."""
     run = RunDirectory(run_dir)
-    labeling = _json(run.report) or {}
-    merge = _json(run.dataset / "merge.json")
-    training = {stage: _json(run_dir / "train" / stage / "eval_report.json") for stage in ("reward", "dpo", "ppo")}
+    labeling = read_json(run.report) or {}
+    merge = read_json(run.dataset / "merge.json")
+    trained = {stage: read_json(run_dir / "train" / stage / "eval_report.json") for stage in ("reward", "dpo", "ppo")}
     accuracies = {
         name: value
         for name, value in (
-            ("reward model: held-out accuracy", (training["reward"] or {}).get("accuracy")),
-            ("DPO: implicit-reward accuracy", (training["dpo"] or {}).get("implicit_reward_accuracy")),
+            ("reward model: held-out accuracy", (trained["reward"] or {}).get("accuracy")),
+            ("DPO: implicit-reward accuracy", (trained["dpo"] or {}).get("implicit_reward_accuracy")),
         )
         if value is not None
     }
     audit = (merge or {}).get("audit_agreement")
     environment = Environment(
-        loader=PackageLoader("rlaif", "review_web"), undefined=StrictUndefined, autoescape=select_autoescape(["j2"])
+        loader=PackageLoader("rlaif.pipeline", "templates"),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(["j2"]),
     )
     page = environment.get_template("report.html.j2").render(
         run=labeling.get("run", run_dir.name),
         run_dir=str(run_dir),
         labeling=labeling,
         merge=merge,
-        training={k: v for k, v in training.items() if v},
+        training={k: v for k, v in trained.items() if v},
         label_sources=bars(merge["label_sources"]) if merge else [],
         confidence=confidence_histogram(run) if run.manifest.is_file() else [],
         audit=audit,

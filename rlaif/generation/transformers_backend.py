@@ -4,7 +4,7 @@ The CPU default. Requests with the same sampling settings run in batches of `bat
 padded on the left (after the opening they share); each batch runs in a worker thread so the event loop
 stays responsive.
 Log-probabilities come from the model's raw logits (before temperature or top-p), so they are the
-model's own probabilities whatever the sampling settings. Sampling uses `rlaif.nucleus_sampling`.
+model's own probabilities whatever the sampling settings. Sampling uses `rlaif.generation.nucleus_sampling`.
 
 Work shared between rows runs once, and its key/value cache is copied to the rows that share it: the
 opening every prompt of a batch shares (a judge's system prompt and instructions, a chat template's
@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif.generation import (
+from rlaif.generation.protocol import (
     BackendError,
     Generation,
     GenerationRequest,
@@ -107,7 +107,7 @@ class TransformersBackend:
     def _generate_batch(self, batch: list[GenerationRequest]) -> list[RequestResult]:
         import torch
 
-        from rlaif.nucleus_sampling import NucleusSampler
+        from rlaif.generation.nucleus_sampling import NucleusSampler
 
         first = batch[0]
         texts = [

@@ -11,15 +11,17 @@ fault, and a rerun asks again with the same seeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.config import Config, SamplingSection
-from rlaif.generation import BackendError, GenerationBackend, GenerationRequest, Progress, open_backend
+from rlaif.generation.factory import open_backend
+from rlaif.generation.protocol import BackendError, GenerationBackend, GenerationRequest, Progress
+from rlaif.pipeline.prompt_sources import load_configured_prompts
+from rlaif.pipeline.shard_plan import ShardPlan
 from rlaif.progress import progress_printer
-from rlaif.prompt_sources import load_configured_prompts
-from rlaif.run_files import write_jsonl_atomic
+from rlaif.run_files import count_lines, write_jsonl_atomic
 from rlaif.schema import Candidate, PromptItem, content_id
 
 
@@ -92,6 +94,23 @@ async def sample_candidates(
         if len(found[prompt.id]) < sampling.n:
             result.short[prompt.id] = len(found[prompt.id])
     return result
+
+
+async def sample_shard(
+    plan: ShardPlan, config: Config, policy: Callable[[], Awaitable[GenerationBackend]]
+) -> tuple[int, bool]:
+    """Candidates for one shard of prompts: (count, reused). A shard with a failed prompt is not written."""
+    if plan.candidates.is_file():
+        return count_lines(plan.candidates), True
+    result = await sample_candidates(
+        await policy(), plan.read_prompts(), config.sampling, run_seed=config.run.seed, model_label=config.policy.model
+    )
+    if result.failures:
+        first = next(iter(result.failures.values()))
+        raise BackendError(
+            f"sampling shard {plan.index}: {len(result.failures)} of {plan.prompt_count} prompts failed: {first}"
+        )
+    return write_jsonl_atomic(plan.candidates, result.candidates), False
 
 
 async def sample_to_file(

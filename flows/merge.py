@@ -15,9 +15,9 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
-from flows.parameters import ConfigOverrides, ConfigParameter, run_config
-from rlaif.merge import merge_run
-from rlaif.review_store import ReviewStore
+from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
+from rlaif.pipeline.merge import merge_run
+from rlaif.review.store import ReviewStore
 
 QUEUE_EMPTIED = "rlaif.review.queue-emptied"
 

@@ -18,11 +18,12 @@ from typing import Annotated, Any
 
 import typer
 
-from rlaif.cli_errors import ExpectedErrorsWithoutTraceback, friendly_errors
+from rlaif.cli.errors import ExpectedErrorsWithoutTraceback, friendly_errors
+from rlaif.cli.review import merge, review_app
 from rlaif.config import Config, ConfigError, dump_config, load_config
-from rlaif.generation import BackendError
+from rlaif.generation.protocol import BackendError
+from rlaif.message_text import clip
 from rlaif.models import DEFAULT_MODEL, KNOWN_MODELS, prepare_model, prepared_path
-from rlaif.review_cli import merge, review_app
 from rlaif.schema import Candidate, PromptItem
 
 app = typer.Typer(
@@ -124,14 +125,15 @@ def judge_eval(
     overrides: SetOption = None,
 ) -> None:
     """Judge a human-labelled set with the configured judge and report agreement, consistency, calibration."""
-    from judges.evaluation import evaluate_judge, format_report
-    from judges.factory import check_judge, open_judge
+    from rlaif.evaluation.judge_agreement import evaluate_judge, format_report
+    from rlaif.judges.factory import open_judge
+    from rlaif.judges.setup import load_judge
     from rlaif.labelled_data import load_labelled
     from rlaif.progress import progress_printer
     from rlaif.run_files import write_json_atomic
 
     cfg = load_config(config, overrides)
-    check_judge(cfg.judge)
+    judge_setup = load_judge(cfg.judge)
     if data_format not in ("llmbar", "pandalm", "hh-rlhf"):
         raise ConfigError(f"--format must be llmbar, pandalm or hh-rlhf, not {data_format!r}")
     items = load_labelled(data, data_format, seed=cfg.run.seed)  # type: ignore[arg-type]
@@ -140,7 +142,7 @@ def judge_eval(
     say(f"judging {len(items)} items of {data} with {cfg.judge.model} ({cfg.judge.mode})")
 
     async def run() -> dict[str, Any]:
-        async with open_judge(cfg.judge, seed=cfg.run.seed, say=say) as judge:
+        async with open_judge(judge_setup, seed=cfg.run.seed, say=say) as judge:
             progress = progress_printer(len(items), "items judged", say)
             return await evaluate_judge(judge, items, progress, review=cfg.review, seed=cfg.run.seed)
 
@@ -190,8 +192,8 @@ def train(
     """
     import json
 
-    from training.outputs import training_processes
-    from training.stages import run_stage
+    from rlaif.training.processes import training_processes
+    from rlaif.training.stages import run_stage
 
     if stage not in ("reward", "dpo", "ppo", "sft"):
         raise ConfigError(f"stage must be reward, dpo, ppo or sft, not {stage!r}")
@@ -218,7 +220,7 @@ def deploy(config: ConfigArg = None, overrides: SetOption = None) -> None:
             "rlaif deploy needs a Prefect server: start one (`prefect server start`) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-    from flows.deployments import serve_deployments
+    from rlaif.flows.deployments import serve_deployments
 
     say(f"serving rlaif-pipeline, rlaif-label, rlaif-merge, rlaif-train as '{cfg.deploy.name}'")
     serve_deployments(str(config) if config else None, overrides or [], cfg)
@@ -239,21 +241,21 @@ def demo(
 ) -> None:
     """The main job on the embedded defaults: SmolLM2 samples and judges answers to MT-Bench prompts, people
     review ~10%, then merge, a reward model and a short DPO; ends with a summary and RUN_DIR/report.html."""
-    from judges.factory import check_judge
-    from rlaif.prompt_sources import check_configured_prompts
+    from rlaif.judges.setup import load_judge
+    from rlaif.pipeline.prompt_sources import check_configured_prompts
 
     cfg = load_config(None, overrides)
-    check_judge(cfg.judge)
+    judge = load_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
     check_configured_prompts(cfg.prompts)
-    from flows.pipeline import rlaif_pipeline
+    from rlaif.flows.pipeline import rlaif_pipeline
 
-    result = asyncio.run(rlaif_pipeline(cfg, auto_review=auto_review))
+    result = asyncio.run(rlaif_pipeline(cfg, auto_review=auto_review, judge=judge))
     run = cfg.run.directory()
     _show_examples(run)
     typer.echo(_report_lines(cfg, result["label"]))
     report = result["report"]
     if result["status"] == "waiting_for_review":
-        from rlaif.review_store import ReviewStore
+        from rlaif.review.store import ReviewStore
 
         with ReviewStore.open(cfg.review_db()) as store:
             token = store.add_reviewer("demo-reviewer")
@@ -284,20 +286,20 @@ def demo(
 
 
 def _label(cfg: Config) -> dict[str, Any]:
-    from judges.factory import check_judge
-    from rlaif.prompt_sources import check_configured_prompts
+    from rlaif.judges.setup import load_judge
+    from rlaif.pipeline.prompt_sources import check_configured_prompts
 
-    check_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
+    judge = load_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
     check_configured_prompts(cfg.prompts)
-    if "flows.labeling" not in sys.modules:  # the first run in this process (tests run many in one)
+    if "rlaif.flows.label" not in sys.modules:  # the first run in this process (tests run many in one)
         with _imports_left_out_of_collections():
-            import flows.labeling  # noqa: F401
+            import rlaif.flows.label  # noqa: F401
 
             if "openai" in (cfg.policy.backend, cfg.judge.backend):
-                import rlaif.openai_backend  # noqa: F401  (here, not when the model opens, to be frozen too)
-    from flows.labeling import label_pipeline
+                import rlaif.generation.openai_backend  # noqa: F401  (here, not when the model opens, to be frozen too)
+    from rlaif.flows.label import label_pipeline
 
-    return asyncio.run(label_pipeline(cfg))
+    return asyncio.run(label_pipeline(cfg, judge=judge))
 
 
 @contextlib.contextmanager
@@ -357,23 +359,18 @@ def _show_examples(run: Path, count: int = 3) -> None:
                 continue
             shown += 1
             typer.echo("-" * 78)
-            typer.echo(f"PROMPT: {_clip(pair.prompt.messages[-1].content, 200)}")
-            typer.echo(f"  A: {_clip(pair.a.text, 200)}")
-            typer.echo(f"  B: {_clip(pair.b.text, 200)}")
+            typer.echo(f"PROMPT: {clip(pair.prompt.messages[-1].content, 200)}")
+            typer.echo(f"  A: {clip(pair.a.text, 200)}")
+            typer.echo(f"  B: {clip(pair.b.text, 200)}")
             typer.echo(
                 f"  judge: winner={judgment.winner} p(A)={judgment.p_a} confidence={judgment.confidence} "
                 f"status={judgment.status} order_disagreement={judgment.order_disagreement}"
             )
 
 
-def _clip(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."
-
-
 def _sample(cfg: Config, path: Path) -> tuple[list[PromptItem], list[Candidate]]:
     """Sample and write the candidates; warn about short prompts; fail (after writing) if any prompt failed."""
-    from rlaif.sampling import sample_to_file
+    from rlaif.pipeline.sample import sample_to_file
 
     prompts, result = asyncio.run(sample_to_file(cfg, path, say=say))
     if result.short:
@@ -402,7 +399,3 @@ def run() -> None:
         app()
     finally:
         gc.freeze()
-
-
-if __name__ == "__main__":  # `python -m rlaif.cli ...`, e.g. under `accelerate launch -m`
-    run()

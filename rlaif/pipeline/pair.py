@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
+from rlaif.config import Config
+from rlaif.judges.reward_model import RewardModelScorer
+from rlaif.pipeline.shard_plan import ShardPlan
+from rlaif.run_directory import read_records
+from rlaif.run_files import count_lines, write_jsonl_atomic
 from rlaif.schema import Candidate, Pair, PromptItem, content_id
 
 Strategy = Literal["all", "best_worst", "random"]
@@ -64,3 +69,34 @@ def make_pairs(
         a, b = (second, first) if swapped else (first, second)
         pairs.append(Pair(prompt=prompt, a=a, b=b, strategy=strategy, swapped=swapped))
     return pairs
+
+
+async def pair_shard(
+    plan: ShardPlan, config: Config, scorer: Callable[[], Awaitable[RewardModelScorer]]
+) -> tuple[int, bool]:
+    """Pairs of one shard's candidates under the configured strategy: (count, reused)."""
+    if plan.pairs.is_file():
+        return count_lines(plan.pairs), True
+    by_prompt: dict[str, list[Candidate]] = {}
+    for candidate in read_records(plan.candidates, Candidate):
+        by_prompt.setdefault(candidate.prompt_id, []).append(candidate)
+    prompts = plan.read_prompts()
+    scores = None
+    if config.pairs.strategy == "best_worst":
+        scoring = await scorer()
+        listed = [(p, c) for p in prompts for c in by_prompt.get(p.id, [])]
+        values = scoring.score([p for p, _ in listed], [c.text for _, c in listed])
+        scores = {c.id: v for (_, c), v in zip(listed, values, strict=True)}
+    pairs = [
+        pair
+        for prompt in prompts
+        for pair in make_pairs(
+            prompt,
+            by_prompt.get(prompt.id, []),
+            config.pairs.strategy,
+            seed=config.run.seed,
+            per_prompt=config.pairs.per_prompt,
+            scores=scores,
+        )
+    ]
+    return write_jsonl_atomic(plan.pairs, pairs), False

@@ -14,7 +14,6 @@ no longer say which prompt is which.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlaif.config import PromptsSection
+from rlaif.run_files import read_jsonl
 from rlaif.schema import PromptItem
 
 
@@ -157,36 +157,9 @@ def _located_prompts(path: str | Path, split: str) -> Iterator[tuple[str, Prompt
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, PromptItem]]:
-    with path.open("rb") as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise PromptSourceError(f"{where}: not valid UTF-8 (byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptSourceError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-            except RecursionError:
-                raise PromptSourceError(f"{where}: not valid JSON: nested too deeply") from None
-            if _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(record):
-                raise PromptSourceError(f"{where}: a \\ud800-\\udfff escape without its pair is not text")
-            yield where, prompt_from_record(record, where, source=path.name)
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _has_lone_surrogate(record: Any) -> bool:
-    """Whether decoded JSON holds a surrogate that no UTF-8 file can store (JSON can spell one alone)."""
-    try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    for number, record in read_jsonl(path, PromptSourceError):
+        where = f"{path}:{number}"
+        yield where, prompt_from_record(record, where, source=path.name)
 
 
 def _iter_dataset(path: Path, split: str) -> Iterator[tuple[str, PromptItem]]:

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from judges.protocol import Judge
 from rlaif.config import ReviewSection
+from rlaif.judges.protocol import Judge
 from rlaif.labelled_data import LabelledPair
-from rlaif.routing import choose_for_review
+from rlaif.pipeline.route import choose_for_review
 from rlaif.schema import Candidate, Judgment, Pair, content_id
 
 CHUNK = 32  # pairs per judge call, so progress shows on long sets

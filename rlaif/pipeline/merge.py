@@ -25,7 +25,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
-from rlaif.review_store import HumanDecision, ReviewStore
+from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import write_json_atomic
 from rlaif.schema import Judgment, Message, Pair, PreferenceRecord
@@ -198,7 +198,7 @@ def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:
 def dataset_card(config: Config, figures: dict[str, Any]) -> str:
     """The README.md of the dataset: counts, label sources, judge-vs-human agreement, the config used."""
     environment = Environment(
-        loader=PackageLoader("rlaif", "review_web"), undefined=StrictUndefined, keep_trailing_newline=True
+        loader=PackageLoader("rlaif.pipeline", "templates"), undefined=StrictUndefined, keep_trailing_newline=True
     )
     return environment.get_template("dataset_card.md.j2").render(
         figures=figures, config=config, config_yaml=dump_config(config)

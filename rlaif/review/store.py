@@ -25,15 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -45,11 +37,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from rlaif.message_text import redact_url
+from rlaif.review.tables import SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
 from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
 
-SCHEMA_VERSION = 1
 LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
 
 
@@ -63,76 +55,6 @@ class ItemNotFound(ReviewStoreError):
 
 class ClaimConflict(ReviewStoreError):
     """The reviewer's claim on an item expired and the item went to someone else, or it is finished."""
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class MetaRow(Base):
-    __tablename__ = "rlaif_meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(256))
-
-
-class ReviewerRow(Base):
-    __tablename__ = "review_reviewers"
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-class RunRow(Base):
-    __tablename__ = "review_runs"
-    run_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    emptied_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-_OPEN = text("status IN ('pending', 'claimed')")
-
-
-class ItemRow(Base):
-    __tablename__ = "review_items"
-    __table_args__ = (
-        UniqueConstraint("run_id", "pair_id"),
-        # The open items of a run in queue order: finding the next item reads the first few, not the whole
-        # queue. Added to older databases when they are opened (`_add_missing_indexes`).
-        Index("ix_review_items_open", "run_id", "position", postgresql_where=_OPEN, sqlite_where=_OPEN),
-    )
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(256), ForeignKey("review_runs.run_id"), index=True)
-    pair_id: Mapped[str] = mapped_column(String(32))
-    position: Mapped[int] = mapped_column(Integer)
-    reason: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    shown_swapped: Mapped[bool] = mapped_column(Boolean)
-    labels_needed: Mapped[int] = mapped_column(Integer)
-    max_skips: Mapped[int] = mapped_column(Integer)
-    pair_json: Mapped[str] = mapped_column(Text)
-    judgment_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class ClaimRow(Base):
-    __tablename__ = "review_claims"
-    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("review_items.id"), primary_key=True)
-    reviewer: Mapped[str] = mapped_column(String(128), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(256), index=True)
-    expires_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class LabelRow(Base):
-    __tablename__ = "review_labels"
-    item_id: Mapped[str] = mapped_column(String(32), ForeignKey("review_items.id"), primary_key=True)
-    reviewer: Mapped[str] = mapped_column(String(128), primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(256), index=True)
-    label: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: the reviewer skipped it
-    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 @dataclass(frozen=True)
@@ -225,7 +147,7 @@ class ReviewStore:
             store._check_schema()
         except OperationalError as exc:
             engine.dispose()
-            raise ReviewStoreError(f"cannot open review database {_safe_url(url)}: {exc.orig}") from None
+            raise ReviewStoreError(f"cannot open review database {redact_url(url)}: {exc.orig}") from None
         except BaseException:
             engine.dispose()
             raise
@@ -248,7 +170,7 @@ class ReviewStore:
         if MetaRow.__tablename__ not in tables:
             if tables & ours:
                 raise ReviewStoreError(
-                    f"review database {_safe_url(str(self.engine.url))} has review tables but no schema version: "
+                    f"review database {redact_url(str(self.engine.url))} has review tables but no schema version: "
                     "it was not made by this rlaif; use a new database"
                 )
             with self._transaction() as conn:
@@ -689,43 +611,6 @@ class ReviewStore:
         return 1
 
 
-def label_studio_tasks(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Exported rows as Label Studio tasks (a pairwise choice between answer_a and answer_b)."""
-    names = {"a": "A", "b": "B", "tie": "Tie", "both_bad": "Both bad"}
-    tasks = []
-    for number, row in enumerate(rows, start=1):
-        pair = Pair.model_validate(row["pair"])
-        annotations = [
-            {
-                "completed_by": entry["reviewer"],
-                "result": [
-                    {
-                        "from_name": "preference",
-                        "to_name": "prompt",
-                        "type": "choices",
-                        "value": {"choices": [names[entry["label"]]]},
-                    }
-                ],
-            }
-            for entry in row["labels"]
-            if entry["label"] is not None
-        ]
-        tasks.append(
-            {
-                "id": number,
-                "data": {
-                    "item_id": row["item"]["id"],
-                    "pair_id": pair.id,
-                    "prompt": "\n\n".join(f"{m.role}: {m.content}" for m in pair.prompt.messages),
-                    "answer_a": pair.a.text,
-                    "answer_b": pair.b.text,
-                },
-                "annotations": annotations,
-            }
-        )
-    return tasks
-
-
 def _pairwise_agreement(labels: list[Any]) -> dict[str, Any] | None:
     """Share of reviewer pairs on the same item who gave the same label (items with 2+ labels)."""
     by_item: dict[str, list[str]] = {}
@@ -765,14 +650,6 @@ def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
 def _lock_key(run_id: str) -> int:
     """A signed 64-bit advisory-lock key for a run."""
     return int.from_bytes(hashlib.sha256(f"rlaif-review:{run_id}".encode()).digest()[:8], "big", signed=True)
-
-
-def _safe_url(url: str) -> str:
-    """The URL with any password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
 
 
 def _engine(url: str) -> Engine:

@@ -1,0 +1,165 @@
+"""The Prefect flow of the labeling pipeline, rlaif-label: sample candidates, pair and judge them, route for review.
+
+Thin over the pipeline's steps (`rlaif.pipeline`). One flow run, with coarse tasks: a task run per shard
+and step (hundreds of items, with async concurrency inside), never one per item, and one for routing.
+The steps are plain functions inside the flow, not subflows: a subflow run costs API calls, and the
+shard plan is computed once. A rerun skips finished shards without starting a task run for them: their
+files in the run directory are the cache, keyed by inputs, settings and the step's source code
+(Prefect's own result cache would live outside the run directory and outlive it). Models open on
+first use and stay open across the shards of a step. The judge is loaded once (`rlaif.judges.setup`),
+by the caller or here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact, acreate_progress_artifact, acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from rlaif.config import Config, dump_config
+from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, run_config
+from rlaif.flows.shard_claims import wait_claim
+from rlaif.flows.shard_runner import OnFirstUse, ShardProgress, opened, run_shards
+from rlaif.generation.factory import open_backend
+from rlaif.generation.protocol import GenerationBackend
+from rlaif.judges.factory import open_judge
+from rlaif.judges.protocol import Judge
+from rlaif.judges.reward_model import RewardModelScorer
+from rlaif.judges.setup import JudgeSetup, load_judge
+from rlaif.models import resolve_model
+from rlaif.pipeline.enqueue import enqueue_routed
+from rlaif.pipeline.judge_step import judge_shard
+from rlaif.pipeline.pair import pair_shard
+from rlaif.pipeline.prompt_sources import PromptCounts, iter_configured_prompts
+from rlaif.pipeline.report import write_report
+from rlaif.pipeline.route import route_run
+from rlaif.pipeline.sample import sample_shard
+from rlaif.pipeline.shard_plan import ShardPlan, plan_shards
+from rlaif.run_directory import RunDirectory
+from rlaif.run_files import write_text_atomic
+
+
+def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardPlan], PromptCounts]:
+    """The run's shards, and what reading its prompts left out or truncated."""
+    run = RunDirectory(config.run.directory())
+    counts = PromptCounts()
+    prompts = iter_configured_prompts(config.prompts, counts)
+    return run, plan_shards(run, config, prompts, judge.identity()), counts
+
+
+@task(name="sample-shard", cache_policy=NO_CACHE)
+async def sample_shard_task(plan: ShardPlan, config: Config, policy: OnFirstUse[GenerationBackend]) -> tuple[int, bool]:
+    return await sample_shard(plan, config, policy)
+
+
+@task(name="judge-shard", cache_policy=NO_CACHE)
+async def judge_shard_task(
+    plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer], judge: OnFirstUse[Judge]
+) -> tuple[int, bool]:
+    """Pairs of one shard, then their judgments: one task run, as pairing is quick next to judging."""
+    await pair_shard(plan, config, scorer)
+    return await judge_shard(plan, judge)
+
+
+async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
+    """Sample `sampling.n` candidates per prompt, a task run per unfinished shard; returns the count."""
+    logger = get_run_logger()
+    artifact = await acreate_progress_artifact(
+        progress=0.0, key="sampling-progress", description="Shards of prompts sampled"
+    )
+    progress = ShardProgress("sampled", "candidates", len(plans), artifact)
+    async with contextlib.AsyncExitStack() as stack:
+        policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
+        await run_shards(run, plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy)
+    return progress.count
+
+
+async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, plans: list[ShardPlan]) -> int:
+    """Pair the sampled candidates and judge each pair in both orders, a task run per unfinished shard."""
+    logger = get_run_logger()
+    artifact = await acreate_progress_artifact(progress=0.0, key="judging-progress", description="Shards judged")
+    progress = ShardProgress("judged", "pairs", len(plans), artifact)
+    async with contextlib.AsyncExitStack() as stack:
+        scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
+        judging = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=logger.info))
+        await run_shards(run, plans, lambda plan: plan.judgments, judge_shard_task, progress, config, scorer, judging)
+        if judging.value is not None:
+            usage = judging.value.usage()
+            logger.info(
+                f"judge: {usage.requests} requests, {usage.prompt_tokens} prompt and "
+                f"{usage.completion_tokens} completion tokens"
+            )
+    return progress.count
+
+
+@task(name="route-for-review", cache_policy=NO_CACHE)
+async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Config) -> dict[str, int]:
+    """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident.
+    Returns how many were routed for each reason. Workers on one run route it one after the other (each
+    gets the same result; the second adds nothing to the review queue)."""
+    with await wait_claim(run.root / "claims" / "route.lock"):
+        write_text_atomic(run.config, dump_config(config))
+        judged, routed_by_reason = route_run(run, plans, config)
+        added = enqueue_routed(run, config)
+    get_run_logger().info(
+        f"routed {sum(routed_by_reason.values())} of {judged} pairs to review ({run.review_queue}); "
+        f"{added} new items in the review queue of run {config.run.name!r}"
+    )
+    return routed_by_reason
+
+
+@flow(name="rlaif-label")
+async def label_pipeline(
+    config: ConfigParameter = None, overrides: ConfigOverrides | None = None, judge: JudgeParameter = None
+) -> dict[str, Any]:
+    """Prompts to judged pairs, of which about `review.fraction` wait for people; writes report.json.
+
+    `config`: a config file (default: the embedded demo config) or a Config; `overrides`: config keys to set;
+    `judge`: the config's judge already loaded (in-process callers), else it is loaded here.
+    """
+    config = run_config(config, overrides, judge)
+    logger = get_run_logger()
+    judge = judge or load_judge(config.judge)  # a broken template fails here, before any model is loaded
+    started = time.monotonic()
+    run, plans, prompt_counts = _plans(config, judge)
+    if any(prompt_counts.as_dict().values()):
+        logger.warning(f"prompts left out or changed while reading {config.prompts.path}: {prompt_counts.as_dict()}")
+    await sample_shards(config, run, plans)
+    await judge_shards(config, judge, run, plans)
+    routed_by_reason = await route_for_review(quote(run), quote(plans), quote(config))
+    report = write_report(
+        run,
+        plans,
+        routed_by_reason,
+        config.sampling.n,
+        {
+            "run": config.run.name,
+            "wall_s": round(time.monotonic() - started, 2),
+            "judge": config.judge.model,
+            "judge_mode": config.judge.mode,
+            "judge_prompt": config.judge.prompt,
+            "prompts_left_out_or_truncated": prompt_counts.as_dict(),
+        },
+    )
+    if report["prompts_short"]:
+        logger.warning(
+            f"{report['prompts_short']} of {report['prompts']} prompts have fewer than {config.sampling.n} distinct "
+            "answers (so fewer pairs): their answers kept repeating through every resample round"
+        )
+    summary = [{"measure": key, "value": str(value)} for key, value in report.items()]
+    await acreate_table_artifact(table=summary, key="label-summary", description=f"Labeling run {config.run.name}")
+    await acreate_markdown_artifact(
+        key="label-report",
+        markdown=(
+            f"# Labeling run `{config.run.name}`\n\n{report['pairs']} pairs judged; "
+            f"{report['routed_to_review']} ({100 * report['review_fraction_actual']:.1f}%) routed to review.\n\n"
+            f"Run directory: `{run.root}`"
+        ),
+    )
+    logger.info(f"report: {run.report}")
+    return report

@@ -1,0 +1,153 @@
+"""Running a step over a run's shards in Prefect: a task run per unfinished shard, two at a time, with
+progress in the log and in a progress artifact; and models opened on first use, once, for all shards.
+
+A shard whose output file exists gets no task run at all. Workers on one run directory split its
+shards through claims (`rlaif.flows.shard_claims`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from prefect import Task, get_run_logger
+from prefect.artifacts import aupdate_progress_artifact
+from prefect.utilities.annotations import quote
+
+from rlaif.flows.shard_claims import claim_path, try_claim, wait_claim
+from rlaif.pipeline.shard_plan import ShardPlan
+from rlaif.run_directory import RunDirectory
+from rlaif.run_files import count_lines, remove_partial_writes
+
+T = TypeVar("T")
+
+
+class OnFirstUse(Generic[T]):
+    """A resource opened the first time it is needed and closed with the stack that owns it."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, opener: Callable[[], AbstractAsyncContextManager[T]]) -> None:
+        self._stack = stack
+        self._opener = opener
+        self._value: T | None = None
+        self._opening = asyncio.Lock()  # shards in flight together open it once
+
+    @property
+    def value(self) -> T | None:
+        """The resource if it has been opened, else None (never opens it)."""
+        return self._value
+
+    async def __call__(self) -> T:
+        async with self._opening:
+            if self._value is None:
+                self._value = await self._stack.enter_async_context(self._opener())
+        return self._value
+
+
+@contextlib.asynccontextmanager
+async def opened(value: T) -> AsyncIterator[T]:
+    """A value made already, as the context manager `OnFirstUse` opens."""
+    yield value
+
+
+class ShardProgress:
+    """Progress of a flow working through shards: a log line per shard it works on, one line for all the
+    shards finished earlier, and a progress artifact updated at most every few seconds.
+
+    Every log line and artifact update is a call to the Prefect API: on a rerun of 400 finished shards,
+    one line per shard would cost more than the work.
+    """
+
+    def __init__(self, step: str, unit: str, total: int, artifact: UUID, every_s: float = 5.0) -> None:
+        self.step, self.unit, self.total = step, unit, total
+        self.artifact, self.every_s = artifact, every_s
+        self.done = self.count = self.reused_shards = self.reused_count = 0
+        self._updated = time.monotonic()
+
+    async def shard_done(self, plan: ShardPlan, count: int, reused: bool, seconds: float) -> None:
+        self.done += 1
+        self.count += count
+        if reused:
+            self.reused_shards += 1
+            self.reused_count += count
+        else:
+            self._say_reused()
+            rate = f", {count / seconds:.1f} {self.unit}/s" if seconds > 0 else ""
+            self._say(f"{self.step} shard {plan.index + 1}/{self.total}: {count} {self.unit} in {seconds:.1f} s{rate}")
+        now = time.monotonic()
+        if self.done == self.total or now - self._updated >= self.every_s:
+            self._updated = now
+            self._say_reused()
+            await aupdate_progress_artifact(self.artifact, 100.0 * self.done / self.total)
+
+    def _say_reused(self) -> None:
+        if self.reused_shards:
+            self._say(
+                f"{self.step} {self.reused_shards} shards: {self.reused_count} {self.unit} "
+                "(finished earlier or by another worker, reused)"
+            )
+            self.reused_shards = self.reused_count = 0
+
+    def _say(self, line: str) -> None:
+        get_run_logger().info(line)
+
+
+SHARDS_IN_FLIGHT = 2
+
+
+async def run_shards(
+    run: RunDirectory,
+    plans: list[ShardPlan],
+    output: Callable[[ShardPlan], Path],
+    step: Task[..., Any],
+    progress: ShardProgress,
+    *arguments: Any,
+) -> None:
+    """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
+
+    Two at a time: the next shard's requests fill the endpoint while the last, slowest requests of the
+    previous one finish (one at a time, the endpoint would idle at every shard's tail). A crash repeats at
+    most the shards in flight. Each shard is claimed first (`rlaif.flows.shard_claims`): shards another worker on
+    the same run holds are left to it and waited for at the end, then counted as done, or done here if that
+    worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
+    the plan and the config looking for futures, on every task run.
+    """
+    in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
+    held_elsewhere: list[ShardPlan] = []
+
+    async def one(plan: ShardPlan, wait: bool) -> None:
+        async with in_flight:
+            started = time.monotonic()
+            if output(plan).is_file():
+                count, reused = count_lines(output(plan)), True
+            else:
+                where = claim_path(run.root, output(plan))
+                claim = await wait_claim(where) if wait else try_claim(where)
+                if claim is None:
+                    held_elsewhere.append(plan)
+                    return
+                with claim:
+                    if output(plan).is_file():  # finished by another worker while this one waited
+                        count, reused = count_lines(output(plan)), True
+                    else:
+                        remove_partial_writes(output(plan))  # of a worker killed while writing it
+                        count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
+            await progress.shard_done(plan, count, reused, time.monotonic() - started)
+
+    async def all_of(shards: list[ShardPlan], wait: bool) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for plan in shards:
+                    group.create_task(one(plan, wait))
+        except ExceptionGroup as failed:  # the other shard in flight was cancelled; report the failure itself
+            raise failed.exceptions[0] from None
+
+    await all_of(plans, wait=False)
+    if held_elsewhere:
+        get_run_logger().info(f"waiting for {len(held_elsewhere)} shards that another worker on this run holds")
+        await all_of(sorted(held_elsewhere, key=lambda plan: plan.index), wait=True)

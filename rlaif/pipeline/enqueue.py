@@ -1,0 +1,36 @@
+"""Enqueue: the run's routed pairs (RUN_DIR/review_queue.jsonl) into the review database for people."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from rlaif.config import Config
+from rlaif.review.store import ReviewStore, ReviewStoreError
+from rlaif.run_directory import RunDirectory
+from rlaif.run_files import read_jsonl
+from rlaif.schema import Judgment, Pair, ReviewItem
+
+
+def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:
+    """The rows of a review_queue.jsonl: (item, pair, judgment)."""
+    for number, row in read_jsonl(path, ReviewStoreError):
+        try:
+            yield (
+                ReviewItem.model_validate(row["item"]),
+                Pair.model_validate(row["pair"]),
+                Judgment.model_validate(row["judgment"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReviewStoreError(f"{path}:{number}: not a review queue row: {exc}") from None
+
+
+def enqueue_routed(run: RunDirectory, config: Config) -> int:
+    """Put the run's routed pairs into the review database (`review.db`); returns how many were new."""
+    with ReviewStore.open(config.review_db()) as store:
+        return store.enqueue(
+            config.run.name,
+            read_review_queue(run.review_queue),
+            labels_needed=config.review.labels_per_item,
+            max_skips=config.review.max_skips,
+        )

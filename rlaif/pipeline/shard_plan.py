@@ -1,0 +1,98 @@
+"""The shard plan: a run's prompts cut into shards, and the file each step writes for each shard.
+
+A shard's key hashes everything its content depends on: its input, the settings that matter, and the
+source code of the step that makes it (the judge's identity for judgments, `rlaif.judges.setup`). Keys
+chain: the pairs key depends on the candidates key, the judgments key on the pairs key, so a change
+upstream invalidates everything downstream. The steps that fill the files (`sample`, `pair`,
+`judge_step`) read the plan; this module reads their source files only to hash them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import Config
+from rlaif.run_directory import RunDirectory, read_records, source_hash
+from rlaif.run_files import write_jsonl_atomic
+from rlaif.schema import Judgment, PromptItem, content_id
+
+_STEPS = Path(__file__).parent
+SAMPLING_CODE = source_hash(_STEPS / "sample.py")
+PAIRING_CODE = source_hash(_STEPS / "pair.py")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard of the run: how many prompts it has and the files each step writes for it.
+
+    The shard's prompts are in its own file, so that a run of any size is planned without holding its
+    prompts in memory.
+    """
+
+    index: int
+    prompt_count: int
+    prompts: Path
+    candidates: Path
+    pairs: Path
+    judgments: Path
+
+    def read_prompts(self) -> list[PromptItem]:
+        return list(read_records(self.prompts, PromptItem))
+
+
+def plan_shards(
+    run: RunDirectory, config: Config, prompts: Iterable[PromptItem], judge_identity: Sequence[dict[str, Any]]
+) -> list[ShardPlan]:
+    """The shards of a run, from the config, the prompts (read once, in order) and the judge's identity.
+
+    Each shard's prompts are written to its prompts file unless it is there already; nothing else is read
+    or written.
+    """
+    per_shard = config.run.prompts_per_shard
+    plans = []
+    for index, shard in enumerate(_chunks(prompts, per_shard)):
+        ids = [p.id for p in shard]
+        prompts_file = run.shard("prompts", index, content_id("prompts", ids))
+        if not prompts_file.is_file():
+            write_jsonl_atomic(prompts_file, shard)
+        candidates_key = content_id(
+            "candidates",
+            ids,
+            config.policy.model_dump(include={"backend", "model"}),
+            config.sampling.model_dump(),
+            config.run.seed,
+            SAMPLING_CODE,
+        )
+        pairs_key = content_id("pairs", candidates_key, config.pairs.model_dump(), config.run.seed, PAIRING_CODE)
+        judgments_key = content_id("judgments", pairs_key, list(judge_identity), config.run.seed)
+        plans.append(
+            ShardPlan(
+                index=index,
+                prompt_count=len(shard),
+                prompts=prompts_file,
+                candidates=run.shard("candidates", index, candidates_key),
+                pairs=run.shard("pairs", index, pairs_key),
+                judgments=run.shard("judgments", index, judgments_key),
+            )
+        )
+    return plans
+
+
+def _chunks(items: Iterable[PromptItem], size: int) -> Iterator[list[PromptItem]]:
+    chunk: list[PromptItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
+    """Every judgment of the run, shard by shard (streamed)."""
+    for plan in plans:
+        yield from read_records(plan.judgments, Judgment)
