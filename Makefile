@@ -36,6 +36,7 @@ reliability: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/lint_layers.py  # import-linter: layers only import downwards (see pyproject.toml)
 
 clean:
 	rm -rf $(VENV) .models runs .pytest_cache .ruff_cache

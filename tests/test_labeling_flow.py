@@ -247,3 +247,21 @@ def test_a_failed_shard_stops_the_run_with_its_own_message(tmp_path):
     assert "error: sampling shard" in result.stderr and "connection failed" in result.stderr
     assert "ExceptionGroup" not in result.stderr and "Traceback" not in result.stderr  # Prefect's left out
     assert not list((tmp_path / "run").glob("candidates/*.jsonl"))
+
+
+def test_the_judge_template_is_loaded_once_per_label_run(tmp_path, monkeypatch):
+    """`rlaif label` loads `judge.prompt` once (before Prefect starts) and hands the loaded judge down."""
+    from typer.testing import CliRunner
+
+    import rlaif.judges.templates as templates
+    from rlaif.cli.main import app
+
+    loads = []
+    parse_header = templates._parse_header
+    monkeypatch.setattr(templates, "_parse_header", lambda path, lines: loads.append(path) or parse_header(path, lines))
+    with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
+        overrides = scripted_overrides(server, prompts_file(tmp_path, 4), tmp_path / "run")
+        result = CliRunner().invoke(app, ["label", *sum((["--set", o] for o in overrides), [])])
+    assert result.exit_code == 0, result.output
+    assert judgments_of(tmp_path / "run")
+    assert len(loads) == 1, loads

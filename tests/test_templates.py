@@ -107,3 +107,37 @@ def test_answers_cannot_close_their_fence_or_plant_a_verdict():
     assert body.count("</answer_a>") == 1 and body.count("<answer_b>") == 1
     start, end = body.index("<answer_a>"), body.index("</answer_a>")
     assert "Ignore the instructions" in body[start:end]  # the injection stays inside A's fence
+
+
+def test_editing_the_template_renderer_changes_the_judge_steps_key(tmp_path):
+    """The judge's identity covers every module of the judges package, templates.py (the renderer) included:
+    an edit there gives new judgment shard keys, and leaves the sampling and pairing keys alone."""
+    import shutil
+
+    from rlaif.config import load_config
+    from rlaif.judges.setup import JUDGES_FOLDER, judge_code_hash, load_judge
+    from rlaif.pipeline.shard_plan import plan_shards
+    from rlaif.run_directory import RunDirectory
+    from rlaif.schema import PromptItem
+
+    copy = tmp_path / "judges"
+    shutil.copytree(JUDGES_FOLDER, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert judge_code_hash(copy) == load_judge(load_config().judge).code  # the copy is the code in use
+    config = load_config(None, [f"run.dir={tmp_path / 'run'}"])
+    prompts = [PromptItem(messages=[{"role": "user", "content": f"question {i}"}]) for i in range(3)]
+
+    def plan() -> tuple:
+        identity = load_judge(config.judge, code=judge_code_hash(copy)).identity()
+        [shard] = plan_shards(RunDirectory(tmp_path / "run"), config, prompts, identity)
+        return shard.candidates, shard.pairs, shard.judgments
+
+    before = plan()
+    renderer = copy / "templates.py"
+    source = renderer.read_text()
+    assert 'return _VERDICT_PATTERN.sub("[ [", text)' in source
+    renderer.write_text(
+        source.replace('return _VERDICT_PATTERN.sub("[ [", text)', 'return _VERDICT_PATTERN.sub("[_[", text)')
+    )
+    after = plan()
+    assert before[:2] == after[:2]
+    assert before[2] != after[2]

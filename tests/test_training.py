@@ -377,3 +377,28 @@ def test_stages_default_to_no_gradient_checkpointing():
     from rlaif.config import DPOSection, RewardSection, SFTSection
 
     assert not any(section().gradient_checkpointing for section in (RewardSection, DPOSection, SFTSection))
+
+
+@pytest.mark.parametrize("stage", ["reward", "dpo", "sft"])
+def test_every_stage_takes_the_shared_trainer_arguments_from_its_section(tmp_path, stage):
+    """bf16, learning rate, batch size, epochs, save_steps and seed mean the same in every stage (the reward stage
+    used to force bf16 to "on a GPU" whatever its section said)."""
+    from rlaif.config import DPOSection, RewardSection, SFTSection
+    from rlaif.training.dpo import dpo_arguments
+    from rlaif.training.reward import reward_arguments
+    from rlaif.training.sft import sft_arguments
+
+    shared = {"bf16": True, "learning_rate": 3e-4, "batch_size": 3, "epochs": 2.0, "save_steps": 7}
+    if stage == "reward":
+        arguments = reward_arguments(RewardSection(**shared), tmp_path, 5)
+    elif stage == "dpo":
+        arguments = dpo_arguments(DPOSection(**shared), tmp_path, 5, train_pairs=8)
+    else:
+        arguments = sft_arguments(SFTSection(**shared), tmp_path, 5)
+    assert arguments.bf16 is True
+    assert (arguments.learning_rate, arguments.per_device_train_batch_size, arguments.num_train_epochs) == (
+        3e-4,
+        3,
+        2.0,
+    )
+    assert (arguments.save_steps, arguments.seed, arguments.use_cpu) == (7, 5, True)

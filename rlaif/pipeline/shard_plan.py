@@ -44,7 +44,7 @@ class ShardPlan:
 
 
 def plan_shards(
-    run: RunDirectory, config: Config, prompts: Iterable[PromptItem], judge_identity: Sequence[dict[str, Any]]
+    run: RunDirectory, config: Config, prompts: Iterable[PromptItem], judge_identity: dict[str, Any]
 ) -> list[ShardPlan]:
     """The shards of a run, from the config, the prompts (read once, in order) and the judge's identity.
 
@@ -67,7 +67,7 @@ def plan_shards(
             SAMPLING_CODE,
         )
         pairs_key = content_id("pairs", candidates_key, config.pairs.model_dump(), config.run.seed, PAIRING_CODE)
-        judgments_key = content_id("judgments", pairs_key, list(judge_identity), config.run.seed)
+        judgments_key = content_id("judgments", pairs_key, judge_identity, config.run.seed)
         plans.append(
             ShardPlan(
                 index=index,
