@@ -108,7 +108,7 @@ async def reviewer(base: str, token: str, run_id: str, deadline: float, record: 
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         while time.monotonic() < deadline:
-            response = await _request(client, record, "next", "GET", f"/api/runs/{run_id}/next")
+            response = await _request(client, record, "next", "POST", f"/api/runs/{run_id}/next")
             if response is None or response.status_code == 204:
                 return
             if response.status_code != 200:

@@ -226,7 +226,7 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
                 ReviewServer(db, prefect_api_url=prefect_api["PREFECT_API_URL"]) as review,
                 httpx.Client(base_url=review.url, headers={"Authorization": f"Bearer {token}"}) as client,
             ):
-                while (response := client.get("/api/runs/nightly/next")).status_code == 200:
+                while (response := client.post("/api/runs/nightly/next")).status_code == 200:
                     client.post(f"/api/items/{response.json()['id']}/label", json={"label": "a"}).raise_for_status()
                 wait_for(lambda: (nightly / "dataset" / "merge.json").is_file(), 120, "the triggered merge")
             merged = json.loads((nightly / "dataset" / "merge.json").read_text())

@@ -66,7 +66,7 @@ def test_label_review_through_the_api_merge_and_train(tmp_path, smollm2_dir):
         ReviewServer(db_url) as server,
         httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as client,
     ):
-        while (response := client.get("/api/runs/merge-test/next")).status_code == 200:
+        while (response := client.post("/api/runs/merge-test/next")).status_code == 200:
             item = response.json()
             label = labels[len(given) % 4]
             client.post(f"/api/items/{item['id']}/label", json={"label": label, "comment": None}).raise_for_status()
@@ -199,7 +199,7 @@ def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_t
             ReviewServer(config.review_db(), prefect_api_url=PREFECT_API_URL.value()) as review,
             httpx.Client(base_url=review.url, headers={"Authorization": f"Bearer {token_line}"}) as client,
         ):
-            while (response := client.get("/api/runs/waiting/next")).status_code == 200:
+            while (response := client.post("/api/runs/waiting/next")).status_code == 200:
                 client.post(f"/api/items/{response.json()['id']}/label", json={"label": "b"}).raise_for_status()
             emitted = []
             for _ in range(100):  # the service's events worker sends in the background

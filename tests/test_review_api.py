@@ -31,7 +31,7 @@ def label_until_empty(base: str, token: str, run: str, acknowledged: list[tuple[
     rng = random.Random(token)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
         while stop is None or not stop.is_set():
-            response = client.get(f"/api/runs/{run}/next")
+            response = client.post(f"/api/runs/{run}/next")
             if response.status_code == 204:
                 return
             response.raise_for_status()
@@ -141,7 +141,9 @@ def test_cross_site_and_csrf_less_posts_are_refused(tmp_path):
         signed_in = browser.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
         assert signed_in.status_code == 303 and "httponly" in signed_in.headers["set-cookie"].lower()
         assert "samesite=strict" in signed_in.headers["set-cookie"].lower()
-        item = browser.get("/api/runs/run/next").json()  # a GET with the cookie works
+        assert browser.get("/api/runs/run/next").status_code == 405  # claiming is never a GET
+        assert browser.post("/api/runs/run/next").status_code == 403  # the cookie without the CSRF token
+        item = browser.post("/api/runs/run/next", headers={"X-CSRF-Token": csrf_token(token)}).json()
         evil = {"Origin": "http://evil.example"}
         body = {"label": "a", "comment": None}
         assert browser.post(f"/api/items/{item['id']}/label", json=body, headers=evil).status_code == 403
@@ -167,8 +169,8 @@ def test_api_answers_with_the_stored_order_and_clear_errors(tmp_path):
         token = store.add_reviewer("alice")
         client = TestClient(create_app(store, on_queue_emptied=emptied.append))
         auth = {"Authorization": f"Bearer {token}"}
-        assert client.get("/api/runs/absent/next", headers=auth).status_code == 404
-        item = client.get("/api/runs/run/next", headers=auth).json()
+        assert client.post("/api/runs/absent/next", headers=auth).status_code == 404
+        item = client.post("/api/runs/run/next", headers=auth).json()
         assert item["a"].startswith("answer A") and item["b"].startswith("answer B")
         bad = client.post(f"/api/items/{item['id']}/label", json={"label": "left"}, headers=auth)
         assert bad.status_code == 422 and "label" in bad.text
@@ -176,10 +178,10 @@ def test_api_answers_with_the_stored_order_and_clear_errors(tmp_path):
         done = client.post(f"/api/items/{item['id']}/label", json={"label": "b"}, headers=auth)
         assert done.json()["status"] == "done"
         assert emptied == []
-        last = client.get("/api/runs/run/next", headers=auth).json()
+        last = client.post("/api/runs/run/next", headers=auth).json()
         assert client.post(f"/api/items/{last['id']}/skip", headers=auth).json()["status"] == "skipped"
         assert emptied == ["run"]  # called once, when the last open item finished
-        assert client.get("/api/runs/run/next", headers=auth).status_code == 204
+        assert client.post("/api/runs/run/next", headers=auth).status_code == 204
 
 
 @pytest.mark.parametrize("swapped", [False, True])

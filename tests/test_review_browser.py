@@ -55,6 +55,9 @@ def test_a_reviewer_signs_in_labels_with_the_keyboard_and_hostile_text_stays_tex
         assert "unknown or revoked token" in page.inner_text("body")
         page.fill("input[name=token]", token)
         page.click("button[type=submit]")
+        page.wait_for_selector("#start-form")  # showing the run claims nothing; starting is a POST
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         page.wait_for_selector("#label-form")
         assert "0 of 3 finished" in page.inner_text("#progress")
         assert "alice" in page.inner_text("header")

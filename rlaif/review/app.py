@@ -3,10 +3,16 @@
 Safety, since the page shows model output and may face a network:
 - every page, asset and API route answers 401 without a valid reviewer token (Bearer header for the
   API; the page signs in once and keeps the token in an HttpOnly, SameSite=Strict cookie);
+- a request's body is read only after its token is checked (sign-in aside, whose body is the token), and
+  never past `MAX_BODY_BYTES` (413);
+- no GET changes anything: claiming an item is a POST (the page's "Start" and each label, the API's
+  `POST /api/runs/{run}/next`), so nothing a page shows can make the reviewer's browser claim items;
 - state-changing requests are refused when they come from another site (Origin / Sec-Fetch-Site) and,
   when authenticated by the cookie, unless they carry the CSRF token derived from the reviewer's token;
-- model output is escaped by Jinja2; Markdown goes through markdown-it with raw HTML off and then the
-  nh3 sanitiser; a strict Content-Security-Policy forbids inline scripts besides.
+- every value a page shows is escaped (Jinja2 autoescape, on for every template); model output's
+  Markdown goes through markdown-it with raw HTML off and then the nh3 sanitiser, which keeps no images
+  (an image would be a request the answer makes); a strict Content-Security-Policy forbids inline
+  scripts, images and every other source besides.
 """
 
 from __future__ import annotations
@@ -19,16 +25,18 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import nh3
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlaif.review.store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
@@ -38,9 +46,11 @@ COOKIE = "rlaif_review"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'none'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'; connect-src 'self'"
 )
+MAX_BODY_BYTES = 64 * 1024  # the largest request body: a label with a 4,000-character comment is under 20 KiB
+SANITISED_TAGS = nh3.ALLOWED_TAGS - {"img"}  # what model output's Markdown may keep: no images
 logger = logging.getLogger("rlaif.review")
 CHOICES: dict[str, ReviewLabel | None] = {"tie": "tie", "both_bad": "both_bad", "skip": None}
 
@@ -85,7 +95,7 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 
 def render_markdown(text: str) -> Markup:
     """Untrusted Markdown to safe HTML: raw HTML is escaped by the parser, the result sanitised by nh3."""
-    return Markup(nh3.clean(_markdown.render(text), link_rel="noopener noreferrer nofollow"))
+    return Markup(nh3.clean(_markdown.render(text), tags=SANITISED_TAGS, link_rel="noopener noreferrer nofollow"))
 
 
 def current_reviewer(request: Request) -> Reviewer:
@@ -123,14 +133,28 @@ def create_app(
     """The review app over `store`; `on_queue_emptied(run_id)` is called once when a run's last item is finished."""
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    # Inside the security middleware below (added later, so it runs first): a body is capped once its token passed.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     web = Path(str(resources.files("rlaif.review").joinpath("web")))
-    templates = Jinja2Templates(directory=str(web))
+    # Autoescape on for every template: Jinja's default picks by file extension, and ours end in .j2.
+    templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(str(web)), autoescape=True))
     templates.env.filters["markdown"] = render_markdown
+
+    def sign_in_page(request: Request, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return templates.TemplateResponse(
+            request, "signin.html.j2", {"message": message, "next": request.url.path}, status_code=401
+        )
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response
         if request.method not in SAFE_METHODS and _cross_site(request):
-            response: Response = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+            response = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        elif request.method not in SAFE_METHODS and request.url.path != "/login" and not await _signed_in(request):
+            # Before anything reads the body: without a valid token it is never read.
+            response = sign_in_page(request, "a valid reviewer token is required")
         else:
             response = await call_next(request)
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
@@ -139,13 +163,12 @@ def create_app(
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    async def _signed_in(request: Request) -> bool:
+        return await run_in_threadpool(store.authenticate, _token_of(request)[0]) is not None
+
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, exc: NotSignedIn) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return templates.TemplateResponse(
-            request, "signin.html.j2", {"message": exc.message, "next": request.url.path}, status_code=401
-        )
+        return sign_in_page(request, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -174,7 +197,7 @@ def create_app(
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/") -> Response:
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        target = next if next.startswith("/") and not next.startswith(("//", "/\\")) else "/"  # this site only
         if store.authenticate(token.strip()) is None:
             return templates.TemplateResponse(
                 request, "signin.html.j2", {"message": "unknown or revoked token", "next": target}, status_code=401
@@ -205,11 +228,12 @@ def create_app(
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def review_page(request: Request, run_id: str, person: SignedIn) -> Response:
+        """The item the reviewer holds in this run; without one, a page that offers to start (a POST)."""
         stats = _stats_or_404(store, run_id, person.name)
-        queued = store.claim_next(run_id, person.name, lease_s)
+        queued = store.held_item(run_id, person.name)
         if queued is None:
             return templates.TemplateResponse(
-                request, "done.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id}
+                request, "done.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "tried": False}
             )
         left, right = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
         return templates.TemplateResponse(
@@ -225,6 +249,16 @@ def create_app(
             },
         )
 
+    @app.post("/runs/{run_id}/next", response_class=HTMLResponse)
+    def review_start(request: Request, run_id: str, person: FormSignedIn) -> Response:
+        """Claim the reviewer's next item in this run and show it; or say that none is left for them."""
+        stats = _stats_or_404(store, run_id, person.name)
+        if store.claim_next(run_id, person.name, lease_s) is None:
+            return templates.TemplateResponse(
+                request, "done.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "tried": True}
+            )
+        return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
+
     @app.post("/runs/{run_id}/items/{item_id}")
     def review_submit(
         run_id: str,
@@ -236,7 +270,8 @@ def create_app(
         queued = _item_or_404(store, item_id)
         label = stored_label(choice, queued.shown_swapped)
         _submit(store, item_id, person.name, label, comment, on_queue_emptied)
-        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+        store.claim_next(run_id, person.name, lease_s)  # the next item, shown by the page it redirects to
+        return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str, person: SignedIn) -> Response:
@@ -251,7 +286,7 @@ def create_app(
     def api_runs(person: SignedIn) -> list[dict[str, Any]]:
         return [store.stats(run_id, person.name) for run_id in store.runs()]
 
-    @app.get("/api/runs/{run_id}/next")
+    @app.post("/api/runs/{run_id}/next")
     def api_next(run_id: str, person: SignedIn) -> Response:
         if not store.has_run(run_id):  # not `stats`: it reads every label of the run, on every request
             raise HTTPException(404, f"no review queue for run {run_id!r}")
@@ -277,6 +312,37 @@ def create_app(
         return _stats_or_404(store, run_id, person.name)
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused with 413, whether its Content-Length says
+    so at once or its chunks add up to it while being read (nothing past the limit is held in memory)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await JSONResponse(
+                {"detail": f"request body over {self.limit} bytes"}, status_code=413, headers={"Connection": "close"}
+            )(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def stored_label(choice: str, shown_swapped: bool) -> ReviewLabel | None:

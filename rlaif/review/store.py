@@ -335,6 +335,17 @@ class ReviewStore:
             row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
         return _queued(row, lease_expires_at=expires)
 
+    def held_item(self, run_id: str, reviewer: str) -> QueuedItem | None:
+        """The item the reviewer holds an unexpired claim on in this run, if any. Reads only: showing a page
+        never claims anything (claims come from POSTs)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(ItemRow, ClaimRow.expires_at)
+                .join(ClaimRow, ClaimRow.item_id == ItemRow.id)
+                .where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer, ClaimRow.expires_at >= now())
+            ).first()
+        return None if row is None else _queued(row, lease_expires_at=row.expires_at)
+
     @staticmethod
     def _next_free_item(run_id: str, reviewer: str) -> Any:
         labelled = select(func.count()).where(LabelRow.item_id == ItemRow.id, LabelRow.label.is_not(None))

@@ -150,7 +150,7 @@ def test_the_review_service_serves_no_file_a_caller_names(tmp_path):
         signed_in = {"Authorization": f"Bearer {token}"}
         assert client.get("/static/review.js", headers=signed_in).status_code == 200
         for attempt in (
-            "/static/../review_store.py",
+            "/static/../store.py",
             "/static/..%2F..%2Fconfig.py",
             "/static/%2e%2e/%2e%2e/etc/passwd",
             "/static/review.js%00.py",
