@@ -147,16 +147,31 @@ def create_app(
             request, "signin.html.j2", {"message": message, "next": request.url.path}, status_code=401
         )
 
+    def database_unavailable_response(request: Request, exc: Exception) -> Response:
+        # The database is restarting, unreachable or locked past the busy timeout: a moment's outage, not a
+        # bug. Clients try again; a label sent twice is stored once.
+        logger.warning(f"{request.method} {request.url.path}: review database unavailable ({type(exc).__name__})")
+        return JSONResponse(
+            {"detail": "the review database is unavailable for a moment; send the request again"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
         response: Response
-        if request.method not in SAFE_METHODS and _cross_site(request):
-            response = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
-        elif request.method not in SAFE_METHODS and request.url.path != "/login" and not await _signed_in(request):
-            # Before anything reads the body: without a valid token it is never read.
-            response = sign_in_page(request, "a valid reviewer token is required")
-        else:
-            response = await call_next(request)
+        try:
+            needs_token = request.method not in SAFE_METHODS and request.url.path != "/login"
+            if request.method not in SAFE_METHODS and _cross_site(request):
+                response = JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+            elif needs_token and not await _signed_in(request):
+                # Before anything reads the body: without a valid token it is never read.
+                response = sign_in_page(request, "a valid reviewer token is required")
+            else:
+                response = await call_next(request)
+        except (OperationalError, InterfaceError) as exc:
+            # Raised here, in a middleware, it would pass the app's exception handlers and answer 500.
+            response = database_unavailable_response(request, exc)
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make browsers send Origin: null
@@ -180,14 +195,7 @@ def create_app(
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # The database is restarting, unreachable or locked past the busy timeout: a moment's outage, not a
-        # bug. Clients try again; a label sent twice is stored once.
-        logger.warning(f"{request.method} {request.url.path}: review database unavailable ({type(exc).__name__})")
-        return JSONResponse(
-            {"detail": "the review database is unavailable for a moment; send the request again"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return database_unavailable_response(request, exc)
 
     @app.exception_handler(CrossSiteRequest)
     async def cross_site(request: Request, exc: CrossSiteRequest) -> Response:
