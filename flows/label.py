@@ -36,6 +36,7 @@ from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.judge_step import judge_shard
 from rlaif.pipeline.pair import pair_shard
 from rlaif.pipeline.prompt_sources import PromptCounts, iter_configured_prompts
+from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.pipeline.report import write_report
 from rlaif.pipeline.route import route_run
 from rlaif.pipeline.sample import sample_shard
@@ -53,8 +54,13 @@ def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardP
 
 
 @task(name="sample-shard", cache_policy=NO_CACHE)
-async def sample_shard_task(plan: ShardPlan, config: Config, policy: OnFirstUse[GenerationBackend]) -> tuple[int, bool]:
-    return await sample_shard(plan, config, policy)
+async def sample_shard_task(
+    plan: ShardPlan,
+    config: Config,
+    policy: OnFirstUse[GenerationBackend],
+    classifier: OnFirstUse[GenerationBackend] | None,
+) -> tuple[int, bool]:
+    return await sample_shard(plan, config, policy, classifier)
 
 
 @task(name="judge-shard", cache_policy=NO_CACHE)
@@ -75,7 +81,13 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
     progress = ShardProgress("sampled", "candidates", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
-        await run_shards(run, plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy)
+        judge_model = classifier_section(config.judge)  # pairs.refusal_contrast: classifies prompts
+        classifier = None
+        if judge_model is not None:
+            classifier = OnFirstUse(stack, lambda: open_backend(judge_model, where="judge", say=logger.info))
+        await run_shards(
+            run, plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy, classifier
+        )
     return progress.count
 
 
@@ -145,6 +157,7 @@ async def label_pipeline(
             "judge_prompt": config.judge.prompt,
             "prompts_left_out_or_truncated": prompt_counts.as_dict(),
         },
+        refusal_contrast=config.pairs.refusal_contrast,
     )
     if report["prompts_short"]:
         logger.warning(

@@ -154,6 +154,18 @@ class PairsSection(Section):
     )
     per_prompt: int = Field(2, ge=1, description="random: pairs per prompt.")
     score_model: str | None = Field(None, description="best_worst: a reward model (path or name) scoring candidates.")
+    refusal_contrast: bool = Field(
+        False,
+        description="Add one steered refusal per prompt, paired with the policy's first answer and judged: an "
+        "over-refusal where the prompt should be answered, a reasonable refusal where it should be refused (the "
+        "prompt's should_refuse field, else the judge model decides).",
+    )
+    refusal_opening: str | None = Field(
+        "I'm sorry, but",
+        description="refusal_contrast: the first words of each steered refusal, continued by the policy where its "
+        "backend can continue a reply (in-process, or openai with continue_final_message); small models often "
+        "ignore the steering instruction without it. null: the instruction alone.",
+    )
 
     @model_validator(mode="after")
     def _scores_for_best_worst(self) -> PairsSection:

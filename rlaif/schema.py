@@ -20,6 +20,7 @@ ReviewReason = Literal["failed", "audit", "low_confidence"]
 ReviewStatus = Literal["pending", "claimed", "done", "skipped"]
 ReviewLabel = Literal["a", "b", "tie", "both_bad"]
 LabelSource = Literal["judge", "human"]
+ContrastKind = Literal["over_refusal", "reasonable_refusal"]  # see rlaif.pipeline.refusal_contrast
 
 ID_LENGTH = 16  # hex characters of sha256: 64 bits, collision-free at millions of records
 
@@ -94,6 +95,7 @@ class Candidate(Record):
     sample_index: int = 0
     finish_reason: str | None = None
     completion_tokens: int | None = None
+    contrast: ContrastKind | None = None  # a steered refusal added by pairs.refusal_contrast; None: an ordinary answer
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +212,7 @@ class PreferenceRecord(Record):
     template_hash: str | None = None
     confidence: float | None = None
     policy_models: tuple[str, ...] = ()
+    contrast: ContrastKind | None = None  # the pair holds a refusal-contrast candidate of this kind
 
     def to_row(self) -> dict[str, Any]:
         """A plain dict, as written to dataset files (TRL reads `prompt`, `chosen`, `rejected`)."""

@@ -229,6 +229,7 @@ def deploy(config: ConfigArg = None, overrides: SetOption = None) -> None:
 @app.command()
 @friendly_errors
 def demo(
+    config: ConfigArg = None,
     overrides: SetOption = None,
     auto_review: Annotated[
         bool,
@@ -239,12 +240,13 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """The main job on the embedded defaults: SmolLM2 samples and judges answers to MT-Bench prompts, people
-    review ~10%, then merge, a reward model and a short DPO; ends with a summary and RUN_DIR/report.html."""
+    """The main job, on the embedded defaults unless given a config (a recipe such as configs/refusal_contrast.yaml):
+    SmolLM2 samples and judges answers to MT-Bench prompts, people review ~10%, then merge, a reward model and a
+    short DPO; ends with a summary and RUN_DIR/report.html."""
     from rlaif.judges.setup import load_judge
     from rlaif.pipeline.prompt_sources import check_configured_prompts
 
-    cfg = load_config(None, overrides)
+    cfg = load_config(config, overrides)
     judge = load_judge(cfg.judge)  # a broken template or prompt file fails now, before Prefect or any model starts
     check_configured_prompts(cfg.prompts)
     from rlaif.flows.pipeline import rlaif_pipeline
@@ -334,9 +336,23 @@ def _report_lines(cfg: Config, report: dict[str, Any]) -> str:
             f"{_percent(report['position_consistency'])}, mean confidence {report['mean_confidence'] or 0:.3f}",
             f"  routed to review: {report['routed_to_review']} ({_percent(report['review_fraction_actual'])}) "
             f"{report['routed_by_reason']} -> {run / 'review_queue.jsonl'}",
+            *_contrast_lines(report.get("refusal_contrast")),
             f"summary: {run / 'report.json'}",
         ]
     )
+
+
+def _contrast_lines(figures: dict[str, Any] | None) -> list[str]:
+    """The refusal-contrast pairs and how the judge labelled them, when the run made them."""
+    if figures is None:
+        return []
+    lines = [f"  refusal contrast: {figures['prompts_without']} prompts without a contrast answer"]
+    for kind, row in figures["pairs"].items():
+        lines.append(
+            f"    {kind}: {row['pairs']} pairs, the judge chose the refusal in {row['refusal_chosen']}, "
+            f"rejected it in {row['refusal_rejected']} ({row['tie']} ties, {row['failed']} failed)"
+        )
+    return lines
 
 
 def _percent(value: float | None) -> str:

@@ -25,10 +25,13 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
+from rlaif.pipeline.refusal_contrast import contrast_of, outcome_table
 from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import write_json_atomic
 from rlaif.schema import Judgment, Message, Pair, PreferenceRecord
+
+CONTRAST_ROW_OUTCOMES = ("refusal_chosen", "refusal_rejected", "tie", "both_bad")
 
 
 class MergeError(ValueError):
@@ -63,6 +66,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "(--on-pending judge / merge.on_pending: judge)"
         )
     counts: Counter[str] = Counter()
+    contrast: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of the refusal-contrast rows
     audit: list[bool] = []
     reviewed: list[bool] = []
 
@@ -83,6 +87,9 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                             audit.append(agree)
                 record = preference_record(pair, judgment, human, config, counts)
                 if record is not None:
+                    found = contrast_of(pair)
+                    if found is not None:
+                        contrast[(found[0], _contrast_outcome(record.label, side=found[1]))] += 1
                     yield record.to_row()
 
     import datasets  # imported here: it is slow to import and only the merge needs it
@@ -108,6 +115,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "reviewed_agreement": agreement(reviewed),
             "on_pending": on_pending,
             "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,
+            "refusal_contrast": outcome_table(contrast, CONTRAST_ROW_OUTCOMES) if contrast else None,
         }
         del dataset
         write_json_atomic(staged / "merge.json", figures)
@@ -141,6 +149,7 @@ def dataset_features() -> Any:
             "template_hash": datasets.Value("string"),
             "confidence": datasets.Value("float64"),
             "policy_models": datasets.List(datasets.Value("string")),
+            "contrast": datasets.Value("string"),
         }
     )
 
@@ -166,6 +175,7 @@ def preference_record(
         counts["both_bad"] += 1
         return None
     chosen, rejected = (pair.b, pair.a) if label == "b" else (pair.a, pair.b)
+    found = contrast_of(pair)
     return PreferenceRecord(
         prompt=pair.prompt.messages,
         chosen=(Message(role="assistant", content=chosen.text),),
@@ -181,7 +191,15 @@ def preference_record(
         template_hash=judgment.template_hash,
         confidence=judgment.confidence,
         policy_models=tuple(dict.fromkeys((pair.a.model, pair.b.model))),
+        contrast=found[0] if found else None,
     )
+
+
+def _contrast_outcome(label: str, side: str) -> str:
+    """refusal_chosen or refusal_rejected for a label of the contrast candidate's side or the other; else the label."""
+    if label in ("a", "b"):
+        return "refusal_chosen" if label == side else "refusal_rejected"
+    return label
 
 
 def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:

@@ -2,7 +2,9 @@
 
 Answers that are identical, exactly or after whitespace normalisation, are one answer: only the
 first is paired. The A/B order of each pair is drawn at random (seeded per prompt, so the same
-prompt always gives the same pairs) and recorded as `swapped`.
+prompt always gives the same pairs) and recorded as `swapped`. A refusal-contrast candidate
+(`rlaif.pipeline.refusal_contrast`) is left out of the strategy's pairs and paired with the prompt's first
+answer instead, as strategy `refusal_contrast`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rlaif.run_files import count_lines, write_jsonl_atomic
 from rlaif.schema import Candidate, Pair, PromptItem, content_id
 
 Strategy = Literal["all", "best_worst", "random"]
+REFUSAL_CONTRAST = "refusal_contrast"  # the strategy recorded on a pair of a steered refusal and the first answer
 
 
 def normalise_whitespace(text: str) -> str:
@@ -48,9 +51,32 @@ def make_pairs(
 ) -> list[Pair]:
     """The pairs of one prompt's candidates under a strategy; `scores` (by candidate id) for best_worst."""
     rng = random.Random(content_id("pairs", seed, prompt.id))
-    unique = distinct_candidates([c for c in candidates if c.prompt_id == prompt.id])
-    if len(unique) < 2:
-        return []
+    ours = [c for c in candidates if c.prompt_id == prompt.id]
+    unique = distinct_candidates([c for c in ours if c.contrast is None])
+    chosen = _strategy_pairs(unique, strategy, rng, per_prompt, scores) if len(unique) >= 2 else []
+    # Refusal contrast: each steered refusal against the policy's first answer (unless it says the same).
+    for candidate in ours:
+        if candidate.contrast is None or not unique:
+            continue
+        if normalise_whitespace(candidate.text) != normalise_whitespace(unique[0].text):
+            chosen.append((unique[0], candidate))
+    pairs = []
+    for first, second in chosen:
+        swapped = rng.random() < 0.5
+        a, b = (second, first) if swapped else (first, second)
+        kind = REFUSAL_CONTRAST if second.contrast is not None else strategy
+        pairs.append(Pair(prompt=prompt, a=a, b=b, strategy=kind, swapped=swapped))
+    return pairs
+
+
+def _strategy_pairs(
+    unique: list[Candidate],
+    strategy: Strategy,
+    rng: random.Random,
+    per_prompt: int,
+    scores: Mapping[str, float] | None,
+) -> list[tuple[Candidate, Candidate]]:
+    """The (first, second) candidate pairs a strategy picks from at least two distinct candidates."""
     if strategy == "all":
         chosen = list(itertools.combinations(unique, 2))
     elif strategy == "random":
@@ -63,12 +89,7 @@ def make_pairs(
         chosen = [(ranked[-1], ranked[0])]
     else:
         raise ValueError(f"unknown pair strategy {strategy!r}")
-    pairs = []
-    for first, second in chosen:
-        swapped = rng.random() < 0.5
-        a, b = (second, first) if swapped else (first, second)
-        pairs.append(Pair(prompt=prompt, a=a, b=b, strategy=strategy, swapped=swapped))
-    return pairs
+    return chosen
 
 
 async def pair_shard(
@@ -84,7 +105,7 @@ async def pair_shard(
     scores = None
     if config.pairs.strategy == "best_worst":
         scoring = await scorer()
-        listed = [(p, c) for p in prompts for c in by_prompt.get(p.id, [])]
+        listed = [(p, c) for p in prompts for c in by_prompt.get(p.id, []) if c.contrast is None]
         values = scoring.score([p for p, _ in listed], [c.text for _, c in listed])
         scores = {c.id: v for (_, c), v in zip(listed, values, strict=True)}
     pairs = [

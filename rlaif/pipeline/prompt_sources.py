@@ -2,7 +2,8 @@
 
 A JSONL line is an object with either a `prompt` string or a `messages` list of {role, content};
 an MT-Bench line has `question_id`, `category` and `turns` (the first turn is the prompt). Other
-fields are kept as metadata. A malformed file fails naming the file, the line and what is wrong.
+fields are kept as metadata; `should_refuse` (true, false or null), read by `pairs.refusal_contrast`, is
+checked here. A malformed file fails naming the file, the line and what is wrong.
 
 What reading does with prompts that are not errors but not usable as they are, counted in
 `PromptCounts` (and so in report.json): a prompt seen before (same messages) is kept once, and a
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlaif.config import PromptsSection
+from rlaif.pipeline.refusal_contrast import SHOULD_REFUSE_FIELD
 from rlaif.run_files import read_jsonl
 from rlaif.schema import PromptItem
 
@@ -195,6 +197,11 @@ def prompt_from_record(record: Any, where: str, source: str = "") -> PromptItem:
         messages = [{"role": "user", "content": prompt}]
     else:
         raise PromptSourceError(f"{where}: needs a 'prompt' string or a 'messages' list (has {sorted(fields)})")
+    should_refuse = fields.get(SHOULD_REFUSE_FIELD)
+    if should_refuse is not None and not isinstance(should_refuse, bool):
+        raise PromptSourceError(
+            f"{where}: field '{SHOULD_REFUSE_FIELD}' must be true, false or null (not known), got {should_refuse!r}"
+        )
     fields.pop("id", None)  # ids are content hashes; a source's own id is kept as metadata below
     if "id" in record:
         fields["source_id"] = record["id"]

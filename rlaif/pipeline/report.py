@@ -6,17 +6,38 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from rlaif.pipeline.refusal_contrast import judged_outcomes, outcome_table
 from rlaif.pipeline.shard_plan import ShardPlan, run_judgments
-from rlaif.run_directory import RunDirectory
+from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import count_lines, read_jsonl, write_json_atomic
+from rlaif.schema import Judgment, Pair
 
 
-def candidates_by_prompt(plans: Sequence[ShardPlan]) -> Counter[str]:
-    """How many candidates each prompt has, over the run's candidate shards."""
+def candidates_by_prompt(plans: Sequence[ShardPlan]) -> tuple[Counter[str], Counter[str]]:
+    """How many ordinary candidates each prompt has, over the run's candidate shards, and how many contrast
+    candidates of each kind the run has (`pairs.refusal_contrast`)."""
     found: Counter[str] = Counter()
+    contrast: Counter[str] = Counter()
     for plan in plans:
-        found.update(row["prompt_id"] for _, row in read_jsonl(plan.candidates))
-    return found
+        for _, row in read_jsonl(plan.candidates):
+            if row.get("contrast"):
+                contrast[row["contrast"]] += 1
+            else:
+                found[row["prompt_id"]] += 1
+    return found, contrast
+
+
+def refusal_contrast_figures(plans: Sequence[ShardPlan], prompts: int, contrast: Counter[str]) -> dict[str, Any]:
+    """report.json's `refusal_contrast`: the contrast candidates and how the judge labelled their pairs."""
+    outcomes: Counter[tuple[str, str]] = Counter()
+    for plan in plans:
+        judgments = {j.pair_id: j for j in read_records(plan.judgments, Judgment)}
+        outcomes += judged_outcomes(read_records(plan.pairs, Pair), judgments)
+    return {
+        "candidates": dict(contrast),
+        "prompts_without": prompts - sum(contrast.values()),
+        "pairs": outcome_table(outcomes, ("refusal_chosen", "refusal_rejected", "tie", "failed")),
+    }
 
 
 def write_report(
@@ -25,9 +46,11 @@ def write_report(
     routed_by_reason: dict[str, int],
     candidates_per_prompt: int,
     extra: dict[str, Any],
+    refusal_contrast: bool = False,
 ) -> dict[str, Any]:
     """report.json: the counts and rates of the run (see README for each field), from one pass over the
-    judgments, one over the candidates, and the routing counts `route_run` returned."""
+    judgments, one over the candidates, and the routing counts `route_run` returned; with `refusal_contrast`,
+    one more over the pairs for `refusal_contrast_figures`."""
     judged = failed = consistent = 0
     confidence_sum = 0.0
     failed_by_status = dict.fromkeys(("parse_error", "backend_error"), 0)
@@ -45,10 +68,10 @@ def write_report(
     routed = sum(routed_by_reason.values())
     prompts = sum(plan.prompt_count for plan in plans)
     # Short prompts: their answers kept repeating through every resample round, so they give fewer pairs.
-    found = candidates_by_prompt(plans)
+    found, contrast = candidates_by_prompt(plans)
     report = {
         "prompts": prompts,
-        "candidates": sum(found.values()),
+        "candidates": sum(found.values()) + sum(contrast.values()),
         "prompts_short": prompts - len(found) + sum(1 for count in found.values() if count < candidates_per_prompt),
         "pairs": sum(count_lines(plan.pairs) for plan in plans),
         "judged_ok": judged,
@@ -62,5 +85,7 @@ def write_report(
         "winners": winners,
         **extra,
     }
+    if refusal_contrast:
+        report["refusal_contrast"] = refusal_contrast_figures(plans, prompts, contrast)
     write_json_atomic(run.report, report)
     return report

@@ -6,7 +6,8 @@ again with a new seed, for up to `sampling.resample_rounds` rounds; a prompt tha
 than K answers is reported (a model that never varies usually means the server does not sample).
 A prompt whose request fails, in the first round or a later one, is reported as failed with none of its
 answers kept, never turned into empty or fewer answers: what a prompt gets never depends on a passing
-fault, and a rerun asks again with the same seeds.
+fault, and a rerun asks again with the same seeds. With `pairs.refusal_contrast`, each shard's candidates
+also hold one steered refusal per prompt (`rlaif.pipeline.refusal_contrast`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from rlaif.config import Config, SamplingSection
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import BackendError, GenerationBackend, GenerationRequest, Progress
 from rlaif.pipeline.prompt_sources import load_configured_prompts
+from rlaif.pipeline.refusal_contrast import (
+    SHOULD_REFUSE_FIELD,
+    classify_prompts,
+    contrast_kind,
+    known_should_refuse,
+    sample_contrast_candidates,
+)
 from rlaif.pipeline.shard_plan import ShardPlan
 from rlaif.progress import progress_printer
 from rlaif.run_files import count_lines, write_jsonl_atomic
@@ -97,20 +105,57 @@ async def sample_candidates(
 
 
 async def sample_shard(
-    plan: ShardPlan, config: Config, policy: Callable[[], Awaitable[GenerationBackend]]
+    plan: ShardPlan,
+    config: Config,
+    policy: Callable[[], Awaitable[GenerationBackend]],
+    classifier: Callable[[], Awaitable[GenerationBackend]] | None = None,
 ) -> tuple[int, bool]:
-    """Candidates for one shard of prompts: (count, reused). A shard with a failed prompt is not written."""
+    """Candidates for one shard of prompts: (count, reused). A shard with a failed prompt is not written.
+
+    With `pairs.refusal_contrast`, each prompt also gets its contrast candidate; `classifier` (the judge
+    model) is opened only for prompts whose file does not say whether they should be refused.
+    """
     if plan.candidates.is_file():
         return count_lines(plan.candidates), True
+    prompts = plan.read_prompts()
     result = await sample_candidates(
-        await policy(), plan.read_prompts(), config.sampling, run_seed=config.run.seed, model_label=config.policy.model
+        await policy(), prompts, config.sampling, run_seed=config.run.seed, model_label=config.policy.model
     )
     if result.failures:
         first = next(iter(result.failures.values()))
         raise BackendError(
             f"sampling shard {plan.index}: {len(result.failures)} of {plan.prompt_count} prompts failed: {first}"
         )
-    return write_jsonl_atomic(plan.candidates, result.candidates), False
+    candidates = result.candidates
+    if config.pairs.refusal_contrast:
+        candidates += await _contrast_candidates(prompts, config, policy, classifier)
+    return write_jsonl_atomic(plan.candidates, candidates), False
+
+
+async def _contrast_candidates(
+    prompts: list[PromptItem],
+    config: Config,
+    policy: Callable[[], Awaitable[GenerationBackend]],
+    classifier: Callable[[], Awaitable[GenerationBackend]] | None,
+) -> list[Candidate]:
+    should_refuse = {p.id: known_should_refuse(p) for p in prompts}
+    unknown = [p for p in prompts if should_refuse[p.id] is None]
+    if unknown:
+        if classifier is None:
+            raise BackendError(
+                f"{len(unknown)} prompts have no {SHOULD_REFUSE_FIELD} field and no judge model can classify them"
+            )
+        should_refuse.update(await classify_prompts(await classifier(), unknown))
+    kinds = {prompt_id: contrast_kind(value) for prompt_id, value in should_refuse.items() if value is not None}
+    return await sample_contrast_candidates(
+        await policy(),
+        prompts,
+        kinds,
+        config.sampling,
+        config.run.seed,
+        config.policy.model,
+        config.pairs.refusal_opening,
+    )
 
 
 async def sample_to_file(

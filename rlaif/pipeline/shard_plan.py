@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config
+from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.run_directory import RunDirectory, read_records, source_hash
 from rlaif.run_files import write_jsonl_atomic
 from rlaif.schema import Judgment, PromptItem, content_id
 
 _STEPS = Path(__file__).parent
 SAMPLING_CODE = source_hash(_STEPS / "sample.py")
+CONTRAST_CODE = source_hash(_STEPS / "refusal_contrast.py")
 PAIRING_CODE = source_hash(_STEPS / "pair.py")
 
 
@@ -65,6 +67,7 @@ def plan_shards(
             config.sampling.model_dump(),
             config.run.seed,
             SAMPLING_CODE,
+            *_contrast_inputs(config),
         )
         pairs_key = content_id("pairs", candidates_key, config.pairs.model_dump(), config.run.seed, PAIRING_CODE)
         judgments_key = content_id("judgments", pairs_key, judge_identity, config.run.seed)
@@ -79,6 +82,15 @@ def plan_shards(
             )
         )
     return plans
+
+
+def _contrast_inputs(config: Config) -> list[Any]:
+    """What the refusal-contrast candidates depend on besides the sampling inputs: its code and the model that
+    classifies prompts (nothing when it is off, so runs without it keep their keys)."""
+    if not config.pairs.refusal_contrast:
+        return []
+    classifier = classifier_section(config.judge)
+    return [CONTRAST_CODE, classifier.model_dump(include={"backend", "model"}) if classifier else None]
 
 
 def _chunks(items: Iterable[PromptItem], size: int) -> Iterator[list[PromptItem]]:
