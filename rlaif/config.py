@@ -11,12 +11,13 @@ import copy
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlaif.message_text import redact_url
+from rlaif.schema import check_run_name
 
 
 class ConfigError(ValueError):
@@ -30,7 +31,9 @@ class Section(BaseModel):
 
 
 class RunSection(Section):
-    name: str = Field("demo", description="Name of the run; also the default run directory's name.")
+    name: Annotated[str, AfterValidator(check_run_name)] = Field(
+        "demo", description="Name of the run (no '/' or '\\'); also the default run directory's name."
+    )
     dir: str | None = Field(None, description="Run directory; default runs/<name>.")
     seed: int = Field(0, description="Seed for everything random in the run (sampling seeds, pair order).")
     prompts_per_shard: int = Field(
@@ -216,7 +219,9 @@ class ReviewSection(Section):
     lease_s: float = Field(
         900.0, gt=0, description="Seconds a reviewer holds a claimed item before it goes back to the queue."
     )
-    max_skips: int = Field(1, ge=1, description="Skips after which an item is set aside (status skipped).")
+    max_skips: int = Field(
+        1, ge=1, description='"Set aside" votes after which an item leaves the queue for everyone (status skipped).'
+    )
     deadline_hours: float | None = Field(
         None, gt=0, description="Hours people have for a run's queue; then `on_deadline` applies. None: no deadline."
     )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "user", "assistant"]
 Winner = Literal["a", "b", "tie"]
@@ -23,6 +23,17 @@ LabelSource = Literal["judge", "human"]
 ContrastKind = Literal["over_refusal", "reasonable_refusal"]  # see rlaif.pipeline.refusal_contrast
 
 ID_LENGTH = 16  # hex characters of sha256: 64 bits, collision-free at millions of records
+
+
+def check_run_name(name: str) -> str:
+    """A run's name as given, or ValueError: it names a folder (runs/<name>) and is part of the review page's
+    addresses, so it cannot be empty, '.' or '..', or hold '/' or '\\'."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+        raise ValueError(
+            f"run name {name!r}: use a name without '/' or '\\' (not empty, '.' or '..'); "
+            "it names the run's folder and appears in the review page's addresses"
+        )
+    return name
 
 
 def content_id(*parts: Any) -> str:
@@ -181,7 +192,7 @@ class ReviewItem(Record):
     """A pair waiting for, or labelled by, a person. `label` refers to the pair's stored A/B order."""
 
     id: str = ""
-    run_id: str
+    run_id: Annotated[str, AfterValidator(check_run_name)]
     pair_id: str
     reason: ReviewReason
     status: ReviewStatus = "pending"

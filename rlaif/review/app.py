@@ -22,6 +22,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +40,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlaif.review.store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore
+from rlaif.review.store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore, now
 from rlaif.schema import ReviewLabel
 
 COOKIE = "rlaif_review"
@@ -254,6 +255,8 @@ def create_app(
                 "item": queued,
                 "left": left.text,
                 "right": right.text,
+                "lease_s": lease_s,
+                "lease_left_s": _seconds_until(queued.lease_expires_at),
             },
         )
 
@@ -269,15 +272,31 @@ def create_app(
 
     @app.post("/runs/{run_id}/items/{item_id}")
     def review_submit(
+        request: Request,
         run_id: str,
         item_id: str,
         person: FormSignedIn,
-        choice: Annotated[Literal["left", "right", "tie", "both_bad", "skip"], Form()],
+        choice: Annotated[Literal["left", "right", "tie", "both_bad", "skip", "another"], Form()],
         comment: Annotated[str, Form(max_length=4000)] = "",
     ) -> Response:
         queued = _item_or_404(store, item_id)
+        if choice == "another":  # give it back (it stays open for everyone) and take a different one
+            store.claim_next(run_id, person.name, lease_s, release=item_id)
+            return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
         label = stored_label(choice, queued.shown_swapped)
-        _submit(store, item_id, person.name, label, comment, on_queue_emptied)
+        try:
+            _submit(store, item_id, person.name, label, comment, on_queue_emptied)
+        except HTTPException as exc:
+            if exc.status_code != 409:
+                raise
+            # The claim lapsed and the item went to someone else: say so plainly, keep the comment, offer the next.
+            stats = _stats_or_404(store, run_id, person.name)
+            return templates.TemplateResponse(
+                request,
+                "lost.html.j2",
+                {"stats": stats, "reviewer": person, "run_id": run_id, "comment": comment},
+                status_code=409,
+            )
         store.claim_next(run_id, person.name, lease_s)  # the next item, shown by the page it redirects to
         return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
 
@@ -308,6 +327,24 @@ def create_app(
         _item_or_404(store, item_id)
         result = _submit(store, item_id, person.name, body.label, body.comment, on_queue_emptied)
         return {"item": item_id, "label": body.label, "status": result.status, "repeated": result.repeated}
+
+    @app.post("/api/items/{item_id}/renew")
+    def api_renew(item_id: str, person: SignedIn) -> dict[str, Any]:
+        """Keep holding an item: the page calls this while the item is open and visible."""
+        _item_or_404(store, item_id)
+        try:
+            expires = store.renew(item_id, person.name, lease_s)
+        except ClaimConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"item": item_id, "lease_expires_at": expires.isoformat() + "Z", "lease_s": lease_s}
+
+    @app.post("/api/items/{item_id}/release")
+    def api_release(item_id: str, person: SignedIn) -> Response:
+        """Show me another: give the item back, open for everyone, and claim a different one (the same one when
+        no other is free for this reviewer; 204 when none is)."""
+        queued = _item_or_404(store, item_id)
+        following = store.claim_next(queued.item.run_id, person.name, lease_s, release=item_id)
+        return Response(status_code=204) if following is None else JSONResponse(following.to_json())
 
     @app.post("/api/items/{item_id}/skip")
     def api_skip(item_id: str, person: SignedIn) -> dict[str, Any]:
@@ -390,6 +427,13 @@ def _stats_or_404(store: ReviewStore, run_id: str, reviewer: str) -> dict[str, A
         return store.stats(run_id, reviewer)
     except ItemNotFound as exc:
         raise HTTPException(404, str(exc)) from None
+
+
+def _seconds_until(moment: datetime | None) -> int:
+    """Whole seconds from now (UTC) until a naive UTC time; 0 when it has passed or is unknown."""
+    if moment is None:
+        return 0
+    return max(0, int((moment - now()).total_seconds()))
 
 
 def _token_of(request: Request) -> tuple[str, bool]:

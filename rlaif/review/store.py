@@ -307,17 +307,26 @@ class ReviewStore:
 
     # -- claims and labels ----------------------------------------------------------------------------
 
-    def claim_next(self, run_id: str, reviewer: str, lease_s: float = 900.0) -> QueuedItem | None:
-        """The reviewer's next item, claimed for `lease_s` seconds; the one they already hold, if any."""
+    def claim_next(
+        self, run_id: str, reviewer: str, lease_s: float = 900.0, release: str | None = None
+    ) -> QueuedItem | None:
+        """The reviewer's next item, claimed for `lease_s` seconds; the one they already hold, if any.
+
+        `release`: an item the reviewer holds and gives back ("show me another"): it stays open for everyone,
+        and the reviewer gets a different item when there is one (else that one again).
+        """
         stamp = now()
         expires = stamp + timedelta(seconds=lease_s)
         with self._transaction(run_id) as conn:
             self._expire_claims(conn, run_id, stamp)
+            if release is not None:
+                conn.execute(delete(ClaimRow).where(ClaimRow.item_id == release, ClaimRow.reviewer == reviewer))
+                self._update_status(conn, release, stamp)
             held = conn.execute(
                 select(ClaimRow.item_id).where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer)
             ).scalar()
             if held is None:
-                held = conn.execute(self._next_free_item(run_id, reviewer)).scalar()
+                held = conn.execute(self._next_free_item(run_id, reviewer, avoid=release)).scalar()
                 if held is None:
                     return None
                 conn.execute(
@@ -335,6 +344,24 @@ class ReviewStore:
             row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
         return _queued(row, lease_expires_at=expires)
 
+    def renew(self, item_id: str, reviewer: str, lease_s: float = 900.0) -> datetime:
+        """Extend the reviewer's claim on an item by `lease_s` seconds from now (the page does this while the item
+        is open and visible); returns the new expiry. ClaimConflict when the claim is gone (expired and taken, or
+        the item finished)."""
+        run_id = self._run_of(item_id)
+        stamp = now()
+        expires = stamp + timedelta(seconds=lease_s)
+        with self._transaction(run_id) as conn:
+            self._expire_claims(conn, run_id, stamp)
+            renewed = conn.execute(
+                update(ClaimRow)
+                .where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
+                .values(expires_at=expires)
+            ).rowcount
+        if not renewed:
+            raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired or the item is finished")
+        return expires
+
     def held_item(self, run_id: str, reviewer: str) -> QueuedItem | None:
         """The item the reviewer holds an unexpired claim on in this run, if any. Reads only: showing a page
         never claims anything (claims come from POSTs)."""
@@ -347,7 +374,8 @@ class ReviewStore:
         return None if row is None else _queued(row, lease_expires_at=row.expires_at)
 
     @staticmethod
-    def _next_free_item(run_id: str, reviewer: str) -> Any:
+    def _next_free_item(run_id: str, reviewer: str, avoid: str | None = None) -> Any:
+        """The first free item the reviewer has not labelled, in queue order; `avoid` comes last."""
         labelled = select(func.count()).where(LabelRow.item_id == ItemRow.id, LabelRow.label.is_not(None))
         claimed = select(func.count()).where(ClaimRow.item_id == ItemRow.id)
         mine = select(LabelRow.item_id).where(LabelRow.item_id == ItemRow.id, LabelRow.reviewer == reviewer)
@@ -359,7 +387,7 @@ class ReviewStore:
                 ~mine.exists(),
                 labelled.scalar_subquery() + claimed.scalar_subquery() < ItemRow.labels_needed,
             )
-            .order_by(ItemRow.position)
+            .order_by(*([ItemRow.id == avoid] if avoid is not None else []), ItemRow.position)
             .limit(1)
         )
 

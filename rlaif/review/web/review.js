@@ -1,14 +1,13 @@
-// Keyboard shortcuts of the review page: 1, 2, t (tie), b (both bad), s (skip).
-// Keys typed into the comment box are text, not shortcuts.
-document.addEventListener("keydown", function (event) {
-  var target = event.target;
-  if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) return;
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
-  var button = document.querySelector('#label-form button[data-key="' + event.key.toLowerCase() + '"]');
-  if (button && !button.disabled) {
-    event.preventDefault();
-    document.querySelectorAll("#label-form button").forEach(function (b) { b.disabled = true; });
-    var form = document.getElementById("label-form");
+// The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside), and the hold
+// on the open pair.
+// Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
+// stays), so the next key labels the pair with it.
+(function () {
+  var form = document.getElementById("label-form");
+  if (!form) return;
+
+  function submitWith(button) {
+    form.querySelectorAll(".choices button").forEach(function (b) { b.disabled = true; });
     var choice = document.createElement("input");
     choice.type = "hidden";
     choice.name = "choice";
@@ -16,4 +15,62 @@ document.addEventListener("keydown", function (event) {
     form.appendChild(choice);
     form.submit();
   }
-});
+
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (target && target.tagName === "TEXTAREA") {
+      if (event.key === "Escape" || (event.key === "Enter" && (event.ctrlKey || event.metaKey))) {
+        event.preventDefault();
+        target.blur();
+        form.querySelector(".choices").focus();
+      }
+      return;
+    }
+    if (target && target.tagName === "INPUT") return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var button = form.querySelector('.choices button[data-key="' + event.key.toLowerCase() + '"]');
+    if (button && !button.disabled) {
+      event.preventDefault();
+      submitWith(button);
+    }
+  });
+
+  // The hold (lease) on the pair: renewed while the page is open and visible, its time left shown; when it
+  // is lost, the page says so, keeps the comment and offers the next pair instead of the label buttons.
+  var leaseSeconds = Number(form.dataset.leaseS);
+  var expiresAt = Date.now() + 1000 * Number(form.dataset.leaseLeftS);
+  var every = Math.max(5, Math.min(60, leaseSeconds / 3)) * 1000;
+  var csrf = form.querySelector("input[name=csrf]").value;
+  var lost = false;
+
+  function showLeft() {
+    var left = Math.max(0, Math.round((expiresAt - Date.now()) / 1000));
+    document.getElementById("lease-left").textContent =
+      left >= 120 ? Math.floor(left / 60) + " min" : left + " s";
+  }
+
+  function loseIt() {
+    lost = true;
+    document.getElementById("lease").hidden = true;
+    document.getElementById("lease-lost").hidden = false;
+    form.querySelectorAll(".choices button").forEach(function (b) { b.disabled = true; });
+  }
+
+  function renew() {
+    if (lost || document.visibilityState !== "visible") return;
+    fetch(form.dataset.renew, { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" })
+      .then(function (response) {
+        if (response.status === 409) { loseIt(); return null; }
+        return response.ok ? response.json() : null;
+      })
+      .then(function (body) {
+        if (body) { expiresAt = Date.now() + 1000 * body.lease_s; showLeft(); }
+      })
+      .catch(function () { /* offline for a moment: the next renewal tries again */ });
+  }
+
+  renew();
+  setInterval(renew, every);
+  setInterval(function () { if (!lost) showLeft(); }, 1000);
+  document.addEventListener("visibilitychange", renew);
+})();
