@@ -40,7 +40,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlaif.review.store import ClaimConflict, ItemNotFound, QueuedItem, ReviewStore, now
+from rlaif.review.store import ClaimConflict, GivenLabel, ItemNotFound, QueuedItem, ReviewStore, now
 from rlaif.schema import ReviewLabel
 
 COOKIE = "rlaif_review"
@@ -54,6 +54,13 @@ MAX_BODY_BYTES = 64 * 1024  # the largest request body: a label with a 4,000-cha
 SANITISED_TAGS = nh3.ALLOWED_TAGS - {"img"}  # what model output's Markdown may keep: no images
 logger = logging.getLogger("rlaif.review")
 CHOICES: dict[str, ReviewLabel | None] = {"tie": "tie", "both_bad": "both_bad", "skip": None}
+CHOICE_NAMES = {
+    "left": "Answer 1 is better",
+    "right": "Answer 2 is better",
+    "tie": "Tie",
+    "both_bad": "Both bad",
+    "skip": "Set aside",
+}
 
 
 class NotSignedIn(Exception):
@@ -240,11 +247,56 @@ def create_app(
         """The item the reviewer holds in this run; without one, a page that offers to start (a POST)."""
         stats = _stats_or_404(store, run_id, person.name)
         queued = store.held_item(run_id, person.name)
+        latest = store.labels_by(run_id, person.name, limit=1)
+        previous = latest[0].queued.item.id if latest else None
         if queued is None:
             return templates.TemplateResponse(
-                request, "done.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "tried": False}
+                request,
+                "done.html.j2",
+                {"stats": stats, "reviewer": person, "run_id": run_id, "tried": False, "previous": previous},
             )
+        return item_page(
+            request,
+            person,
+            run_id,
+            queued,
+            stats=stats,
+            previous=previous,
+            lease_left_s=_seconds_until(queued.lease_expires_at),
+        )
+
+    @app.get("/runs/{run_id}/items/{item_id}", response_class=HTMLResponse)
+    def labelled_page(request: Request, run_id: str, item_id: str, person: SignedIn) -> Response:
+        """A pair the reviewer labelled earlier (undo), with their label shown and changeable. Reads only."""
+        stats = _stats_or_404(store, run_id, person.name)
+        [given] = store.labels_by(run_id, person.name, item_id=item_id) or [None]
+        if given is None:
+            raise HTTPException(404, f"you have not labelled item {item_id!r} in run {run_id!r}")
+        return item_page(request, person, run_id, given.queued, stats=stats, given=given)
+
+    @app.get("/runs/{run_id}/mine", response_class=HTMLResponse)
+    def my_labels(request: Request, run_id: str, person: SignedIn) -> Response:
+        """Every label the reviewer gave in the run, the latest first, each a link to change it."""
+        stats = _stats_or_404(store, run_id, person.name)
+        given = store.labels_by(run_id, person.name)
+        rows = [(g, CHOICE_NAMES[displayed_choice(g.label, g.queued.shown_swapped)]) for g in given]
+        return templates.TemplateResponse(
+            request, "mine.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "rows": rows}
+        )
+
+    def item_page(
+        request: Request,
+        person: Reviewer,
+        run_id: str,
+        queued: QueuedItem,
+        stats: dict[str, Any],
+        previous: str | None = None,
+        lease_left_s: int = 0,
+        given: GivenLabel | None = None,
+    ) -> Response:
+        """The page of one pair: the item the reviewer holds, or (`given`) one they labelled earlier."""
         left, right = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
+        chosen = displayed_choice(given.label, queued.shown_swapped) if given is not None else None
         return templates.TemplateResponse(
             request,
             "item.html.j2",
@@ -256,7 +308,11 @@ def create_app(
                 "left": left.text,
                 "right": right.text,
                 "lease_s": lease_s,
-                "lease_left_s": _seconds_until(queued.lease_expires_at),
+                "lease_left_s": lease_left_s,
+                "previous": previous,
+                "given": given,
+                "chosen": chosen,
+                "chosen_name": CHOICE_NAMES.get(chosen or ""),
             },
         )
 
@@ -388,6 +444,13 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def displayed_choice(label: ReviewLabel | None, shown_swapped: bool) -> str:
+    """The page's choice (left, right, tie, both_bad, skip) for a stored label: `stored_label` undone."""
+    if label in ("a", "b"):
+        return "left" if (label == "a") != shown_swapped else "right"
+    return "skip" if label is None else label
 
 
 def stored_label(choice: str, shown_swapped: bool) -> ReviewLabel | None:

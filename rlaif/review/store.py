@@ -96,6 +96,16 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class GivenLabel:
+    """A label (or set-aside, label None) a reviewer gave, with the item it is for: what undo and "my labels" show."""
+
+    queued: QueuedItem
+    label: ReviewLabel | None
+    comment: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class HumanDecision:
     """What people said about one routed pair, for the merge."""
 
@@ -548,6 +558,24 @@ class ReviewStore:
             "mine": sum(1 for row in labels if row.reviewer == reviewer) if reviewer else None,
             "inter_annotator_agreement": _pairwise_agreement(given),
         }
+
+    def labels_by(
+        self, run_id: str, reviewer: str, item_id: str | None = None, limit: int | None = None
+    ) -> list[GivenLabel]:
+        """The labels a reviewer gave in a run, the latest first (only the one for `item_id` when given)."""
+        query = (
+            select(ItemRow, LabelRow.label, LabelRow.comment, LabelRow.updated_at.label("given_at"))
+            .join(LabelRow, LabelRow.item_id == ItemRow.id)
+            .where(LabelRow.run_id == run_id, LabelRow.reviewer == reviewer)
+            .order_by(LabelRow.updated_at.desc(), ItemRow.position.desc())
+        )
+        if item_id is not None:
+            query = query.where(ItemRow.id == item_id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [GivenLabel(_queued(row), row.label, row.comment, row.given_at) for row in rows]
 
     def decisions(self, run_id: str) -> dict[str, HumanDecision]:
         """Every item of a run with its labels, by pair id (what the merge needs)."""

@@ -1,10 +1,9 @@
-// The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside), and the hold
-// on the open pair.
+// The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside, u back to the
+// previous pair), and the hold on the open pair.
 // Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
 // stays), so the next key labels the pair with it.
 (function () {
   var form = document.getElementById("label-form");
-  if (!form) return;
 
   function submitWith(button) {
     form.querySelectorAll(".choices button").forEach(function (b) { b.disabled = true; });
@@ -18,7 +17,7 @@
 
   document.addEventListener("keydown", function (event) {
     var target = event.target;
-    if (target && target.tagName === "TEXTAREA") {
+    if (target && target.tagName === "TEXTAREA" && form) {
       if (event.key === "Escape" || (event.key === "Enter" && (event.ctrlKey || event.metaKey))) {
         event.preventDefault();
         target.blur();
@@ -28,6 +27,13 @@
     }
     if (target && target.tagName === "INPUT") return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var previous = document.getElementById("previous");
+    if (event.key.toLowerCase() === "u" && previous) {  // undo: back to the pair labelled last
+      event.preventDefault();
+      window.location.href = previous.href;
+      return;
+    }
+    if (!form) return;
     var button = form.querySelector('.choices button[data-key="' + event.key.toLowerCase() + '"]');
     if (button && !button.disabled) {
       event.preventDefault();
@@ -37,6 +43,8 @@
 
   // The hold (lease) on the pair: renewed while the page is open and visible, its time left shown; when it
   // is lost, the page says so, keeps the comment and offers the next pair instead of the label buttons.
+  // A pair labelled earlier (undo) is not held: it has no lease.
+  if (!form || !form.dataset.renew) return;
   var leaseSeconds = Number(form.dataset.leaseS);
   var expiresAt = Date.now() + 1000 * Number(form.dataset.leaseLeftS);
   var every = Math.max(5, Math.min(60, leaseSeconds / 3)) * 1000;

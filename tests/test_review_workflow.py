@@ -2,7 +2,8 @@
 lease (a short one here) so nobody else gets the item; a lease lost while the tab was hidden gives a plain
 message that keeps the comment and offers the next pair, both when the page notices and when a label is
 sent; Esc and Ctrl+Enter leave the comment box and the next key labels with the comment; "show me another"
-keeps the item open for everyone while "set aside" takes it out; run names with '/' are refused."""
+keeps the item open for everyone while "set aside" takes it out; undo goes back to the previous pair with the
+label shown and changeable, and "my labels" lists them; run names with '/' are refused."""
 
 from __future__ import annotations
 
@@ -204,3 +205,45 @@ def test_run_names_with_a_slash_are_refused_at_the_start(tmp_path):
 def _rows(path):
     for line in path.read_text().splitlines():
         yield json.loads(line)
+
+
+def test_undo_shows_the_previous_pair_with_its_label_and_changes_it(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    alice, _ = reviewers(db_url, "undo", 3)
+    with ReviewServer(db_url) as server:
+        page = open_first_item(browser, server, alice, "undo")
+        assert page.locator("#previous").count() == 0  # nothing labelled yet
+        first = page.inner_text(".conversation")
+        page.fill("textarea[name=comment]", "first thoughts")
+        page.locator("textarea[name=comment]").blur()
+        with page.expect_navigation():
+            page.keyboard.press("1")
+        second = page.inner_text(".conversation")
+        with page.expect_navigation():
+            page.keyboard.press("u")  # back to the first pair: a GET that changes nothing
+        assert page.inner_text(".conversation") == first
+        assert "Answer 1 is better" in page.inner_text("#given")
+        assert page.locator("button.chosen").inner_text().endswith("Answer 1 is better")
+        assert page.input_value("textarea[name=comment]") == "first thoughts"
+        assert page.locator("#lease").count() == 0 and page.locator("button[value=another]").count() == 0
+        with page.expect_navigation():
+            page.keyboard.press("2")  # changed
+        assert page.inner_text(".conversation") == second  # back at the pair alice still holds
+        assert "1 of 3 finished" in page.inner_text("#progress")
+        page.click("#my-labels")
+        rows = page.locator("#mine tbody tr")
+        assert rows.count() == 1 and "Answer 2 is better" in rows.inner_text() and "first thoughts" in rows.inner_text()
+        assert httpx.get(f"{server.url}/runs/undo/items/x").status_code == 401  # no token: nothing shown
+        other = page.goto(f"{server.url}/runs/undo/items/{_first_unlabelled(db_url, 'undo')}")
+        assert other.status == 404  # only your own labelled pairs are shown this way
+    with ReviewStore.open(db_url) as store:
+        decisions = store.decisions("undo")
+        given = store.labels_by("undo", "alice")
+    [changed] = given
+    assert changed.label == ("b" if not changed.queued.shown_swapped else "a") and changed.comment == "first thoughts"
+    assert decisions[changed.queued.pair.id].labels == (("alice", changed.label),)
+
+
+def _first_unlabelled(db_url: str, run_id: str) -> str:
+    with ReviewStore.open(db_url) as store:
+        return next(row["item"]["id"] for row in store.export_rows(run_id) if not row["labels"])
