@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,34 @@ def queue_entries(run_id: str, count: int, text: str = "answer") -> list[tuple[R
         reason = "audit" if i % 3 == 0 else "low_confidence"
         entries.append((ReviewItem(run_id=run_id, pair_id=pair.id, reason=reason), pair, judgment))
     return entries
+
+
+def entry(
+    run_id: str, question: str, first: str, second: str, finish_reasons: tuple[str | None, str | None] = (None, None)
+) -> tuple[ReviewItem, Pair, Judgment]:
+    """One routed pair of two given answers (a coin-flip judgment), for pages that show particular texts."""
+    prompt = PromptItem(messages=[{"role": "user", "content": question}])
+    pair = Pair(
+        prompt=prompt,
+        a=Candidate(prompt_id=prompt.id, text=first, model="p", finish_reason=finish_reasons[0]),
+        b=Candidate(prompt_id=prompt.id, text=second, model="p", finish_reason=finish_reasons[1]),
+    )
+    judgment = Judgment(
+        pair_id=pair.id, winner="a", p_a=0.5, confidence=0, status="ok", judge_model="j", template_hash="t"
+    )
+    return ReviewItem(run_id=run_id, pair_id=pair.id, reason="audit"), pair, judgment
+
+
+def start_reviewing(page: Any, url: str, token: str, run_id: str) -> Any:
+    """In a browser page: sign in on the run's page, press Start, and wait for the first pair."""
+    page.goto(f"{url}/runs/{run_id}")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#start-form")
+    with page.expect_navigation():
+        page.click("#start-form button")
+    page.wait_for_selector("#label-form")
+    return page
 
 
 def free_port() -> int:

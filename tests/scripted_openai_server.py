@@ -72,6 +72,7 @@ class ScriptedOpenAIServer:
         self.logprobs = logprobs  # the choice's logprobs.content, when the request asks for logprobs
         self.requests: list[dict[str, Any]] = []
         self.request_times: list[float] = []
+        self.in_flight = self.max_in_flight = 0  # requests being answered now, and the most at once
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -110,6 +111,16 @@ class ScriptedOpenAIServer:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 action = server._next_action(body)
                 time.sleep(action.delay_s + server.delay_s)

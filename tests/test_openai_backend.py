@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from rlaif.config import SamplingSection
 from rlaif.generation.openai_backend import OpenAIBackend
 from rlaif.generation.protocol import BackendError, GenerationRequest
@@ -110,15 +112,16 @@ def test_several_base_urls_are_used_round_robin():
     assert len(first.requests) == 3 and len(second.requests) == 3
 
 
-def test_concurrency_limit_is_respected():
-    script = [Action(delay_s=0.2) for _ in range(6)]
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_concurrency_limit_is_respected_and_used(limit):
+    """The server counts the requests it is answering at once: never more than the limit, and the limit is
+    reached (requests that each take 0.2 s keep it busy)."""
+    script = [Action(delay_s=0.2) for _ in range(8)]
     with ScriptedOpenAIServer(script) as server:
-        backend = OpenAIBackend([server.base_url], "m", max_concurrency=2)
-        started = time.monotonic()
-        run(generate(backend, [GenerationRequest(messages=HELLO) for _ in range(6)]))
-        elapsed = time.monotonic() - started
-    # 6 requests of 0.2 s, 2 at a time: at least 3 rounds.
-    assert elapsed >= 0.6
+        backend = OpenAIBackend([server.base_url], "m", max_concurrency=limit)
+        results = run(generate(backend, [GenerationRequest(messages=HELLO) for _ in range(8)]))
+    assert all(isinstance(r, list) for r in results)
+    assert server.max_in_flight == limit
 
 
 def test_credentials_in_a_url_never_reach_messages():

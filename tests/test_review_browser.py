@@ -1,12 +1,13 @@
 """The review page in headless Chromium (Debian's chromium, driven by Playwright): sign in with a token,
-label with the keyboard, see progress; hostile candidates show as text and run nothing."""
+label with the keyboard, see progress; hostile candidates show as text and run nothing; a 5,000-word answer and
+a phone-sized screen leave the decision bar in view."""
 
 from __future__ import annotations
 
 from rlaif.review.app import stored_label
 from rlaif.review.store import ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
-from tests.review_fixtures import RLAIF, ReviewServer
+from tests.review_fixtures import RLAIF, ReviewServer, entry, start_reviewing
 
 SCRIPT = "<script>window.__pwned = 'script'</script>"
 IMAGE = "<img src=x onerror=\"window.__pwned = 'img'\">"
@@ -102,3 +103,55 @@ def test_a_reviewer_signs_in_labels_with_the_keyboard_and_hostile_text_stays_tex
     with ReviewStore.open(db_url) as store:
         comments = [row["labels"][0]["comment"] for row in store.export_rows("web")]
     assert comments[0] == "1 typed here is a comment, not a shortcut"
+
+
+def comparison_queue(run_id: str) -> list[tuple[ReviewItem, Pair, Judgment]]:
+    long_answer = " ".join(f"word{i % 97}" for i in range(5000))
+    poem = "Roses are red,\nviolets are blue,\nthis line stays a line,\nand [so does this link](https://example.org/)."
+    return [
+        entry(run_id, "Write at length.", long_answer, "", finish_reasons=("length", "stop")),
+        entry(run_id, "A poem?", poem, "No.", finish_reasons=("stop", "stop")),
+    ]
+
+
+def png_width(image: bytes) -> int:
+    return int.from_bytes(image[16:20], "big")  # the IHDR chunk's width
+
+
+def test_the_page_compares_a_5000_word_answer_on_a_desktop_and_a_phone(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("compare", comparison_queue("compare"))
+        token = store.add_reviewer("alice")
+    with ReviewServer(db_url) as server:
+        page = start_reviewing(browser.new_page(viewport={"width": 1280, "height": 800}), server.url, token, "compare")
+
+        # Desktop: side by side; the long answer scrolls on its own and the decision bar stays in view.
+        long_side = page.locator(".answer", has=page.locator(".badge.cut-off"))
+        assert "5,000 words" in long_side.locator("h2").inner_text()
+        assert page.locator(".answer", has=page.locator(".badge.empty")).locator("h2").inner_text().count("0 words")
+        assert long_side.evaluate("e => e.scrollHeight > 5 * e.clientHeight")
+        bar = page.locator(".choices").bounding_box()
+        assert bar is not None and 0 <= bar["y"] and bar["y"] + bar["height"] <= 800
+        first, second = (page.locator(f"#answer-{n}").bounding_box() for n in (1, 2))
+        assert abs(first["y"] - second["y"]) < 1 and second["x"] > first["x"] + first["width"]  # side by side
+
+        # Phone: stacked, no horizontal scroll (the full-page screenshot is as wide as the screen), bar in view.
+        page.set_viewport_size({"width": 375, "height": 740})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        first, second = (page.locator(f"#answer-{n}").bounding_box() for n in (1, 2))
+        assert second["y"] >= first["y"] + first["height"]  # stacked
+        bar = page.locator(".choices").bounding_box()
+        assert bar is not None and bar["y"] + bar["height"] <= 740
+        shot = page.screenshot(full_page=True, path=str(tmp_path / "phone.png"))
+        assert png_width(shot) == 375 and len(shot) > 10_000
+
+        # A poem keeps its lines; a link opens in a new tab, without the opener.
+        page.set_viewport_size({"width": 1280, "height": 800})
+        with page.expect_navigation():
+            page.keyboard.press("1")
+        poem = page.locator(".answer", has_text="Roses are red")
+        assert poem.locator(".content br").count() == 3
+        link = poem.locator(".content a")
+        assert link.get_attribute("target") == "_blank" and "noopener" in link.get_attribute("rel")
+        page.close()

@@ -14,8 +14,7 @@ import psutil
 
 from rlaif.review.app import MAX_BODY_BYTES, csrf_token
 from rlaif.review.store import ReviewStore
-from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
-from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
+from tests.review_fixtures import RLAIF, ReviewServer, entry, queue_entries, start_reviewing
 
 PWN = "window.__pwned"
 INJECT = f"<img src=x onerror=\"{PWN}='markup'\"><meta http-equiv=refresh content='0;url=http://127.0.0.1:9'>"
@@ -23,19 +22,6 @@ RUN = f"evil<b id=injected-run><img src=x onerror=\"{PWN}='run'\">"  # no '/': o
 REVIEWER = f"mallory<b id=injected-name><img src=x onerror=\"{PWN}='name'\">"  # names: at most 128
 # Markdown images that would make the reviewer's browser claim an item of another run when viewed.
 CLAIM_ELSEWHERE = "![x](/api/runs/other/next) ![y](/runs/other)"
-
-
-def entry(run_id: str, question: str, first: str, second: str) -> tuple[ReviewItem, Pair, Judgment]:
-    prompt = PromptItem(messages=[{"role": "user", "content": question}])
-    pair = Pair(
-        prompt=prompt,
-        a=Candidate(prompt_id=prompt.id, text=first, model="p"),
-        b=Candidate(prompt_id=prompt.id, text=second, model="p"),
-    )
-    judgment = Judgment(
-        pair_id=pair.id, winner="a", p_a=0.5, confidence=0, status="ok", judge_model="j", template_hash="t"
-    )
-    return ReviewItem(run_id=run_id, pair_id=pair.id, reason="audit"), pair, judgment
 
 
 def token_for(db_url: str, name: str) -> str:
@@ -92,13 +78,7 @@ def test_viewing_an_answer_claims_nothing_anywhere(browser, tmp_path):
         page = browser.new_page()
         requests: list[str] = []
         page.on("request", lambda request: requests.append(request.url))
-        page.goto(server.url + "/runs/web")
-        page.fill("input[name=token]", token)
-        page.click("button[type=submit]")
-        page.wait_for_selector("#start-form")
-        with page.expect_navigation():
-            page.click("#start-form button")
-        page.wait_for_selector("#label-form")
+        start_reviewing(page, server.url, token, "web")
         page.wait_for_timeout(1000)
         assert page.locator(".answers img").count() == 0
         assert not [url for url in requests if "/other" in url]

@@ -16,44 +16,19 @@ import pytest
 
 from rlaif.config import ConfigError, load_config
 from rlaif.review.store import ReviewStore, ReviewStoreError
-from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
-from tests.review_fixtures import RLAIF, ReviewServer
+from tests.review_fixtures import RLAIF, ReviewServer, queue_entries, start_reviewing
 
 LEASE_S = 6  # the page renews every 5 s (its floor), so an open page holds the item past this
 
 
-def plain_queue(run_id: str, count: int) -> list[tuple[ReviewItem, Pair, Judgment]]:
-    entries = []
-    for index in range(count):
-        prompt = PromptItem(messages=[{"role": "user", "content": f"Question {index}?"}])
-        pair = Pair(
-            prompt=prompt,
-            a=Candidate(prompt_id=prompt.id, text=f"first answer {index}", model="p"),
-            b=Candidate(prompt_id=prompt.id, text=f"second answer {index}", model="p"),
-        )
-        judgment = Judgment(
-            pair_id=pair.id, winner="a", p_a=0.6, confidence=0.2, status="ok", judge_model="j", template_hash="t"
-        )
-        entries.append((ReviewItem(run_id=run_id, pair_id=pair.id, reason="low_confidence"), pair, judgment))
-    return entries
-
-
 def reviewers(db_url: str, run_id: str, count: int) -> tuple[str, str]:
     with ReviewStore.open(db_url) as store:
-        store.enqueue(run_id, plain_queue(run_id, count))
+        store.enqueue(run_id, queue_entries(run_id, count))
         return store.add_reviewer("alice"), store.add_reviewer("bob")
 
 
 def open_first_item(browser, server: ReviewServer, token: str, run_id: str):
-    page = browser.new_page()
-    page.goto(f"{server.url}/runs/{run_id}")
-    page.fill("input[name=token]", token)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#start-form")
-    with page.expect_navigation():
-        page.click("#start-form button")
-    page.wait_for_selector("#label-form")
-    return page
+    return start_reviewing(browser.new_page(), server.url, token, run_id)
 
 
 def claim(server: ReviewServer, token: str, run_id: str) -> httpx.Response:
@@ -125,7 +100,7 @@ def test_a_lease_lost_in_a_hidden_tab_is_said_plainly_and_the_comment_is_kept(br
         assert page.input_value("#kept-comment") == "second note <b>stays text</b>"
         with page.expect_navigation():
             page.click("#start-form button")
-        assert "Question" in page.inner_text(".conversation")  # alice goes on with the pair left for her
+        assert "question" in page.inner_text(".conversation")  # alice goes on with the pair left for her
     with ReviewStore.open(db_url) as store:
         labels = [label for row in store.export_rows("lost") for label in row["labels"]]
     assert [label["reviewer"] for label in labels] == ["bob"]  # nothing of alice's: what she sent was shown back
@@ -187,7 +162,7 @@ def test_the_api_gives_an_item_back_and_claims_another(tmp_path):
 def test_run_names_with_a_slash_are_refused_at_the_start(tmp_path):
     with pytest.raises(ConfigError, match=r"run name 'team/a'.*without '/'"):
         load_config(None, ["run.name=team/a"])
-    [(item, pair, judgment)] = plain_queue("ok", 1)
+    [(item, pair, judgment)] = queue_entries("ok", 1)
     row = {"item": {**item.model_dump(mode="json"), "run_id": "team/a", "id": ""}, "pair": pair.model_dump(mode="json")}
     row["judgment"] = judgment.model_dump(mode="json")
     path = tmp_path / "queue.jsonl"

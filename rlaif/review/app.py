@@ -41,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlaif.review.store import ClaimConflict, GivenLabel, ItemNotFound, QueuedItem, ReviewStore, now
-from rlaif.schema import ReviewLabel
+from rlaif.schema import Candidate, ReviewLabel
 
 COOKIE = "rlaif_review"
 CSRF_HEADER = "x-csrf-token"
@@ -98,12 +98,19 @@ def csrf_token(token: str) -> str:
     return hashlib.sha256(f"rlaif-review-csrf:{token}".encode()).hexdigest()
 
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+# breaks: a line break in an answer stays one (a poem stays a poem)
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable("table")
 
 
 def render_markdown(text: str) -> Markup:
     """Untrusted Markdown to safe HTML: raw HTML is escaped by the parser, the result sanitised by nh3."""
-    return Markup(nh3.clean(_markdown.render(text), tags=SANITISED_TAGS, link_rel="noopener noreferrer nofollow"))
+    html = nh3.clean(
+        _markdown.render(text),
+        tags=SANITISED_TAGS,
+        link_rel="noopener noreferrer nofollow",
+        set_tag_attribute_values={"a": {"target": "_blank"}},  # a link never takes the review page away
+    )
+    return Markup(html)
 
 
 def current_reviewer(request: Request) -> Reviewer:
@@ -295,7 +302,7 @@ def create_app(
         given: GivenLabel | None = None,
     ) -> Response:
         """The page of one pair: the item the reviewer holds, or (`given`) one they labelled earlier."""
-        left, right = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
+        shown = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
         chosen = displayed_choice(given.label, queued.shown_swapped) if given is not None else None
         return templates.TemplateResponse(
             request,
@@ -305,8 +312,7 @@ def create_app(
                 "reviewer": person,
                 "run_id": run_id,
                 "item": queued,
-                "left": left.text,
-                "right": right.text,
+                "answers": [answer_view(number, candidate) for number, candidate in enumerate(shown, start=1)],
                 "lease_s": lease_s,
                 "lease_left_s": lease_left_s,
                 "previous": previous,
@@ -444,6 +450,18 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def answer_view(number: int, candidate: Candidate) -> dict[str, Any]:
+    """What the page shows of one answer: its text, word count, and whether it is empty or was cut off at
+    the policy's max_tokens (finish_reason length)."""
+    return {
+        "number": number,
+        "text": candidate.text,
+        "words": len(candidate.text.split()),
+        "empty": not candidate.text.strip(),
+        "cut_off": candidate.finish_reason == "length",
+    }
 
 
 def displayed_choice(label: ReviewLabel | None, shown_swapped: bool) -> str:
