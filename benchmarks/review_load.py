@@ -53,6 +53,7 @@ class LoadRecord:
     acknowledged: dict[str, tuple[str, str]] = field(default_factory=dict)  # item id -> (reviewer, label)
     unavailable: int = 0  # 503 answers, retried
     transport_errors: int = 0  # no answer at all (connection refused or dropped), retried
+    gave_up: int = 0  # requests still unanswered (503 or no answer) when retrying time was up
 
     def summary(self, seconds: float) -> dict[str, Any]:
         requests = sum(len(values) for values in self.latencies.values())
@@ -66,6 +67,7 @@ class LoadRecord:
             "first_errors": self.errors[:5],
             "unavailable_503_retried": self.unavailable,
             "transport_errors_retried": self.transport_errors,
+            "gave_up_after_retrying": self.gave_up,
         }
 
 
@@ -81,11 +83,18 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+RETRY_GRACE_S = 30.0  # past the run's deadline, how long an outage is still waited out
+
+
 async def _request(
-    client: httpx.AsyncClient, record: LoadRecord, kind: str, method: str, url: str, **kwargs: Any
+    client: httpx.AsyncClient, record: LoadRecord, kind: str, method: str, url: str, give_up_at: float, **kwargs: Any
 ) -> httpx.Response | None:
-    """One request, timed; a 503 or a dropped connection is waited out and sent again (None: time is up)."""
+    """One request, timed; a 503 or a dropped connection is waited out and sent again until `give_up_at`
+    (monotonic), then None: a service or database that never comes back ends the run instead of hanging it."""
     while True:
+        if time.monotonic() > give_up_at:
+            record.gave_up += 1
+            return None
         started = time.monotonic()
         try:
             response = await client.request(method, url, **kwargs)
@@ -108,7 +117,8 @@ async def reviewer(base: str, token: str, run_id: str, deadline: float, record: 
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         while time.monotonic() < deadline:
-            response = await _request(client, record, "next", "POST", f"/api/runs/{run_id}/next")
+            give_up_at = deadline + RETRY_GRACE_S
+            response = await _request(client, record, "next", "POST", f"/api/runs/{run_id}/next", give_up_at)
             if response is None or response.status_code == 204:
                 return
             if response.status_code != 200:
@@ -117,7 +127,7 @@ async def reviewer(base: str, token: str, run_id: str, deadline: float, record: 
             item = response.json()["id"]
             label = rng.choice(LABELS)
             response = await _request(
-                client, record, "label", "POST", f"/api/items/{item}/label", json={"label": label}
+                client, record, "label", "POST", f"/api/items/{item}/label", give_up_at, json={"label": label}
             )
             if response is not None and response.status_code == 200:
                 record.acknowledged[item] = (token, label)

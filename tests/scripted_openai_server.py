@@ -1,9 +1,13 @@
-"""A scripted OpenAI-compatible HTTP server on loopback, for retry, timeout and n-emulation tests.
+"""A scripted OpenAI-compatible HTTP server on loopback: failures on demand, and a deterministic model.
 
-It is a stand-in only for failures a real model server cannot be made to produce on demand
-(429 with Retry-After, 500s, dropped connections, ignoring `n`); tests that need real text use a
+It stands in for a real model server in two roles. Failures a real server cannot be made to produce on
+demand: 429 with Retry-After, 5xx, dropped connections, ignoring `n`, a service that only answers 503.
+And a deterministic policy and judge (`reply`, `logprobs`): answers named by seed and choice, verdicts
+that depend on what the judge was shown, so that tests of the pipeline's own logic (shards, resume,
+routing, merge, refusal contrast, deployments) know exactly what to expect, which the tiny real models
+(near a coin flip as judges) cannot give; tests that need real text use SmolLM2 in-process or behind a
 real `transformers serve`. Each request pops the next scripted action; when the script is empty it
-answers normally. Every request body is recorded.
+answers normally. Every request body is recorded, and the most requests answered at once is counted.
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ class ScriptedOpenAIServer:
                         server.in_flight -= 1
 
             def _answer(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 action = server._next_action(body)
                 time.sleep(action.delay_s + server.delay_s)
                 if action.drop_connection:

@@ -11,7 +11,7 @@ import pytest
 from rlaif.generation.openai_backend import OpenAIBackend
 from rlaif.judges.ensemble import EnsembleJudge
 from rlaif.judges.pairwise import PairwiseLLMJudge
-from rlaif.judges.reward_model import RewardModelJudge, RewardModelScorer
+from rlaif.judges.reward_model import RewardModelJudge, RewardModelScorer, encode_reward_inputs
 from rlaif.judges.templates import load_template
 from rlaif.models import prepare_model
 from rlaif.schema import Candidate, Pair, PromptItem
@@ -148,12 +148,23 @@ def test_an_ensemble_averages_and_flags_disagreement():
     assert all(j.p_a == 0.5 and j.judge_disagreement and j.winner == "tie" for j in judgments)
 
 
+def one_score(scorer: RewardModelScorer, answer: str) -> float:
+    """The model's score for one (PROMPT, answer), computed here without the scorer's batching and padding:
+    its weights (the head of an untrained backbone is drawn at load time), the shared input format, one input."""
+    import torch
+
+    encoded = encode_reward_inputs(scorer.tokenizer, [PROMPT.chat()], [answer], 512, return_tensors="pt")
+    with torch.inference_mode():
+        return float(scorer.model(**encoded).logits[0, 0])
+
+
 def test_reward_model_judge_is_sigmoid_of_the_score_difference(tmp_path):
     encoder = prepare_model("all-minilm-l6-v2")
     scorer = RewardModelScorer(str(encoder))
     judge = RewardModelJudge(scorer, name="minilm")
     judgments = asyncio.run(judge.judge(pairs()))
-    r_good, r_bad = scorer.score([PROMPT, PROMPT], [GOOD.text, BAD.text])
+    r_good, r_bad = (one_score(scorer, GOOD.text), one_score(scorer, BAD.text))
+    assert r_good != r_bad
     assert judgments[0].p_a == pytest.approx(1 / (1 + math.exp(-(r_good - r_bad))), abs=1e-5)
     assert judgments[1].p_a == pytest.approx(1 - judgments[0].p_a, abs=1e-5)  # symmetric by construction
     assert judgments[0].status == "ok" and judgments[0].raw_outputs[0].startswith("reward_a=")

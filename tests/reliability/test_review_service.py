@@ -74,3 +74,19 @@ def test_a_sqlite_database_locked_by_another_writer_makes_reviewers_wait_not_fai
     summary = load(f"sqlite:///{path}", reviewers=6, seconds=7, items=2000, during=hold_the_write_lock)
     assert summary["errors"] == 0 and summary["labels_lost"] == 0
     assert summary["latency_ms"]["label"]["max"] >= 2500 or summary["latency_ms"]["next"]["max"] >= 2500
+
+
+def test_a_service_that_never_comes_back_ends_the_load_run_instead_of_hanging_it(monkeypatch):
+    """Every answer is 503 (the scripted server stands in for a review service whose database never returns,
+    which cannot be arranged in bounded time otherwise): reviewers retry until the deadline and its grace, then
+    stop, counted as given up."""
+    import benchmarks.review_load as review_load
+    from tests.scripted_openai_server import Action, ScriptedOpenAIServer
+
+    monkeypatch.setattr(review_load, "RETRY_GRACE_S", 1.0)
+    script = [Action(status=503, headers={"Retry-After": "0.2"}) for _ in range(1000)]
+    with ScriptedOpenAIServer(script) as server:
+        started = time.monotonic()
+        record = asyncio.run(run_load(server.base_url, ["t1", "t2"], "load", seconds=0.5))
+    assert time.monotonic() - started < 10
+    assert record.gave_up == 2 and record.unavailable > 2 and not record.acknowledged and not record.errors
