@@ -96,3 +96,40 @@ def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
     with pytest.raises(ConfigError, match="judge.api_key_env names RLAIF_TEST_KEY, but .* not set") as error:
         read_api_key("RLAIF_TEST_KEY", "judge")
     assert "sk-canary" not in str(error.value)
+
+
+def test_the_readme_demo_column_gives_the_embedded_configs_values():
+    """The configuration table's `demo.yaml` column: for each key of a row, the embedded config's value where
+    it differs from the code's default, else "as default"."""
+    import re
+    from pathlib import Path
+
+    from rlaif.config import Config
+
+    code, demo = Config().model_dump(mode="json"), load_config(None).model_dump(mode="json")
+
+    def value(tree: dict, key: str) -> object:
+        for part in key.split("."):
+            tree = tree[part]
+        return tree
+
+    def shown(item: object) -> str:
+        return "`none`" if item is None else f"`{str(item).lower() if isinstance(item, bool) else item}`"
+
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = lines.index("| key | default | `demo.yaml` (no config given) | meaning |") + 2
+    checked = 0
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        key_cell, _, demo_cell, *_ = line.strip("| ").split(" | ")
+        keys: list[str] = []
+        for token in re.findall(r"`([^`]+)`", key_cell):
+            keys.append(keys[0].rsplit(".", 1)[0] + token if token.startswith(".") else token)
+        if keys[0].endswith("*"):
+            continue
+        cells = [shown(value(demo, k)) if value(demo, k) != value(code, k) else None for k in keys]
+        expected = ", ".join(c or "as default" for c in cells) if any(cells) else "as default"
+        assert demo_cell == expected, line
+        checked += 1
+    assert checked > 30

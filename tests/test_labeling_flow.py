@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,36 @@ def test_in_process_logprob_pipeline_with_smollm2(smollm2_dir, mt_bench_file, tm
     assert len((run / "routing.jsonl").read_text().splitlines()) == 9
     [queued] = [json.loads(line) for line in (run / "review_queue.jsonl").read_text().splitlines()]
     assert queued["item"]["reason"] in ("audit", "low_confidence") and queued["pair"]["id"] == queued["item"]["pair_id"]
+
+
+def test_verdict_mode_in_process_parses_real_verdicts_end_to_end(smollm2_dir, mt_bench_file, tmp_path):
+    """The in-process backend continues the template's prefilled "[[", so even the tiny model's replies parse:
+    every judgment is a label read from the model's own text (the `transformers serve` test below may parse none)."""
+    config = load_config(
+        None,
+        [
+            f"prompts.path={mt_bench_file}",
+            "prompts.limit=2",
+            f"run.dir={tmp_path / 'run'}",
+            "sampling.n=2",
+            "sampling.max_tokens=16",
+            "judge.mode=verdict",
+            "judge.max_tokens=8",
+        ],
+    )
+    report = asyncio.run(label_pipeline(config))
+    assert report["pairs"] == 2 and report["judged_ok"] == 2 and report["judge_failed"] == 0
+    for judgment in judgments_of(tmp_path / "run"):
+        verdicts = [re.fullmatch(r"\[\[([ABC])\]\].*", raw, re.S) for raw in judgment.raw_outputs]
+        assert len(verdicts) == 2 and all(verdicts), judgment.raw_outputs
+        # p(first shown is better) per order: A 1, B 0, C 0.5; the second order shows B first.
+        first, second = (P_FIRST_BETTER[v.group(1)] for v in verdicts)
+        p_a = (first + 1 - second) / 2
+        assert judgment.p_a == pytest.approx(p_a), judgment.raw_outputs
+        assert judgment.winner == ("a" if p_a > 0.5 else "b" if p_a < 0.5 else "tie"), judgment.raw_outputs
+
+
+P_FIRST_BETTER = {"A": 1.0, "B": 0.0, "C": 0.5}
 
 
 def test_verdict_pipeline_through_transformers_serve(smollm2_dir, mt_bench_file, tmp_path):
