@@ -29,7 +29,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -n logical --dist loadfile --durations=15  # the slowest tests, to keep CI within its time
 
 # The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
-# 60 s); `make test` runs its short variants.
+# 60 s); `make test` runs its short variants. It writes benchmarks/results/reliability.json (the README's
+# Reliability table: benchmarks/performance_tables.py) and reliability_kills.json.
 reliability: $(STAMP)
 	$(BIN)/python -m pytest tests/reliability -m "long or not long" -s -p no:cacheprovider
 

@@ -4,9 +4,9 @@ Performance section.
     .venv/bin/python benchmarks/performance_tables.py
 
 Reads benchmarks/results/labeling_throughput_fake*.json, labeling_scale_fake.json,
-labeling_real_server_smollm2.json, judge_quality.json, sampling_cpu_smollm2.json and
-judging_cpu_smollm2.json (those that exist) and prints their tables, so that what the README shows is
-what the files hold.
+labeling_real_server_smollm2.json, judge_quality.json, sampling_cpu_smollm2.json,
+judging_cpu_smollm2.json and reliability.json (the Reliability section's, written by `make reliability`;
+those that exist) and prints their tables, so that what the README shows is what the files hold.
 """
 
 from __future__ import annotations
@@ -167,6 +167,86 @@ def judging_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FAULT_NAMES = {
+    "drop": "dropped connections",
+    "429": "429s",
+    "500": "500s",
+    "slow": "answers past the timeout",
+    "truncated": "truncated",
+    "nonsense": "nonsense",
+}
+
+
+def _span(values: list[int]) -> str:
+    """The range of some counts: "3", or "0 to 24"."""
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low} to {high}"
+
+
+def reliability_table(document: dict[str, Any]) -> str:
+    """The README's Reliability table, from `make reliability`'s results file (tests/reliability/conftest.py)."""
+    figures, tests = document["figures"], document["tests"]
+    lines = [
+        f"{tests['collected']} tests, {tests['failed']} failed; {document['machine']}; {document['date']}",
+        "",
+        "| check | figures |",
+        "|---|---|",
+    ]
+    trials = figures.get("kill_and_resume", [])
+    if trials:
+        by_phase = {}
+        for trial in trials:
+            by_phase.setdefault(trial["landed_in"], []).append(trial)
+        phases = "; ".join(
+            f"{phase}: {len(runs)} kills, repeated judge calls {_span([t['repeated_judge_calls'] for t in runs])}, "
+            f"repeated policy calls {_span([t['repeated_policy_calls'] for t in runs])}"
+            for phase, runs in sorted(by_phase.items())
+        )
+        short = sum(1 for trial in trials if trial["seed"] < 3)  # seeds 0-2: the short variant, one per phase
+        lines.append(
+            f"| kill -9 and resume | {len(trials)} trials ({short} short, {len(trials) - short} long), each equal to "
+            f"the uninterrupted run; {phases} |"
+        )
+    runs = figures.get("endpoint_faults", [])
+    if runs:
+        faults = {kind: sum(run["faults"].get(kind, 0) for run in runs) for kind in FAULT_NAMES}
+        injected = ", ".join(f"{faults[kind]:,} {name}" for kind, name in FAULT_NAMES.items())
+        lines.append(
+            f"| endpoint faults | {len(runs)} runs, {sum(r['requests'] for r in runs):,} requests: {injected}; "
+            f"{sum(r['pairs'] for r in runs):,} pairs, {sum(r['judge_failed'] for r in runs)} judged as failed "
+            "and routed |"
+        )
+    if "dead_endpoint" in figures:
+        dead = figures["dead_endpoint"]
+        lines.append(
+            f"| dead endpoint | stopped after {dead['requests']} requests (bound {dead['bound']}), "
+            f"{dead['seconds']} s including start-up |"
+        )
+    if "two_workers" in figures:
+        split = " / ".join(str(count) for count in figures["two_workers"]["judgment_shards_by_worker"])
+        lines.append(f"| two workers | judgment shards split {split}; model calls equal to one worker's |")
+    for key, name in (
+        ("postgresql_crash_2s", "PostgreSQL crash, 2 s down"),
+        ("sqlite_locked_3s", "SQLite locked 3 s"),
+        ("review_10_reviewers", "review, 10 reviewers, 5 s"),
+        ("review_load_50", "review load, 50 reviewers, 60 s"),
+    ):
+        if key in figures:
+            run = figures[key]
+            latency = run["latency_ms"]
+            lines.append(
+                f"| {name} | {run['requests']:,} requests ({run['requests_per_s']}/s); "
+                f"{run['unavailable_503_retried']} answered 503 and retried; next p50 / p95 / max "
+                f"{latency['next']['p50']:.0f} / {latency['next']['p95']:.0f} / {latency['next']['max']:.0f} ms, "
+                f"label {latency['label']['p50']:.0f} / {latency['label']['p95']:.0f} / "
+                f"{latency['label']['max']:.0f} ms; {run['errors']} errors; {run['labels_lost']} of "
+                f"{run['labels_acknowledged']:,} acknowledged labels lost |"
+            )
+    if "test_hostile_inputs" in document.get("tests_by_module", {}):
+        lines.append(f"| hostile inputs | {document['tests_by_module']['test_hostile_inputs']} cases, no traceback |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -176,6 +256,7 @@ def main() -> None:
         ("judge_quality.json", quality_table),
         ("sampling_cpu_smollm2.json", sampling_table),
         ("judging_cpu_smollm2.json", judging_table),
+        ("reliability.json", reliability_table),
     ):
         document = _load(name)
         if document:

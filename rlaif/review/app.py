@@ -117,7 +117,7 @@ def current_reviewer(request: Request) -> Reviewer:
     """The signed-in reviewer (Bearer header or cookie); cookie-authenticated writes must carry the CSRF token."""
     store: ReviewStore = request.app.state.store
     token, by_cookie = _token_of(request)
-    name = store.authenticate(token)
+    name = getattr(request.state, "signed_in_as", None) or store.authenticate(token)
     if name is None:
         raise NotSignedIn("unknown or revoked token" if token else "a valid reviewer token is required")
     person = Reviewer(name, token, by_cookie)
@@ -194,7 +194,9 @@ def create_app(
         return response
 
     async def _signed_in(request: Request) -> bool:
-        return await run_in_threadpool(store.authenticate, _token_of(request)[0]) is not None
+        name = await run_in_threadpool(store.authenticate, _token_of(request)[0])
+        request.state.signed_in_as = name  # the endpoint's dependency reads it instead of asking the database again
+        return name is not None
 
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, exc: NotSignedIn) -> Response:

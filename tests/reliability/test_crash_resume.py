@@ -196,18 +196,20 @@ def kill_and_resume(tmp_path: Path, seed: int, expected: Outcome) -> dict:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_killed_in_each_phase_then_resumed_gives_the_uninterrupted_result(tmp_path, uninterrupted, seed):
+def test_killed_in_each_phase_then_resumed_gives_the_uninterrupted_result(tmp_path, uninterrupted, seed, figures):
     trial = kill_and_resume(tmp_path, seed, uninterrupted)
     print(trial)
+    figures.setdefault("kill_and_resume", []).append(trial)
     assert trial["landed_in"] == PHASES[seed]  # seeds 0, 1, 2: sampling, judging, routing
 
 
 @pytest.mark.long
 @pytest.mark.parametrize("seed", range(3, 23))
-def test_long_twenty_more_kills_at_seeded_points(tmp_path, uninterrupted, seed):
+def test_long_twenty_more_kills_at_seeded_points(tmp_path, uninterrupted, seed, figures):
     trial = kill_and_resume(tmp_path, seed, uninterrupted)
     print(trial)
     LONG_TRIALS.append(trial)
+    figures.setdefault("kill_and_resume", []).append(trial)
 
 
 @pytest.mark.long
@@ -237,7 +239,7 @@ def test_long_kills_landed_in_every_phase():
     assert all(landed[phase] >= 4 for phase in PHASES), landed
 
 
-def test_two_workers_on_one_run_split_its_shards_and_give_the_single_worker_result(tmp_path, uninterrupted):
+def test_two_workers_on_one_run_split_its_shards_and_give_the_single_worker_result(tmp_path, uninterrupted, figures):
     expected = uninterrupted
     run = tmp_path / "run"
     with ScriptedOpenAIServer(reply=fake_judge_or_policy, delay_s=0.05) as server:
@@ -255,3 +257,4 @@ def test_two_workers_on_one_run_split_its_shards_and_give_the_single_worker_resu
     judged_by = [len(re.findall(r"judged shard \d+/", log)) for log in logs]
     assert sum(judged_by) == SHARDS and min(judged_by) > 0, judged_by
     print(f"two workers judged {judged_by} shards")
+    figures["two_workers"] = {"judgment_shards_by_worker": judged_by}

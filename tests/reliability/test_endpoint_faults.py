@@ -85,7 +85,7 @@ def check_retry_after_honoured(proxy: FaultProxy) -> int:
     return checked
 
 
-def test_a_run_through_every_kind_of_fault_completes_with_every_pair_accounted_for(tmp_path, prefect_server):
+def test_a_run_through_every_kind_of_fault_completes_with_every_pair_accounted_for(tmp_path, prefect_server, figures):
     report, proxy = run_with_faults(tmp_path, seed=1, prompts=20)
     check_every_prompt_accounted_for(tmp_path / "run", report, prompts=20)
     assert report["prompts_short"] <= 1  # short only when a faulty answer repeats one from an earlier round
@@ -95,19 +95,33 @@ def test_a_run_through_every_kind_of_fault_completes_with_every_pair_accounted_f
     print(
         f"faults injected: {dict(proxy.faults)} over {len(proxy.log)} requests; report: {report['judge_failed']} failed"
     )
+    record_faults(figures, 1, proxy, report)
 
 
 @pytest.mark.long
 @pytest.mark.parametrize("seed", range(2, 7))
-def test_long_runs_through_faults_with_other_seeds(tmp_path, prefect_server, seed):
+def test_long_runs_through_faults_with_other_seeds(tmp_path, prefect_server, seed, figures):
     report, proxy = run_with_faults(tmp_path, seed=seed, prompts=60)
     check_every_prompt_accounted_for(tmp_path / "run", report, prompts=60)
     check_every_pair_accounted_for(tmp_path / "run", report)
     assert check_retry_after_honoured(proxy) == proxy.faults["429"]
     print(f"seed {seed}: faults injected: {dict(proxy.faults)} over {len(proxy.log)} requests")
+    record_faults(figures, seed, proxy, report)
 
 
-def test_a_dead_judge_endpoint_stops_the_run_with_a_clear_message_after_bounded_requests(tmp_path):
+def record_faults(figures: dict, seed: int, proxy: FaultProxy, report: dict) -> None:
+    figures.setdefault("endpoint_faults", []).append(
+        {
+            "seed": seed,
+            "requests": len(proxy.log),
+            "faults": dict(proxy.faults),
+            "pairs": report["pairs"],
+            "judge_failed": report["judge_failed"],
+        }
+    )
+
+
+def test_a_dead_judge_endpoint_stops_the_run_with_a_clear_message_after_bounded_requests(tmp_path, figures):
     threshold, retries, concurrency = 5, 1, 4
     with ScriptedOpenAIServer(reply=fake_judge_or_policy) as upstream, FaultProxy(upstream.base_url) as proxy:
         proxy.dead = True
@@ -136,6 +150,11 @@ def test_a_dead_judge_endpoint_stops_the_run_with_a_clear_message_after_bounded_
     assert not list((tmp_path / "run").glob("judgments/*.jsonl"))  # no shard of failures written as data
     assert list((tmp_path / "run").glob("candidates/*.jsonl"))  # sampling's finished shards are kept
     print(f"dead endpoint: {len(proxy.log)} requests, failed after {elapsed:.1f} s")
+    figures["dead_endpoint"] = {
+        "requests": len(proxy.log),
+        "bound": (threshold + concurrency) * (retries + 1),
+        "seconds": round(elapsed, 1),
+    }
 
 
 def generate(backend: OpenAIBackend, count: int) -> list:

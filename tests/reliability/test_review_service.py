@@ -18,7 +18,7 @@ from tests.reliability.private_postgres import PrivatePostgres
 from tests.review_fixtures import free_port
 
 
-def load(db_url: str, reviewers: int, seconds: float, items: int, during=None) -> dict:
+def load(db_url: str, reviewers: int, seconds: float, items: int, during=None, figures=None, check="") -> dict:
     names = prepare(db_url, "load", items, reviewers)
     with review_service(db_url, free_port()) as base:
         started = time.monotonic()
@@ -26,24 +26,26 @@ def load(db_url: str, reviewers: int, seconds: float, items: int, during=None) -
         summary = record.summary(time.monotonic() - started)
     summary["labels_lost"] = labels_lost(db_url, "load", record, names)
     print(summary)
+    if figures is not None:
+        figures[check] = {"reviewers": reviewers, "seconds": seconds, **summary}
     return summary
 
 
-def test_ten_reviewers_on_postgresql_for_five_seconds():
+def test_ten_reviewers_on_postgresql_for_five_seconds(figures):
     with fresh_postgres_database() as db_url:
-        summary = load(db_url, reviewers=10, seconds=5, items=3000)
+        summary = load(db_url, reviewers=10, seconds=5, items=3000, figures=figures, check="review_10_reviewers")
     assert summary["errors"] == 0 and summary["labels_lost"] == 0
     assert summary["labels_acknowledged"] > 50 and summary["unavailable_503_retried"] == 0
 
 
 @pytest.mark.long
-def test_long_fifty_reviewers_on_postgresql_for_sixty_seconds():
+def test_long_fifty_reviewers_on_postgresql_for_sixty_seconds(figures):
     with fresh_postgres_database() as db_url:
-        summary = load(db_url, reviewers=50, seconds=60, items=30000)
+        summary = load(db_url, reviewers=50, seconds=60, items=30000, figures=figures, check="review_load_50")
     assert summary["errors"] == 0 and summary["labels_lost"] == 0 and summary["unavailable_503_retried"] == 0
 
 
-def test_postgresql_crashing_and_restarting_mid_review_loses_no_acknowledged_label():
+def test_postgresql_crashing_and_restarting_mid_review_loses_no_acknowledged_label(figures):
     with PrivatePostgres() as postgres:
         restarted_at: list[float] = []
 
@@ -52,7 +54,9 @@ def test_postgresql_crashing_and_restarting_mid_review_loses_no_acknowledged_lab
             postgres.outage(seconds=2.0)  # connections die; new ones are refused until it is back
             restarted_at.append(time.monotonic())
 
-        summary = load(postgres.url, reviewers=8, seconds=8, items=3000, during=crash_and_come_back)
+        summary = load(
+            postgres.url, 8, 8, 3000, during=crash_and_come_back, figures=figures, check="postgresql_crash_2s"
+        )
     assert restarted_at, "the database was not restarted"
     assert summary["unavailable_503_retried"] + summary["transport_errors_retried"] > 0  # the outage was felt
     assert summary["errors"] == 0  # answered 503 while it was away, never 500
@@ -60,7 +64,7 @@ def test_postgresql_crashing_and_restarting_mid_review_loses_no_acknowledged_lab
     assert summary["labels_acknowledged"] > 50  # and the service went on after it came back
 
 
-def test_a_sqlite_database_locked_by_another_writer_makes_reviewers_wait_not_fail(tmp_path):
+def test_a_sqlite_database_locked_by_another_writer_makes_reviewers_wait_not_fail(tmp_path, figures):
     path = tmp_path / "review.db"
 
     def hold_the_write_lock() -> None:
@@ -71,7 +75,9 @@ def test_a_sqlite_database_locked_by_another_writer_makes_reviewers_wait_not_fai
         other.execute("COMMIT")
         other.close()
 
-    summary = load(f"sqlite:///{path}", reviewers=6, seconds=7, items=2000, during=hold_the_write_lock)
+    summary = load(
+        f"sqlite:///{path}", 6, 7, 2000, during=hold_the_write_lock, figures=figures, check="sqlite_locked_3s"
+    )
     assert summary["errors"] == 0 and summary["labels_lost"] == 0
     assert summary["latency_ms"]["label"]["max"] >= 2500 or summary["latency_ms"]["next"]["max"] >= 2500
 
