@@ -222,3 +222,19 @@ def test_undo_shows_the_previous_pair_with_its_label_and_changes_it(browser, tmp
 def _first_unlabelled(db_url: str, run_id: str) -> str:
     with ReviewStore.open(db_url) as store:
         return next(row["item"]["id"] for row in store.export_rows(run_id) if not row["labels"])
+
+
+def test_question_mark_shows_and_hides_the_keys(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    alice, _ = reviewers(db_url, "help", 1)
+    with ReviewServer(db_url) as server:
+        page = open_first_item(browser, server, alice, "help")
+        assert page.locator("#keys-help").is_hidden()
+        page.keyboard.press("?")
+        assert page.locator("#keys-help").is_visible() and "Set aside" in page.inner_text("#keys-help")
+        page.keyboard.press("Escape")
+        assert page.locator("#keys-help").is_hidden()
+        page.click("textarea[name=comment]")
+        page.keyboard.type("why? because")  # typed into the comment, not a shortcut
+        assert page.locator("#keys-help").is_hidden()
+        assert page.input_value("textarea[name=comment]") == "why? because"

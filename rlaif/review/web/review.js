@@ -1,5 +1,5 @@
 // The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside, u back to the
-// previous pair), and the hold on the open pair.
+// previous pair, ? the keys), and the hold on the open pair.
 // Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
 // stays), so the next key labels the pair with it.
 (function () {
@@ -27,6 +27,12 @@
     }
     if (target && target.tagName === "INPUT") return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var help = document.getElementById("keys-help");
+    if (help && (event.key === "?" || (event.key === "Escape" && !help.hidden))) {  // the keys, shown or hidden
+      event.preventDefault();
+      help.hidden = event.key === "Escape" ? true : !help.hidden;
+      return;
+    }
     var previous = document.getElementById("previous");
     if (event.key.toLowerCase() === "u" && previous) {  // undo: back to the pair labelled last
       event.preventDefault();
