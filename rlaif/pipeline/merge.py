@@ -25,13 +25,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
-from rlaif.pipeline.refusal_contrast import contrast_of, outcome_table
+from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
 from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import write_json_atomic
 from rlaif.schema import Judgment, Message, Pair, PreferenceRecord
-
-CONTRAST_ROW_OUTCOMES = ("refusal_chosen", "refusal_rejected", "tie", "both_bad")
 
 
 class MergeError(ValueError):
@@ -89,7 +87,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                 if record is not None:
                     found = contrast_of(pair)
                     if found is not None:
-                        contrast[(found[0], _contrast_outcome(record.label, side=found[1]))] += 1
+                        contrast[(found[0], outcome(record.label, side=found[1]))] += 1
                     yield record.to_row()
 
     import datasets  # imported here: it is slow to import and only the merge needs it
@@ -115,7 +113,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "reviewed_agreement": agreement(reviewed),
             "on_pending": on_pending,
             "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,
-            "refusal_contrast": outcome_table(contrast, CONTRAST_ROW_OUTCOMES) if contrast else None,
+            "refusal_contrast": outcome_table(contrast, DATASET_OUTCOMES) if contrast else None,
         }
         del dataset
         write_json_atomic(staged / "merge.json", figures)
@@ -193,13 +191,6 @@ def preference_record(
         policy_models=tuple(dict.fromkeys((pair.a.model, pair.b.model))),
         contrast=found[0] if found else None,
     )
-
-
-def _contrast_outcome(label: str, side: str) -> str:
-    """refusal_chosen or refusal_rejected for a label of the contrast candidate's side or the other; else the label."""
-    if label in ("a", "b"):
-        return "refusal_chosen" if label == side else "refusal_rejected"
-    return label
 
 
 def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:

@@ -148,9 +148,9 @@ async def sample_contrast_candidates(
     for prompt, output in zip(wanted, outputs, strict=True):
         if isinstance(output, BackendError):
             raise BackendError(f"sampling the {kinds[prompt.id]} contrast answer of prompt {prompt.id}: {output}")
-        [generation] = output[:1] or [None]
-        if generation is None:
+        if not output:
             continue
+        generation = output[0]
         candidates.append(
             Candidate(
                 prompt_id=prompt.id,
@@ -182,23 +182,28 @@ def contrast_of(pair: Pair) -> tuple[ContrastKind, Literal["a", "b"]] | None:
     return None
 
 
+JUDGED_OUTCOMES = ("refusal_chosen", "refusal_rejected", "tie", "failed")  # of the judge's winners
+DATASET_OUTCOMES = ("refusal_chosen", "refusal_rejected", "tie", "both_bad")  # of the merged dataset's labels
+
+
+def outcome(label: str | None, side: str) -> str:
+    """What a label in the pair's A/B order (the judge's winner or the dataset's label) did to the refusal on
+    `side`: refusal_chosen, refusal_rejected, tie, both_bad, or failed when there is no label."""
+    if label is None:
+        return "failed"
+    if label in ("a", "b"):
+        return "refusal_chosen" if label == side else "refusal_rejected"
+    return label
+
+
 def judged_outcomes(pairs: Iterable[Pair], judgments: Mapping[str, Judgment]) -> Counter[tuple[str, str]]:
-    """(kind, outcome) counts of the contrast pairs under the judge: refusal_chosen, refusal_rejected, tie,
-    failed (or not judged)."""
+    """(kind, outcome) counts of the contrast pairs under the judge (a pair not judged counts as failed)."""
     counts: Counter[tuple[str, str]] = Counter()
     for pair in pairs:
         found = contrast_of(pair)
-        if found is None:
-            continue
-        kind, side = found
-        judgment = judgments.get(pair.id)
-        if judgment is None or judgment.winner is None:
-            outcome = "failed"
-        elif judgment.winner == "tie":
-            outcome = "tie"
-        else:
-            outcome = "refusal_chosen" if judgment.winner == side else "refusal_rejected"
-        counts[(kind, outcome)] += 1
+        if found is not None:
+            judgment = judgments.get(pair.id)
+            counts[(found[0], outcome(judgment.winner if judgment else None, side=found[1]))] += 1
     return counts
 
 

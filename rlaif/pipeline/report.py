@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from rlaif.pipeline.refusal_contrast import judged_outcomes, outcome_table
+from rlaif.pipeline.refusal_contrast import JUDGED_OUTCOMES, judged_outcomes, outcome_table
 from rlaif.pipeline.shard_plan import ShardPlan, run_judgments
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import count_lines, read_jsonl, write_json_atomic
@@ -36,7 +36,7 @@ def refusal_contrast_figures(plans: Sequence[ShardPlan], prompts: int, contrast:
     return {
         "candidates": dict(contrast),
         "prompts_without": prompts - sum(contrast.values()),
-        "pairs": outcome_table(outcomes, ("refusal_chosen", "refusal_rejected", "tie", "failed")),
+        "pairs": outcome_table(outcomes, JUDGED_OUTCOMES),
     }
 
 

@@ -218,6 +218,11 @@ def create_app(
     async def cross_site(request: Request, exc: CrossSiteRequest) -> Response:
         return JSONResponse({"detail": exc.message}, status_code=403)
 
+    @app.exception_handler(ClaimConflict)
+    async def claim_conflict(request: Request, exc: ClaimConflict) -> Response:
+        # The reviewer's claim lapsed and the item went to someone else (or is finished).
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     # -- sign-in ----------------------------------------------------------------------------------------
 
     @app.post("/login", include_in_schema=False)
@@ -350,9 +355,7 @@ def create_app(
         label = stored_label(choice, queued.shown_swapped)
         try:
             _submit(store, item_id, person.name, label, comment, on_queue_emptied)
-        except HTTPException as exc:
-            if exc.status_code != 409:
-                raise
+        except ClaimConflict:
             # The claim lapsed and the item went to someone else: say so plainly, keep the comment, offer the next.
             stats = _stats_or_404(store, run_id, person.name)
             return templates.TemplateResponse(
@@ -396,10 +399,7 @@ def create_app(
     def api_renew(item_id: str, person: SignedIn) -> dict[str, Any]:
         """Keep holding an item: the page calls this while the item is open and visible."""
         _item_or_404(store, item_id)
-        try:
-            expires = store.renew(item_id, person.name, lease_s)
-        except ClaimConflict as exc:
-            raise HTTPException(409, str(exc)) from None
+        expires = store.renew(item_id, person.name, lease_s)
         return {"item": item_id, "lease_expires_at": expires.isoformat() + "Z", "lease_s": lease_s}
 
     @app.post("/api/items/{item_id}/release")
@@ -489,10 +489,7 @@ def _submit(
     comment: str | None,
     on_queue_emptied: Callable[[str], None] | None,
 ) -> Any:
-    try:
-        result = store.submit(item_id, reviewer, label, comment)
-    except ClaimConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    result = store.submit(item_id, reviewer, label, comment)
     if result.queue_emptied and on_queue_emptied is not None:
         on_queue_emptied(result.run_id)
     return result
