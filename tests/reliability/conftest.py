@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,7 @@ def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
             **provenance(),
             "command": 'make reliability (python -m pytest tests/reliability -m "long or not long" -s)',
             "tests": {"collected": len(session.items), "failed": session.testsfailed},
-            "tests_by_module": _count_by_module(session.items),
+            "tests_by_module": dict(Counter(item.module.__name__.rsplit(".", 1)[-1] for item in session.items)),
             "figures": recorded,
         },
     )
-
-
-def _count_by_module(items: list[pytest.Item]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.module.__name__.rsplit(".", 1)[-1]] = counts.get(item.module.__name__.rsplit(".", 1)[-1], 0) + 1
-    return counts
