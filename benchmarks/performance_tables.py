@@ -247,6 +247,50 @@ def reliability_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+STRATEGY_NAMES = {
+    "random": "random",
+    "least_confident": "least confident (fixed routing, 3% audit)",
+    "calibrated_own_audit": "calibrated on the run's 3% audit",
+    "calibrated_earlier_runs": "calibrated on earlier runs' reviewed pairs",
+}
+
+
+def routing_quality_table(document: dict[str, Any]) -> str:
+    """The README's table of routing strategies and certified levels on real LLM judges (routing_quality.py)."""
+    lines = [
+        f"{document['items']} PandaLM pairs ({document['human_ties']} human ties); {document['machine']}; "
+        f"{document['date'][:10]}",
+        "",
+        "| judge | strategy | review share | judge alone | merged | oracle | routing efficiency | "
+        "judge-kept agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for judge, figures in document["judges"].items():
+        for strategy, row in figures["strategies"].items():
+            name = (
+                STRATEGY_NAMES.get(strategy) or f"certified, target {strategy.split('_')[1]}, risk {document['risk']}"
+            )
+            lines.append(
+                f"| {judge} | {name} | {_cell(row['review_share'], 3)} | {_cell(row['judge'], 3)} | "
+                f"{_cell(row['merged'], 3)} | {_cell(row['oracle'], 3)} | {_cell(row['efficiency'], 2)} | "
+                f"{_cell(row.get('judge_kept_agreement'), 3)} |"
+            )
+    lines += [
+        "",
+        "| judge | target | coverage (splits meeting it) | splits certified | of them missing it | review share | "
+        "judge-kept agreement (mean, min) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for judge, figures in document["judges"].items():
+        for target, row in figures["coverage"].items():
+            lines.append(
+                f"| {judge} | {target} | {_cell(row['coverage'], 3)} of {row['splits']} | {row['certified_splits']} | "
+                f"{row['misses']} | {_cell(row['review_share_mean'], 3)} | {_cell(row['achieved_agreement_mean'], 3)}, "
+                f"{_cell(row['achieved_agreement_min'], 3)} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -257,6 +301,7 @@ def main() -> None:
         ("sampling_cpu_smollm2.json", sampling_table),
         ("judging_cpu_smollm2.json", judging_table),
         ("reliability.json", reliability_table),
+        ("routing_quality_pandalm.json", routing_quality_table),
     ):
         document = _load(name)
         if document:

@@ -32,15 +32,17 @@ from rlaif.judges.protocol import Judge
 from rlaif.judges.reward_model import RewardModelScorer
 from rlaif.judges.setup import JudgeSetup, load_judge
 from rlaif.models import resolve_model
+from rlaif.pipeline.certify import TWO_PHASE_WAIT, certify_run
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.judge_step import judge_shard
 from rlaif.pipeline.pair import pair_shard
 from rlaif.pipeline.prompt_sources import PromptCounts, iter_configured_prompts
 from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.pipeline.report import write_report
-from rlaif.pipeline.route import route_run
+from rlaif.pipeline.route import route_run, routing_totals
 from rlaif.pipeline.sample import sample_shard
 from rlaif.pipeline.shard_plan import ShardPlan, plan_shards
+from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import write_text_atomic
 
@@ -111,17 +113,25 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
 
 @task(name="route-for-review", cache_policy=NO_CACHE)
 async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Config) -> dict[str, int]:
-    """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident.
-    Returns how many were routed for each reason. Workers on one run route it one after the other (each
-    gets the same result; the second adds nothing to the review queue)."""
+    """Send `review.fraction` of the judged pairs to people: failures, a random audit, the least confident;
+    with `review.target_agreement`, failures and the audit, and once they are labelled the pairs below the
+    certified threshold. Returns how many were routed for each reason. Workers on one run route it one after
+    the other (each gets the same result; the second adds nothing to the review queue)."""
+    logger = get_run_logger()
     with await wait_claim(run.root / "claims" / "route.lock"):
         write_text_atomic(run.config, dump_config(config))
         judged, routed_by_reason = route_run(run, plans, config)
-        added = enqueue_routed(run, config)
-    get_run_logger().info(
+        with ReviewStore.open(config.review_db()) as store:
+            added = enqueue_routed(run, config, store)
+            certification = certify_run(run.root, config, store)
+        if certification is not None:
+            judged, routed_by_reason = routing_totals(run)
+    logger.info(
         f"routed {sum(routed_by_reason.values())} of {judged} pairs to review ({run.review_queue}); "
         f"{added} new items in the review queue of run {config.run.name!r}"
     )
+    if config.review.target_agreement is not None:
+        logger.info(certification["message"] if certification else TWO_PHASE_WAIT)
     return routed_by_reason
 
 

@@ -16,6 +16,7 @@ from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
+from rlaif.pipeline.certify import certify_run
 from rlaif.pipeline.merge import merge_run
 from rlaif.review.store import ReviewStore
 
@@ -39,11 +40,23 @@ async def merge_flow(
     overrides: ConfigOverrides | None = None,
     on_pending: Literal["block", "judge"] | None = None,
 ) -> dict[str, Any]:
-    """Merge a labelled run's judge labels and human labels into RUN_DIR/dataset."""
+    """Merge a labelled run's judge labels and human labels into RUN_DIR/dataset.
+
+    With `review.target_agreement`, the first call after the audit is labelled routes the second phase (the
+    pairs below the certified threshold) instead, and returns status "waiting_for_review"; the queue-emptied
+    event of that phase starts the merge again."""
     config = run_config(config, overrides)
     logger = get_run_logger()
     run_dir = config.run.directory()
     with ReviewStore.open(config.review_db()) as store:
+        certification = certify_run(run_dir, config, store)  # review.target_agreement: the second phase
+        if certification is not None:
+            logger.info(certification["message"])
+        stats = store.stats(config.run.name)
+        waiting = stats["pending"] + stats["claimed"]
+        if certification is not None and waiting and (on_pending or config.merge.on_pending) == "block":
+            logger.info(f"{waiting} review items of run {config.run.name!r} wait for people; the merge follows")
+            return {"status": "waiting_for_review", "open_review_items": waiting, "certification": certification}
         result = merge_run(run_dir, config, store, on_pending=on_pending)
     figures = result.figures
     audit = figures["audit_agreement"]

@@ -99,6 +99,7 @@ PATH_KEYS = (
     "run.dir",
     "prompts.path",
     "judge.prompt",
+    "judgments",
     "model",
     "chat_template_from",
     "score_model",

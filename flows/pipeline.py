@@ -24,6 +24,7 @@ from rlaif.flows.label import label_pipeline
 from rlaif.flows.merge import merge_flow
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, override_mapping, run_config
 from rlaif.flows.train import train_pipeline
+from rlaif.pipeline.certify import certify_run
 from rlaif.pipeline.report_page import write_html_report
 from rlaif.review.store import ReviewStore
 
@@ -86,7 +87,13 @@ async def rlaif_pipeline(
     logger = get_run_logger()
     report = await label_pipeline(config, judge=judge)
     if auto_review:
-        logger.warning(f"demo: {answer_queue_as_demo_reviewer(config)} review items answered by {DEMO_REVIEWER}")
+        answered = answer_queue_as_demo_reviewer(config)
+        with ReviewStore.open(config.review_db()) as store:
+            certification = certify_run(config.run.directory(), config, store)  # review.target_agreement
+        if certification is not None:
+            logger.info(certification["message"])
+            answered += answer_queue_as_demo_reviewer(config)
+        logger.warning(f"demo: {answered} review items answered by {DEMO_REVIEWER}")
     waiting = open_review_items(config)
     if waiting == 0:
         merged = await merge_flow(config)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from rlaif.config import JudgeSection
 from rlaif.generation.factory import open_backend
 from rlaif.judges.ensemble import EnsembleJudge
+from rlaif.judges.imported import ImportedJudge
 from rlaif.judges.pairwise import PairwiseLLMJudge
 from rlaif.judges.protocol import Judge
 from rlaif.judges.reward_model import RewardModelJudge, RewardModelScorer
@@ -36,6 +38,9 @@ async def open_judge(setup: JudgeSetup, seed: int = 0, say: Callable[[str], None
 async def _open_member(
     section: JudgeSection, template: JudgeTemplate | None, seed: int, say: Callable[[str], None]
 ) -> AsyncIterator[Judge]:
+    if section.mode == "imported":
+        yield ImportedJudge(Path(section.judgments or ""))
+        return
     if template is None:  # reward_model mode
         yield RewardModelJudge(
             RewardModelScorer(resolve_model(section.model, say=say), device=section.device), name=section.model

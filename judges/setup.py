@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlaif.config import JudgeSection
+from rlaif.judges.imported import ImportedJudge
 from rlaif.judges.templates import JudgeTemplate, load_template
 from rlaif.run_directory import source_hash
 
@@ -46,6 +47,7 @@ class JudgeSetup(BaseModel):
     section: JudgeSection
     templates: tuple[JudgeTemplate | None, ...] = Field(exclude=True, repr=False)
     code: str
+    imported: tuple[str | None, ...] = ()  # each member's judgments-file hash (imported mode), else None
 
     def members(self) -> list[tuple[JudgeSection, JudgeTemplate | None]]:
         """(section, template) of each judge: the ensemble's members, or the judge itself."""
@@ -54,18 +56,31 @@ class JudgeSetup(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What the judge's verdicts depend on, as JSON: shard keys hash it."""
         members = []
-        for member, template in self.members():
+        for (member, template), judgments_hash in zip(self.members(), self.imported, strict=True):
             settings = member.model_dump(mode="json", include=VERDICT_SETTINGS)
             if template is not None:
                 settings["template_hash"] = template.hash
+            if judgments_hash is not None:
+                settings["judgments_hash"] = judgments_hash
             members.append(settings)
         return {"members": members, "code": self.code}
 
 
 def load_judge(section: JudgeSection, code: str | None = None) -> JudgeSetup:
-    """Load every template the judge config names, once; a broken one fails here, before any model call."""
+    """Load every template the judge config names, once, and read every imported judgments file through; a
+    broken one fails here, naming its file and line, before any model call."""
     members = section.ensemble or [section]
     templates = tuple(
-        None if member.mode == "reward_model" else load_template(member.prompt, member.mode) for member in members
+        load_template(member.prompt, member.mode) if member.mode in ("verdict", "logprob") else None
+        for member in members
     )
-    return JudgeSetup(section=section, templates=templates, code=code if code is not None else judge_code_hash())
+    imported = tuple(
+        source_hash(ImportedJudge(Path(member.judgments or "")).path) if member.mode == "imported" else None
+        for member in members
+    )
+    return JudgeSetup(
+        section=section,
+        templates=templates,
+        code=code if code is not None else judge_code_hash(),
+        imported=imported,
+    )

@@ -177,7 +177,7 @@ class PairsSection(Section):
         return self
 
 
-JudgeMode = Literal["verdict", "logprob", "reward_model"]
+JudgeMode = Literal["verdict", "logprob", "reward_model", "imported"]
 
 
 class JudgeSection(ModelSection):
@@ -186,7 +186,13 @@ class JudgeSection(ModelSection):
     mode: JudgeMode = Field(
         "verdict",
         description="verdict: parse the label from the reply; logprob: p(A) from the label tokens' probabilities; "
-        "reward_model: a sequence-classification model scores both answers.",
+        "reward_model: a sequence-classification model scores both answers; imported: verdicts made elsewhere, "
+        "read from `judgments`.",
+    )
+    judgments: str | None = Field(
+        None,
+        description="imported: the JSON lines file of judgments made elsewhere (a batch API's, `vllm run-batch`'s, "
+        "another system's); format in the README.",
     )
     prompt: str = Field("helpfulness", description="A bundled template name or the path of your own template.")
     temperature: float = Field(0.0, ge=0.0, description="verdict: sampling temperature of the judge.")
@@ -201,11 +207,39 @@ class JudgeSection(ModelSection):
         default_factory=list, description="Judges whose mean p(A) is the verdict; when set, replaces this judge."
     )
 
+    @model_validator(mode="after")
+    def _imported_has_a_file(self) -> JudgeSection:
+        if self.mode == "imported" and not self.judgments and not self.ensemble:
+            raise ValueError("mode imported needs `judgments`: the file of judgments to import")
+        return self
+
 
 class ReviewSection(Section):
     fraction: float = Field(0.10, ge=0.0, le=1.0, description="Share of pairs routed to people.")
     audit_fraction: float = Field(
         0.03, ge=0.0, le=1.0, description="Share of pairs drawn at random (seeded) to measure the judge."
+    )
+    target_agreement: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Agreement with people the judge's labels must reach (e.g. 0.85). Set: review runs in two "
+        "phases, the audit first, then every pair below the certified confidence threshold; the review share "
+        "becomes an output. None: route a fixed `fraction`.",
+    )
+    risk: float = Field(
+        0.1, gt=0.0, lt=1.0, description="target_agreement: the chance allowed that the certified level is not met."
+    )
+    max_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="target_agreement: the most pairs people may be sent, as a share of all (default: `fraction`).",
+    )
+    calibration_runs: list[str] = Field(
+        default_factory=list,
+        description="target_agreement: earlier runs in the same review database whose reviewed pairs of the same "
+        "judge (model and template) also calibrate it.",
     )
     db: str | None = Field(
         None,
@@ -252,8 +286,11 @@ class ReviewSection(Section):
 
     @model_validator(mode="after")
     def _audit_within_budget(self) -> ReviewSection:
-        if self.audit_fraction > self.fraction:
+        if self.target_agreement is None and self.audit_fraction > self.fraction:
             raise ValueError("audit_fraction cannot exceed fraction")
+        budget = self.max_fraction if self.max_fraction is not None else self.fraction
+        if self.target_agreement is not None and self.audit_fraction > budget:
+            raise ValueError("audit_fraction cannot exceed the budget (max_fraction, default fraction)")
         return self
 
 

@@ -66,6 +66,10 @@ class RunDirectory:
         return self.root / "manifest.json"
 
     @property
+    def certification(self) -> Path:
+        return self.root / "certification.json"
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 

@@ -187,10 +187,14 @@ def merge(
     push_to_hub: Annotated[str | None, typer.Option(help="Also push the dataset to this Hub repository.")] = None,
 ) -> None:
     """Build RUN_DIR/dataset: judge labels, overridden by human labels, in TRL's prompt/chosen/rejected form."""
+    from rlaif.pipeline.certify import certify_run
     from rlaif.pipeline.merge import merge_run
 
     cfg = _run_config(run_dir, db)
     with _store(cfg.review_db()) as store:
+        certification = certify_run(run_dir, cfg, store)  # review.target_agreement: the second phase, when due
+        if certification is not None:
+            typer.echo(certification["message"])
         result = merge_run(run_dir, cfg, store, on_pending=on_pending)
     figures = result.figures
     audit = figures["audit_agreement"]

@@ -25,12 +25,11 @@ def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]
             raise ReviewStoreError(f"{path}:{number}: not a review queue row: {exc}") from None
 
 
-def enqueue_routed(run: RunDirectory, config: Config) -> int:
-    """Put the run's routed pairs into the review database (`review.db`); returns how many were new."""
-    with ReviewStore.open(config.review_db()) as store:
-        return store.enqueue(
-            config.run.name,
-            read_review_queue(run.review_queue),
-            labels_needed=config.review.labels_per_item,
-            max_skips=config.review.max_skips,
-        )
+def enqueue_routed(run: RunDirectory, config: Config, store: ReviewStore) -> int:
+    """Put the run's routed pairs into the review database; returns how many were new."""
+    return store.enqueue(
+        config.run.name,
+        read_review_queue(run.review_queue),
+        labels_needed=config.review.labels_per_item,
+        max_skips=config.review.max_skips,
+    )

@@ -13,6 +13,7 @@ card) and merge.json (the same figures as JSON).
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import uuid
@@ -62,6 +63,12 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             f"{len(open_items)} of {len(routed)} review items of run {run_id!r} are not labelled yet: finish them "
             "in the review service (`rlaif review serve`), or merge with the judge's labels for them "
             "(--on-pending judge / merge.on_pending: judge)"
+        )
+    certification = json.loads(run.certification.read_text(encoding="utf-8")) if run.certification.is_file() else None
+    if config.review.target_agreement is not None and certification is None and on_pending == "block":
+        raise MergeError(
+            f"run {run_id!r} has review.target_agreement set and its second review phase has not been routed: "
+            "it is routed once people have labelled the audit sample"
         )
     counts: Counter[str] = Counter()
     contrast: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of the refusal-contrast rows
@@ -114,6 +121,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "on_pending": on_pending,
             "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,
             "refusal_contrast": outcome_table(contrast, DATASET_OUTCOMES) if contrast else None,
+            "certification": _certification_summary(certification),
         }
         del dataset
         write_json_atomic(staged / "merge.json", figures)
@@ -124,6 +132,13 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             target.rename(previous)
         staged.rename(target)
     return MergeResult(target, figures)
+
+
+def _certification_summary(certification: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the card and merge.json say about the certified level (the routed ids stay in certification.json)."""
+    if certification is None:
+        return None
+    return {key: value for key, value in certification.items() if key != "routed_judgments"}
 
 
 def dataset_features() -> Any:

@@ -74,7 +74,7 @@ def contrast_kind(should_refuse: bool) -> ContrastKind:
 
 def classifier_section(judge: JudgeSection) -> JudgeSection | None:
     """The judge (or first ensemble member) that generates text and so can classify prompts; None if none does."""
-    return next((member for member in judge.ensemble or [judge] if member.mode != "reward_model"), None)
+    return next((member for member in judge.ensemble or [judge] if member.mode in ("verdict", "logprob")), None)
 
 
 def classifier_request(prompt: PromptItem, prefill: bool) -> GenerationRequest:

@@ -9,6 +9,10 @@ The budget is `fraction` of all pairs (rounded). It is filled in this order:
 3. the least confident of the rest, until the budget is used (ties broken by judgment id).
 The same judgments and seed always give the same decisions, in any order.
 
+With `review.target_agreement` set, routing has two phases: first only 1 and 2 (the audit is the judge's
+calibration set), then, once people have labelled the audit, the pairs below the certified threshold
+(`rlaif.pipeline.certify`, reason `below_threshold`), which `route_run` adds from RUN_DIR/certification.json.
+
 The choice is made in one streaming pass that keeps only the candidates it may still pick (bounded
 heaps of at most the budget), so a run of any size is routed without holding its judgments in memory.
 """
@@ -16,12 +20,13 @@ heaps of at most the budget), so a run of any size is routed without holding its
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from rlaif.config import Config
-from rlaif.pipeline.shard_plan import ShardPlan, run_judgments
+from rlaif.pipeline.shard_plan import JudgedShard, ShardPlan, run_judgments
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import count_lines, write_json_atomic, write_jsonl_atomic
 from rlaif.schema import Judgment, Pair, Record, ReviewItem, ReviewReason, content_id
@@ -94,7 +99,9 @@ def routing_counts(decisions: Iterable[RoutingDecision]) -> dict[str, int]:
     return dict(Counter(d.reason for d in decisions if d.reason is not None))
 
 
-def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> tuple[int, dict[str, int]]:
+def route_run(
+    run: RunDirectory, plans: Sequence[ShardPlan | JudgedShard], config: Config
+) -> tuple[int, dict[str, int]]:
     """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
 
     Streams the shards: one pass to choose, one to write the decisions, one over the routed judgments and
@@ -103,7 +110,12 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
     """
     total = sum(count_lines(plan.judgments) for plan in plans)
     review = config.review
-    reasons = choose_for_review(run_judgments(plans), total, review.fraction, review.audit_fraction, config.run.seed)
+    two_phase = review.target_agreement is not None
+    fraction = 0.0 if two_phase else review.fraction  # two phases: failures and the audit first
+    reasons = choose_for_review(run_judgments(plans), total, fraction, review.audit_fraction, config.run.seed)
+    if two_phase and run.certification.is_file():
+        certified = json.loads(run.certification.read_text(encoding="utf-8"))
+        reasons.update((judgment_id, "below_threshold") for judgment_id in certified["routed_judgments"])
     routed: list[tuple[str, ReviewReason]] = []  # (pair id, reason), in run order
 
     def decisions() -> Iterator[RoutingDecision]:
@@ -144,6 +156,17 @@ def route_run(run: RunDirectory, plans: Sequence[ShardPlan], config: Config) -> 
         },
     )
     return total, dict(Counter(reason for _, reason in routed))
+
+
+def routing_totals(run: RunDirectory) -> tuple[int, dict[str, int]]:
+    """The judged pairs of a routed run and how many went to people for each reason (from routing.jsonl)."""
+    total = 0
+    routed: Counter[str] = Counter()
+    for decision in read_records(run.routing, RoutingDecision):
+        total += 1
+        if decision.reason is not None:
+            routed[decision.reason] += 1
+    return total, dict(routed)
 
 
 def _keep_smallest(heap: list[Any], item: tuple[Any, ...], size: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rlaif.config import Config
 from rlaif.pipeline.refusal_contrast import classifier_section
-from rlaif.run_directory import RunDirectory, read_records, source_hash
+from rlaif.run_directory import RunDirectory, read_manifest, read_records, source_hash
 from rlaif.run_files import write_jsonl_atomic
 from rlaif.schema import Judgment, PromptItem, content_id
 
@@ -104,7 +104,24 @@ def _chunks(items: Iterable[PromptItem], size: int) -> Iterator[list[PromptItem]
         yield chunk
 
 
-def run_judgments(plans: Sequence[ShardPlan]) -> Iterator[Judgment]:
+@dataclass(frozen=True)
+class JudgedShard:
+    """A judged shard's files, as the run's manifest lists them: what the steps after judging read."""
+
+    index: int
+    pairs: Path
+    judgments: Path
+
+
+def judged_shards(run: RunDirectory) -> list[JudgedShard]:
+    """The run's judged shards from its manifest (written when the run was routed)."""
+    return [
+        JudgedShard(shard["index"], run.root / shard["pairs"], run.root / shard["judgments"])
+        for shard in read_manifest(run)["shards"]
+    ]
+
+
+def run_judgments(plans: Sequence[ShardPlan | JudgedShard]) -> Iterator[Judgment]:
     """Every judgment of the run, shard by shard (streamed)."""
     for plan in plans:
         yield from read_records(plan.judgments, Judgment)

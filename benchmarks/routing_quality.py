@@ -1,0 +1,265 @@
+"""Which pairs should people label? Routing strategies and the certified agreement level, on real LLM judges.
+
+Data: the PandaLM test set (999 items, 3 human annotators each; the human majority, ties included, is the
+truth; an item repeating an earlier item's prompt and answers is the same pair to the pipeline: kept once)
+and the published verdicts of GPT-3.5-turbo and PandaLM-7B on it (../shared/data/pandalm), written in the
+imported-judgments format and read back by `judge.mode: imported`'s reader, so they enter exactly as a
+user's imported judgments would. One order each (no swap) and no probabilities: real verdicts, replayed.
+
+Judges: GPT-3.5 alone, and the ensemble of both (mean p(A), as `judge.ensemble` combines). For each judge and
+strategy, at a budget of 10% of the pairs: agreement of the merged labels with the human majority (exact: a
+human tie needs a tie), the review share, and the routing efficiency (merged - judge) / (oracle - judge),
+where the oracle spends the same budget on exactly the judge's mistakes. Strategies:
+- random: the budget drawn uniformly (mean of 50 seeded draws);
+- least confident: the pipeline's fixed routing (failures, a 3% random audit, then the least confident);
+- calibrated, own audit: a 3% random audit labelled first, the calibrator fitted on it, then the lowest
+  calibrated probability (mean of 20 seeded audits);
+- calibrated, earlier runs: each fifth of the items scored by a calibrator fitted on the other four fifths
+  (standing for earlier runs' reviewed pairs of the same judge, `review.calibration_runs`), then failures and
+  the lowest calibrated probability.
+Certified (no fixed budget; the review share is the output): each fifth routed below the threshold certified
+on the other four fifths (their random pairs), for targets 0.75, 0.80, 0.85 at risk 0.1.
+
+Coverage: over 200 resampled splits into a calibration set (300 random items, labelled by people) and the
+rest, the share of splits where the judge-labelled part of the rest (at or above the certified threshold)
+agrees with people at least the target; it must be at least 1 - risk. With the review share it needed.
+
+    .venv/bin/python benchmarks/routing_quality.py [--out benchmarks/results/routing_quality_pandalm.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import provenance, write_results  # noqa: E402
+from rlaif.evaluation.judge_agreement import as_pair  # noqa: E402
+from rlaif.judges.calibration import Calibrator, Example  # noqa: E402
+from rlaif.judges.certification import certify_judge  # noqa: E402
+from rlaif.judges.ensemble import EnsembleJudge  # noqa: E402
+from rlaif.judges.imported import ImportedJudge  # noqa: E402
+from rlaif.labelled_data import load_labelled  # noqa: E402
+from rlaif.pipeline.route import choose_for_review  # noqa: E402
+from rlaif.schema import Judgment, Pair  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pandalm"
+BUDGET = 0.10
+AUDIT = 0.03
+RISK = 0.1
+TARGETS = (0.75, 0.80, 0.85)
+SPLITS = 200
+CALIBRATION_SET = 300
+GPT_VERDICTS = {"1": "a", "2": "b", "tie": "tie"}
+PANDALM_VERDICTS = {"0": "tie", "1": "a", "2": "b"}
+
+
+def imported_files(folder: Path) -> tuple[list[Pair], list[str], Path, Path]:
+    """The test set as pipeline pairs with the human majority, and the two judges' verdicts as imported files."""
+    items = load_labelled(DATA / "testset-v1.json", "pandalm")
+    by_index = {record["idx"]: i for i, record in enumerate(json.loads((DATA / "testset-v1.json").read_text()))}
+    pairs, labels, position, seen = [], [], {}, set()
+    for item in items:
+        pair = as_pair(item)
+        # Items whose prompt and answers repeat an earlier item's are one pair to the pipeline: kept once.
+        if pair is not None and pair.id not in seen:
+            seen.add(pair.id)
+            position[item.source_index] = pair
+            pairs.append(pair)
+            labels.append(item.label)
+    files = []
+    for name, source, field, verdicts in (
+        ("gpt-3.5-turbo", "gpt-3.5-turbo-testset-v1.json", "gpt_result", GPT_VERDICTS),
+        ("pandalm-7b", "pandalm-7b-testset-v1.json", "pandalm_result", PANDALM_VERDICTS),
+    ):
+        path = folder / f"{name}.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for record in json.loads((DATA / source).read_text()):
+                pair = position.get(by_index[record["idx"]])
+                if pair is None:
+                    continue
+                verdict = verdicts.get(str(record[field]).strip().lower())  # None: unparseable text
+                line = {
+                    "prompt": [m.model_dump() for m in pair.prompt.messages],
+                    "answer_a": pair.a.text,
+                    "answer_b": pair.b.text,
+                    "judge": name,
+                    "template": "pandalm-testset",
+                    "verdicts": [verdict],
+                }
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        files.append(path)
+    return pairs, labels, files[0], files[1]
+
+
+def merged_agreement(labels: Sequence[str], judgments: Sequence[Judgment], routed: set[int]) -> float:
+    right = sum(1 for i, j in enumerate(judgments) if i in routed or (j.status == "ok" and j.winner == labels[i]))
+    return right / len(labels)
+
+
+def row(labels: Sequence[str], judgments: Sequence[Judgment], routed_sets: Sequence[set[int]]) -> dict[str, Any]:
+    """Agreement, review share and efficiency of a strategy (averaged over its draws)."""
+    judge = merged_agreement(labels, judgments, set())
+    mistakes = [i for i, j in enumerate(judgments) if not (j.status == "ok" and j.winner == labels[i])]
+    size = round(statistics.mean(len(r) for r in routed_sets))
+    oracle = merged_agreement(labels, judgments, set(mistakes[:size]))
+    merged = statistics.mean(merged_agreement(labels, judgments, r) for r in routed_sets)
+    return {
+        "judge": round(judge, 4),
+        "merged": round(merged, 4),
+        "oracle": round(oracle, 4),
+        "review_share": round(size / len(labels), 4),
+        "efficiency": round((merged - judge) / (oracle - judge), 3) if oracle > judge else None,
+    }
+
+
+def lowest_first(scores: Sequence[float], judgments: Sequence[Judgment], budget: int, taken: set[int]) -> set[int]:
+    """`taken`, then failures, then the lowest scores, up to `budget` items."""
+    order = sorted(range(len(scores)), key=lambda i: (judgments[i].status == "ok", scores[i], i))
+    routed = set(taken)
+    for i in order:
+        if len(routed) >= budget:
+            break
+        routed.add(i)
+    return routed
+
+
+def folds_of(count: int, seed: int = 0, folds: int = 5) -> list[list[int]]:
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return [order[f::folds] for f in range(folds)]
+
+
+def strategies(pairs: list[Pair], labels: list[str], judgments: list[Judgment]) -> dict[str, Any]:
+    n = len(pairs)
+    budget = round(BUDGET * n)
+    examples = [Example(p, j, h, "audit") for p, j, h in zip(pairs, judgments, labels, strict=True)]
+    draws = random.Random(1)
+    result = {"random": row(labels, judgments, [set(draws.sample(range(n), budget)) for _ in range(50)])}
+
+    reasons = choose_for_review(judgments, n, BUDGET, AUDIT, seed=0)
+    result["least_confident"] = row(labels, judgments, [{i for i, j in enumerate(judgments) if j.id in reasons}])
+
+    own_audit = []
+    for seed in range(20):
+        audit = set(random.Random(100 + seed).sample(range(n), round(AUDIT * n)))
+        calibrator = Calibrator.fit([examples[i] for i in sorted(audit)], seed=seed)
+        scores = calibrator.probabilities(list(zip(pairs, judgments, strict=True)))
+        own_audit.append(lowest_first(scores, judgments, budget, audit))
+    result["calibrated_own_audit"] = row(labels, judgments, own_audit)
+
+    scores = [0.0] * n
+    for held_out in folds_of(n):
+        rest = sorted(set(range(n)) - set(held_out))
+        calibrator = Calibrator.fit([examples[i] for i in rest])
+        for i, score in zip(
+            held_out, calibrator.probabilities([(pairs[i], judgments[i]) for i in held_out]), strict=True
+        ):
+            scores[i] = score
+    result["calibrated_earlier_runs"] = row(labels, judgments, [lowest_first(scores, judgments, budget, set())])
+
+    for target in TARGETS:
+        routed: set[int] = set()
+        for held_out in folds_of(n):
+            rest = sorted(set(range(n)) - set(held_out))
+            certified = certify_judge([examples[i] for i in rest], target, RISK)
+            threshold = certified.certificate.threshold
+            held_scores = certified.calibrator.probabilities([(pairs[i], judgments[i]) for i in held_out])
+            routed |= {i for i, s in zip(held_out, held_scores, strict=True) if threshold is None or s < threshold}
+        kept = [i for i in range(n) if i not in routed]
+        entry = row(labels, judgments, [routed])
+        entry["judge_kept_agreement"] = (
+            round(merged_agreement([labels[i] for i in kept], [judgments[i] for i in kept], set()), 4) if kept else None
+        )
+        result[f"certified_{target:.2f}"] = entry
+    return result
+
+
+def coverage(
+    pairs: list[Pair], labels: list[str], judgments: list[Judgment], progress: Callable[[str], None]
+) -> dict[str, Any]:
+    n = len(pairs)
+    examples = [Example(p, j, h, "audit") for p, j, h in zip(pairs, judgments, labels, strict=True)]
+    result = {}
+    for target in TARGETS:
+        met = certified_splits = 0
+        shares, achieved = [], []
+        for split in range(SPLITS):
+            calibration = set(random.Random(10_000 + split).sample(range(n), CALIBRATION_SET))
+            rest = [i for i in range(n) if i not in calibration]
+            certified = certify_judge([examples[i] for i in sorted(calibration)], target, RISK, seed=split)
+            threshold = certified.certificate.threshold
+            if threshold is None:
+                shares.append(1.0)
+                met += 1  # nothing is left to the judge: people label all of it
+                continue
+            certified_splits += 1
+            scores = certified.calibrator.probabilities([(pairs[i], judgments[i]) for i in rest])
+            kept = [i for i, s in zip(rest, scores, strict=True) if s >= threshold]
+            agreement = (
+                sum(1 for i in kept if judgments[i].status == "ok" and judgments[i].winner == labels[i]) / len(kept)
+                if kept
+                else 1.0
+            )
+            achieved.append(agreement)
+            met += agreement >= target
+            shares.append(1 - len(kept) / len(rest))
+        result[f"{target:.2f}"] = {
+            "splits": SPLITS,
+            "coverage": met / SPLITS,
+            "misses": SPLITS - met,
+            "certified_splits": certified_splits,
+            "review_share_mean": round(statistics.mean(shares), 4),
+            "achieved_agreement_mean": round(statistics.mean(achieved), 4) if achieved else None,
+            "achieved_agreement_min": round(min(achieved), 4) if achieved else None,
+        }
+        progress(f"coverage at target {target}: {result[f'{target:.2f}']}")
+    return result
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/routing_quality_pandalm.json")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: the shared data folder must sit beside the project")
+    with tempfile.TemporaryDirectory(prefix="routing-quality-") as folder:
+        pairs, labels, gpt_file, pandalm_file = imported_files(Path(folder))
+        gpt, pandalm = ImportedJudge(gpt_file), ImportedJudge(pandalm_file)
+        judges = {"gpt-3.5-turbo": gpt, "ensemble gpt-3.5-turbo + pandalm-7b": EnsembleJudge([gpt, pandalm])}
+        document: dict[str, Any] = {
+            **provenance({"scikit-learn": metadata.version("scikit-learn"), "scipy": metadata.version("scipy")}),
+            "data": "PandaLM test set v1 (999 items, human majority of 3 annotators, ties included); GPT-3.5-turbo "
+            "and PandaLM-7B verdicts from the PandaLM repository, imported",
+            "items": len(pairs),
+            "human_ties": labels.count("tie"),
+            "budget": BUDGET,
+            "audit_fraction": AUDIT,
+            "risk": RISK,
+            "calibration_set_for_coverage": CALIBRATION_SET,
+            "judges": {},
+        }
+        for name, judge in judges.items():
+            judgments = await judge.judge(pairs)
+            print(f"{name}: {sum(j.status != 'ok' for j in judgments)} failed judgments of {len(judgments)}")
+            document["judges"][name] = {
+                "strategies": strategies(pairs, labels, judgments),
+                "coverage": coverage(pairs, labels, judgments, print),
+            }
+            for strategy, figures in document["judges"][name]["strategies"].items():
+                print(f"  {strategy:28} {figures}")
+    write_results(args.out, document)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

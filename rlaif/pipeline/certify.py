@@ -1,0 +1,200 @@
+"""The second phase of review (`review.target_agreement`): calibrate the judge on what people said about the
+audit, certify a confidence threshold, and send people the pairs below it.
+
+Runs once the run's first-phase items (failures and the random audit) are all finished. The calibration
+set is the reviewed pairs of this run and of `review.calibration_runs` judged by the same judge (model and
+template hash); the certification test uses only their random audit pairs (the others were chosen for being
+unsure, so they are not drawn like the pairs the judge keeps), scored cross-fitted so that no pair is scored
+by a calibrator that saw it. The rest of the run is scored by the calibrator fitted on the whole set.
+
+Pairs below the certified threshold go to people, least sure first, as far as the budget
+(`review.max_fraction` of all pairs, the first phase included) allows. When no threshold certifies the
+target, or the budget stops short of it, the run still goes on: the result says so, with the level that was
+reached at the threshold the budget allowed.
+
+The decision is written once, to RUN_DIR/certification.json, before anything is routed: a rerun reuses it
+(routing and enqueueing are idempotent), so a crash between the steps loses nothing and routes nothing twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import Config
+from rlaif.judges.calibration import Calibrator, Example, calibration_report
+from rlaif.judges.certification import GRID, certify_judge
+from rlaif.pipeline.enqueue import enqueue_routed
+from rlaif.pipeline.route import route_run
+from rlaif.pipeline.shard_plan import judged_shards
+from rlaif.review.store import HumanDecision, ReviewStore
+from rlaif.run_directory import RunDirectory, read_manifest, read_records
+from rlaif.run_files import count_lines, write_json_atomic
+from rlaif.schema import Judgment, Pair
+
+FIRST_PHASE = ("failed", "audit")
+TWO_PHASE_WAIT = (
+    "review.target_agreement: the audit sample goes to people first; once it is labelled, the pairs below the "
+    "certified threshold follow (`rlaif label` again, `rlaif merge`, or the merge deployment on the queue-emptied "
+    "event)"
+)
+
+
+def first_phase_open(manifest: dict[str, Any], decisions: dict[str, HumanDecision]) -> int:
+    """First-phase items of the run that people have not finished (or that are not in the database yet)."""
+    return sum(
+        1
+        for row in manifest["routed"]
+        if row["reason"] in FIRST_PHASE
+        and (row["pair_id"] not in decisions or decisions[row["pair_id"]].status in ("pending", "claimed"))
+    )
+
+
+def reviewed_examples(store: ReviewStore, run_id: str, judge_model: str, template_hash: str) -> list[Example]:
+    """The pairs of a run that people labelled, judged (successfully) by this judge, with their labels."""
+    decisions = store.decisions(run_id)
+    examples = []
+    for row in store.export_rows(run_id):
+        decision = decisions[row["item"]["pair_id"]]
+        judgment = decision.judgment
+        if decision.label is None or judgment.status != "ok":
+            continue
+        if (judgment.judge_model, judgment.template_hash) != (judge_model, template_hash):
+            continue
+        examples.append(Example(Pair.model_validate(row["pair"]), judgment, decision.label, decision.reason))
+    return examples
+
+
+def certify_run(run_dir: Path, config: Config, store: ReviewStore) -> dict[str, Any] | None:
+    """Decide the second phase and route it (RUN_DIR/certification.json, routing, review queue); None while
+    the first phase is still with people or the run has no target. Returns the certification; the pairs it
+    routes are in the review database when it returns."""
+    review = config.review
+    if review.target_agreement is None:
+        return None
+    run = RunDirectory(run_dir)
+    if not run.certification.is_file():
+        manifest = read_manifest(run)
+        if first_phase_open(manifest, store.decisions(config.run.name)):
+            return None
+        write_json_atomic(run.certification, decide(run, manifest, config, store))
+    route_run(run, judged_shards(run), config)
+    enqueue_routed(run, config, store)
+    return json.loads(run.certification.read_text(encoding="utf-8"))
+
+
+def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: ReviewStore) -> dict[str, Any]:
+    """Calibrate, certify and choose the pairs below the threshold (see the module docstring)."""
+    review = config.review
+    target, risk = review.target_agreement or 0.0, review.risk
+    judge_model, template_hash = _judge_identity(manifest, run)
+    examples = [
+        example
+        for run_id in dict.fromkeys([config.run.name, *review.calibration_runs])
+        for example in reviewed_examples(store, run_id, judge_model, template_hash)
+    ]
+    certified = certify_judge(examples, target, risk, seed=config.run.seed)
+    calibrator, certificate = certified.calibrator, certified.certificate
+    threshold = certificate.threshold if certificate.threshold is not None else 1.01  # none passed: all go
+
+    total = sum(count_lines(run.root / shard["judgments"]) for shard in manifest["shards"])
+    budget_fraction = review.max_fraction if review.max_fraction is not None else review.fraction
+    budget = round(budget_fraction * total)
+    left = max(0, budget - len(manifest["routed"]))
+    routed_pairs = {row["pair_id"] for row in manifest["routed"]}
+    below = 0
+    lowest: list[tuple[float, str, str]] = []  # the `left + 1` least sure (negated), judgment id, pair id
+    for probability, judgment in _scored_remainder(run, manifest, calibrator, routed_pairs):
+        if probability < threshold:
+            below += 1
+        item = (-probability, judgment.id, judgment.pair_id)
+        if len(lowest) < left + 1:
+            heapq.heappush(lowest, item)
+        elif item > lowest[0]:
+            heapq.heapreplace(lowest, item)
+    candidates = sorted((-negated, judgment_id, pair_id) for negated, judgment_id, pair_id in lowest)
+    chosen = [c for c in candidates if c[0] < threshold][:left]
+    kept_lowest = candidates[len(chosen)][0] if len(candidates) > len(chosen) else None
+    if kept_lowest is None:
+        reached, level = True, 1.0  # every pair went to people
+    elif certificate.certified and below <= left:
+        reached, level = True, certificate.lower_bound
+    else:
+        reached = False
+        level = certified.level_at(max((g for g in GRID if g <= kept_lowest), default=0.0))
+    routed_share = (len(manifest["routed"]) + len(chosen)) / total if total else 0.0
+    return {
+        "target_agreement": target,
+        "risk": risk,
+        "budget_fraction": budget_fraction,
+        "calibration": {
+            **calibration_report(examples, seed=config.run.seed),
+            "fitted": calibrator.fitted,
+            "runs": list(dict.fromkeys([config.run.name, *review.calibration_runs])),
+            "audit_pairs": len(certified.audit_scores),
+            "judge": judge_model,
+            "template_hash": template_hash,
+        },
+        "certified": certificate.certified,
+        "threshold": certificate.threshold,
+        "audit_pairs_above_threshold": certificate.n,
+        "audit_agreed_above_threshold": certificate.agreed,
+        "pairs": total,
+        "below_threshold": below,
+        "budget_left": left,
+        "reached_target": reached,
+        "level_reached": level,
+        "review_share": routed_share,
+        "routed_judgments": [judgment_id for _, judgment_id, _ in chosen],
+        "message": _message(
+            target, risk, certificate.certified, reached, level, below, left, len(certified.audit_scores)
+        ),
+    }
+
+
+def _scored_remainder(
+    run: RunDirectory, manifest: dict[str, Any], calibrator: Calibrator, routed: set[str]
+) -> Iterator[tuple[float, Judgment]]:
+    """(calibrated probability, judgment) of every pair not routed in the first phase, shard by shard."""
+    for shard in manifest["shards"]:
+        judgments = {
+            j.pair_id: j for j in read_records(run.root / shard["judgments"], Judgment) if j.pair_id not in routed
+        }
+        judged = [(p, judgments[p.id]) for p in read_records(run.root / shard["pairs"], Pair) if p.id in judgments]
+        yield from zip(calibrator.probabilities(judged), (j for _, j in judged), strict=True)
+
+
+def _judge_identity(manifest: dict[str, Any], run: RunDirectory) -> tuple[str, str]:
+    """The run's judge model and template hash, from its first judgment."""
+    for shard in manifest["shards"]:
+        for judgment in read_records(run.root / shard["judgments"], Judgment):
+            return judgment.judge_model, judgment.template_hash
+    return "", ""
+
+
+def _message(
+    target: float,
+    risk: float,
+    certified: bool,
+    reached: bool,
+    level: float | None,
+    below: int,
+    left: int,
+    audit: int,
+) -> str:
+    promise = f"agreement with people of at least {100 * target:.0f}% with probability {100 * (1 - risk):.0f}%"
+    if reached:
+        return f"certified: {promise}, on {audit} audit pairs; the {below} pairs below the threshold go to people"
+    why = (
+        f"{below} pairs are below the certified threshold and the budget (review.max_fraction) leaves room for {left}"
+        if certified
+        else f"no confidence threshold certifies it on {audit} audit pairs (label more: raise review.audit_fraction, "
+        "or add review.calibration_runs)"
+    )
+    return (
+        f"target not reached: {promise} was asked; {why}. The least sure pairs go to people as far as the budget "
+        f"allows; level reached: {100 * (level or 0.0):.1f}%"
+    )

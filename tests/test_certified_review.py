@@ -1,0 +1,130 @@
+"""Two-phase review with `review.target_agreement`: a real labeling run (scripted OpenAI-compatible endpoint)
+routes only failures and the audit; people label the audit; labeling again calibrates the judge, certifies a
+threshold and routes the pairs below it; the merged dataset's card states the level. An impossible target
+with a small budget says so and the run still merges."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+
+from rlaif.config import Config, load_config
+from rlaif.flows.label import label_pipeline
+from rlaif.pipeline.merge import MergeError, merge_run
+from rlaif.review.store import ReviewStore
+from tests.review_fixtures import RLAIF
+from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
+from tests.test_labeling_flow import prompts_file, scripted_overrides
+
+ANSWER = re.compile(r"<answer_(a|b)>\s*(.*?)\s*</answer_\1>", re.S)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def sure_or_unsure_judge(body: dict) -> str | None:
+    """A judge that is consistent in both orders on about 60% of the pairs (it prefers the answer whose hash is
+    smaller) and answers by position on the rest (the orders disagree: a tie, confidence 0)."""
+    if body["model"] != "judge":
+        return None
+    answers = dict(ANSWER.findall(judge_prompt(body)))
+    first, second = answers["a"], answers["b"]
+    pair_key = hashlib.sha256("|".join(sorted([first, second])).encode()).digest()[0]
+    if pair_key % 5 < 3:
+        return (
+            "[[A]]" if hashlib.sha256(first.encode()).digest() < hashlib.sha256(second.encode()).digest() else "[[B]]"
+        )
+    return "[[A]]"
+
+
+def people_label(config: Config) -> Counter[str]:
+    """Simulated people: they agree with the judge when it was sure, and pick the first answer when it was not
+    (a tie from the judge is then a disagreement)."""
+    given: Counter[str] = Counter()
+    with ReviewStore.open(config.review_db()) as store:
+        while (item := store.claim_next(config.run.name, "alice")) is not None:
+            judgment = item.judgment
+            label = judgment.winner if judgment.status == "ok" and judgment.winner != "tie" else "a"
+            store.submit(item.item.id, "alice", label, None)
+            given[item.item.reason] += 1
+    return given
+
+
+def routed_reasons(run_dir: Path) -> Counter[str]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return Counter(row["reason"] for row in manifest["routed"])
+
+
+def label(tmp_path: Path, server: ScriptedOpenAIServer, *extra: str) -> Config:
+    overrides = scripted_overrides(
+        server, prompts_file(tmp_path, 40), tmp_path / "run", "review.audit_fraction=0.4", "run.name=certified", *extra
+    )
+    config = load_config(None, overrides)
+    asyncio.run(label_pipeline(config))
+    return config
+
+
+def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
+    with ScriptedOpenAIServer(reply=sure_or_unsure_judge) as server:
+        config = label(tmp_path, server, "review.target_agreement=0.8", "review.max_fraction=0.9")
+        run_dir = config.run.directory()
+        first = routed_reasons(run_dir)
+        assert set(first) <= {"audit", "failed"} and first["audit"] == 48  # 40 prompts x 3 pairs x 0.4
+        assert not (run_dir / "certification.json").exists()
+        with ReviewStore.open(config.review_db()) as store, pytest.raises(MergeError, match="not labelled yet"):
+            merge_run(run_dir, config, store)
+        assert people_label(config)["audit"] == 48
+        with ReviewStore.open(config.review_db()) as store, pytest.raises(MergeError, match="second review phase"):
+            merge_run(run_dir, config, store, on_pending="block")
+
+        # `rlaif label` again, now that the audit is labelled
+        config = label(tmp_path, server, "review.target_agreement=0.8", "review.max_fraction=0.9")
+    certification = json.loads((run_dir / "certification.json").read_text())
+    assert certification["calibration"]["fitted"] and certification["calibration"]["audit_pairs"] == 48
+    assert certification["certified"] and certification["reached_target"]
+    assert certification["level_reached"] >= 0.8
+    second = routed_reasons(run_dir)
+    assert second["audit"] == 48 and second["below_threshold"] == certification["below_threshold"] > 0
+    unsure = [json.loads(line) for line in (run_dir / "review_queue.jsonl").read_text().splitlines()]
+    below = [row["judgment"] for row in unsure if row["item"]["reason"] == "below_threshold"]
+    assert all(j["order_disagreement"] for j in below)  # what it sends people is what the judge was unsure of
+    assert people_label(config)["below_threshold"] == len(below)
+
+    merged = subprocess.run([RLAIF, "merge", str(run_dir)], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert "certified: agreement with people of at least 80%" in merged.stdout
+    card = (run_dir / "dataset" / "README.md").read_text()
+    assert "## Certified agreement level" in card and "**Certified.**" in card
+    rows = datasets.load_from_disk(str(run_dir / "dataset"))
+    judge_rows = [c for c, source in zip(rows["confidence"], rows["label_source"], strict=True) if source == "judge"]
+    assert judge_rows and min(judge_rows) == 1.0  # every label left to the judge is one it was sure of
+
+
+def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_merges(tmp_path):
+    with ScriptedOpenAIServer(reply=sure_or_unsure_judge) as server:
+        config = label(tmp_path, server, "review.target_agreement=0.99", "review.max_fraction=0.5")
+        people_label(config)
+        config = label(tmp_path, server, "review.target_agreement=0.99", "review.max_fraction=0.5")
+    run_dir = config.run.directory()
+    certification = json.loads((run_dir / "certification.json").read_text())
+    assert not certification["reached_target"]
+    assert certification["message"].startswith("target not reached")
+    assert routed_reasons(run_dir)["below_threshold"] == 60 - 48  # the budget: half of 120 pairs
+    people_label(config)
+    with ReviewStore.open(config.review_db()) as store:
+        result = merge_run(run_dir, config, store)
+    assert result.figures["certification"]["reached_target"] is False
+    assert "**Not reached.**" in (run_dir / "dataset" / "README.md").read_text()
