@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_progress_artifact, acreate_table_artifact
@@ -26,13 +26,15 @@ from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParame
 from rlaif.flows.shard_claims import wait_claim
 from rlaif.flows.shard_runner import OnFirstUse, ShardProgress, opened, run_shards
 from rlaif.generation.factory import open_backend
-from rlaif.generation.protocol import GenerationBackend
+from rlaif.generation.protocol import GenerationBackend, TokenUsage
 from rlaif.judges.factory import open_judge
 from rlaif.judges.protocol import Judge
 from rlaif.judges.reward_model import RewardModelScorer
 from rlaif.judges.setup import JudgeSetup, load_judge
 from rlaif.models import resolve_model
+from rlaif.pipeline.bias_audit import self_preference_warning
 from rlaif.pipeline.certify import TWO_PHASE_WAIT, certify_run
+from rlaif.pipeline.cost_ledger import BudgetReached, Spending, ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.judge_step import judge_shard
 from rlaif.pipeline.pair import pair_shard
@@ -44,7 +46,7 @@ from rlaif.pipeline.sample import sample_shard
 from rlaif.pipeline.shard_plan import ShardPlan, plan_shards
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
-from rlaif.run_files import write_text_atomic
+from rlaif.run_files import write_json_atomic, write_text_atomic
 
 
 def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardPlan], PromptCounts]:
@@ -87,8 +89,23 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
         classifier = None
         if judge_model is not None:
             classifier = OnFirstUse(stack, lambda: open_backend(judge_model, where="judge", say=logger.info))
+        spending = Spending(
+            run,
+            "sampling",
+            config.policy.model,
+            config.cost,
+            lambda: policy.value.usage if policy.value else TokenUsage(),
+        )
         await run_shards(
-            run, plans, lambda plan: plan.candidates, sample_shard_task, progress, config, policy, classifier
+            run,
+            plans,
+            lambda plan: plan.candidates,
+            sample_shard_task,
+            progress,
+            config,
+            policy,
+            classifier,
+            spending=spending,
         )
     return progress.count
 
@@ -101,13 +118,45 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
         judging = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=logger.info))
-        await run_shards(run, plans, lambda plan: plan.judgments, judge_shard_task, progress, config, scorer, judging)
+        spending = Spending(
+            run,
+            "judging",
+            judge.section.model,
+            config.cost,
+            lambda: judging.value.usage() if judging.value else TokenUsage(),
+        )
+        await run_shards(
+            run,
+            plans,
+            lambda plan: plan.judgments,
+            judge_shard_task,
+            progress,
+            config,
+            scorer,
+            judging,
+            spending=spending,
+        )
         if judging.value is not None:
             usage = judging.value.usage()
             logger.info(
                 f"judge: {usage.requests} requests, {usage.prompt_tokens} prompt and "
                 f"{usage.completion_tokens} completion tokens"
             )
+    return progress.count
+
+
+@task(name="pair-shard", cache_policy=NO_CACHE)
+async def pair_shard_task(plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer]) -> tuple[int, bool]:
+    return await pair_shard(plan, config, scorer)
+
+
+async def pair_shards(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
+    """Pair the sampled candidates without judging them (for judging elsewhere: `rlaif judge export-requests`)."""
+    artifact = await acreate_progress_artifact(progress=0.0, key="pairing-progress", description="Shards paired")
+    progress = ShardProgress("paired", "pairs", len(plans), artifact)
+    async with contextlib.AsyncExitStack() as stack:
+        scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
+        await run_shards(run, plans, lambda plan: plan.pairs, pair_shard_task, progress, config, scorer)
     return progress.count
 
 
@@ -137,12 +186,16 @@ async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Co
 
 @flow(name="rlaif-label")
 async def label_pipeline(
-    config: ConfigParameter = None, overrides: ConfigOverrides | None = None, judge: JudgeParameter = None
+    config: ConfigParameter = None,
+    overrides: ConfigOverrides | None = None,
+    judge: JudgeParameter = None,
+    stop_after: Literal["pairs"] | None = None,
 ) -> dict[str, Any]:
     """Prompts to judged pairs, of which about `review.fraction` wait for people; writes report.json.
 
     `config`: a config file (default: the embedded demo config) or a Config; `overrides`: config keys to set;
-    `judge`: the config's judge already loaded (in-process callers), else it is loaded here.
+    `judge`: the config's judge already loaded (in-process callers), else it is loaded here; `stop_after`
+    "pairs": sample and pair, judge nothing (the pairs are then judged elsewhere and imported).
     """
     config = run_config(config, overrides, judge)
     logger = get_run_logger()
@@ -151,8 +204,23 @@ async def label_pipeline(
     run, plans, prompt_counts = _plans(config, judge)
     if any(prompt_counts.as_dict().values()):
         logger.warning(f"prompts left out or changed while reading {config.prompts.path}: {prompt_counts.as_dict()}")
-    await sample_shards(config, run, plans)
-    await judge_shards(config, judge, run, plans)
+    try:
+        await sample_shards(config, run, plans)
+        if stop_after == "pairs":
+            paired = await pair_shards(config, run, plans)
+            return {
+                "run": config.run.name,
+                "status": "paired",
+                "pairs": paired,
+                "pair_files": [str(plan.pairs) for plan in plans],
+            }
+        await judge_shards(config, judge, run, plans)
+    except BudgetReached as reached:
+        logger.error(str(reached))
+        report = {"run": config.run.name, "status": "stopped_by_budget", "message": str(reached)}
+        report["cost"] = ledger_totals(run, config.cost)
+        write_json_atomic(run.report, report)
+        return report
     routed_by_reason = await route_for_review(quote(run), quote(plans), quote(config))
     report = write_report(
         run,
@@ -166,14 +234,25 @@ async def label_pipeline(
             "judge_mode": config.judge.mode,
             "judge_prompt": config.judge.prompt,
             "prompts_left_out_or_truncated": prompt_counts.as_dict(),
+            "cost": ledger_totals(run, config.cost),
         },
         refusal_contrast=config.pairs.refusal_contrast,
+        self_preference=self_preference_warning(config.policy.model, config.judge),
     )
+    if report["bias"]["self_preference_warning"]:
+        logger.warning(report["bias"]["self_preference_warning"])
     if report["prompts_short"]:
         logger.warning(
             f"{report['prompts_short']} of {report['prompts']} prompts have fewer than {config.sampling.n} distinct "
             "answers (so fewer pairs): their answers kept repeating through every resample round"
         )
+    cost_rows = [
+        {"stage": stage, "model": model, **{k: str(v) for k, v in row.items()}}
+        for stage, models in report["cost"]["stages"].items()
+        for model, row in models.items()
+    ]
+    if cost_rows:
+        await acreate_table_artifact(table=cost_rows, key="cost-ledger", description="Tokens and money per stage")
     summary = [{"measure": key, "value": str(value)} for key, value in report.items()]
     await acreate_table_artifact(table=summary, key="label-summary", description=f"Labeling run {config.run.name}")
     await acreate_markdown_artifact(

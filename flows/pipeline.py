@@ -86,6 +86,8 @@ async def rlaif_pipeline(
     config = run_config(config, overrides, judge)
     logger = get_run_logger()
     report = await label_pipeline(config, judge=judge)
+    if report.get("status") == "stopped_by_budget":
+        return {"status": "stopped_by_budget", "label": report}
     if auto_review:
         answered = answer_queue_as_demo_reviewer(config)
         with ReviewStore.open(config.review_db()) as store:

@@ -21,6 +21,7 @@ from prefect.artifacts import aupdate_progress_artifact
 from prefect.utilities.annotations import quote
 
 from rlaif.flows.shard_claims import claim_path, try_claim, wait_claim
+from rlaif.pipeline.cost_ledger import BudgetReached, Spending
 from rlaif.pipeline.shard_plan import ShardPlan
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import count_lines, remove_partial_writes
@@ -107,6 +108,7 @@ async def run_shards(
     step: Task[..., Any],
     progress: ShardProgress,
     *arguments: Any,
+    spending: Spending | None = None,
 ) -> None:
     """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
 
@@ -115,10 +117,13 @@ async def run_shards(
     most the shards in flight. Each shard is claimed first (`rlaif.flows.shard_claims`): shards another worker on
     the same run holds are left to it and waited for at the end, then counted as done, or done here if that
     worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
-    the plan and the config looking for futures, on every task run.
+    the plan and the config looking for futures, on every task run. With `spending`, each shard is checked
+    against the run's budget before it starts and recorded in the cost ledger when it ends; once the budget
+    is reached the shards in flight finish, no other starts, and BudgetReached is raised at the end.
     """
     in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
     held_elsewhere: list[ShardPlan] = []
+    stopped: list[BudgetReached] = []  # the budget was reached: no new shard starts
 
     async def one(plan: ShardPlan, wait: bool) -> None:
         async with in_flight:
@@ -135,8 +140,14 @@ async def run_shards(
                     if output(plan).is_file():  # finished by another worker while this one waited
                         count, reused = count_lines(output(plan)), True
                     else:
+                        if stopped or not _within_budget(spending, stopped):
+                            return
                         remove_partial_writes(output(plan))  # of a worker killed while writing it
                         count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
+                        if spending is not None:
+                            projection = spending.after_shard(len(plans) - progress.done - 1)
+                            if projection:
+                                get_run_logger().info(projection)
             await progress.shard_done(plan, count, reused, time.monotonic() - started)
 
     async def all_of(shards: list[ShardPlan], wait: bool) -> None:
@@ -148,6 +159,21 @@ async def run_shards(
             raise failed.exceptions[0] from None
 
     await all_of(plans, wait=False)
-    if held_elsewhere:
+    if held_elsewhere and not stopped:
         get_run_logger().info(f"waiting for {len(held_elsewhere)} shards that another worker on this run holds")
         await all_of(sorted(held_elsewhere, key=lambda plan: plan.index), wait=True)
+    if stopped:
+        raise stopped[0]
+
+
+def _within_budget(spending: Spending | None, stopped: list[BudgetReached]) -> bool:
+    """Whether the next shard fits the run's budget; when it does not, the reason is kept in `stopped` (the
+    shards in flight finish, no new one starts)."""
+    if spending is None:
+        return True
+    try:
+        spending.before_shard()
+    except BudgetReached as reached:
+        stopped.append(reached)
+        return False
+    return True

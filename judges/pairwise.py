@@ -35,6 +35,25 @@ class _Order:
     failure: str | None = None  # "parse_error" | "backend_error"
 
 
+def judge_messages(
+    template: JudgeTemplate, pair: Pair, swapped: bool, seed: int
+) -> tuple[list[dict[str, str]], str | None]:
+    """The judge's chat messages for a pair shown in one order (B first when `swapped`), and the principle
+    drawn for the pair (constitution templates)."""
+    principle = template.draw_principle(seed, pair.id)
+    earlier = pair.prompt.messages[:-1]
+    conversation = "\n\n".join(f"{m.role.upper()}: {m.content}" for m in earlier)
+    first, second = (pair.b, pair.a) if swapped else (pair.a, pair.b)
+    messages = template.render(
+        question=pair.prompt.messages[-1].content,
+        answer_a=first.text,
+        answer_b=second.text,
+        conversation=conversation,
+        principle=principle,
+    )
+    return messages, principle
+
+
 class PairwiseLLMJudge:
     def __init__(
         self,
@@ -87,17 +106,7 @@ class PairwiseLLMJudge:
         return self._order(pair, swapped).messages
 
     def _order(self, pair: Pair, swapped: bool) -> _Order:
-        principle = self.template.draw_principle(self.seed, pair.id)
-        earlier = pair.prompt.messages[:-1]
-        conversation = "\n\n".join(f"{m.role.upper()}: {m.content}" for m in earlier)
-        first, second = (pair.b, pair.a) if swapped else (pair.a, pair.b)
-        messages = self.template.render(
-            question=pair.prompt.messages[-1].content,
-            answer_a=first.text,
-            answer_b=second.text,
-            conversation=conversation,
-            principle=principle,
-        )
+        messages, principle = judge_messages(self.template, pair, swapped, self.seed)
         return _Order(pair=pair, swapped=swapped, principle=principle, messages=messages)
 
     def _request(self, order: _Order, temperature: float) -> GenerationRequest:

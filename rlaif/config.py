@@ -451,6 +451,25 @@ class DeploySection(Section):
     schedules: list[ScheduleSection] = Field(default_factory=list, description="Schedules of `rlaif deploy`.")
 
 
+class PriceSection(Section):
+    prompt_per_million: float = Field(ge=0.0, description="Price of a million prompt (input) tokens.")
+    completion_per_million: float = Field(ge=0.0, description="Price of a million completion (output) tokens.")
+
+
+class CostSection(Section):
+    """What a run spends: token prices per model, and the budget that stops it cleanly before passing it."""
+
+    prices: dict[str, PriceSection] = Field(
+        default_factory=dict,
+        description="Prices per model name (as policy.model / judge.model name it), per million tokens; models "
+        "without a price are counted in tokens only.",
+    )
+    budget: float | None = Field(
+        None, gt=0, description="Money the run may spend (in the prices' currency); needs a price for its models."
+    )
+    budget_tokens: int | None = Field(None, gt=0, description="Tokens (prompt + completion) the run may spend.")
+
+
 class Config(Section):
     """The whole configuration of a run."""
 
@@ -464,6 +483,7 @@ class Config(Section):
     merge: MergeSection = Field(default_factory=MergeSection)
     train: TrainSection = Field(default_factory=TrainSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
+    cost: CostSection = Field(default_factory=CostSection)
 
     def review_db(self) -> str:
         """The review database URL: `review.db`, or a SQLite file beside the run directory."""

@@ -108,6 +108,12 @@ def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
     assert "certified: agreement with people of at least 80%" in merged.stdout
     card = (run_dir / "dataset" / "README.md").read_text()
     assert "## Certified agreement level" in card and "**Certified.**" in card
+    figures = json.loads((run_dir / "dataset" / "merge.json").read_text())
+    # The scripted answers of a prompt all have the same length: no pair to measure length bias on.
+    assert figures["length_bias_on_audit"]["judge"] == {"pairs": 0, "longer_wins": None}
+    assert figures["self_preference_warning"] is None  # the policy "policy", the judge "judge"
+    bias = json.loads((run_dir / "report.json").read_text())["bias"]
+    assert 0 < bias["position_consistency"] < 1
     rows = datasets.load_from_disk(str(run_dir / "dataset"))
     judge_rows = [c for c, source in zip(rows["confidence"], rows["label_source"], strict=True) if source == "judge"]
     assert judge_rows and min(judge_rows) == 1.0  # every label left to the judge is one it was sure of

@@ -242,6 +242,97 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
                 served.kill()
 
 
+def label_as_people(client: httpx.Client, run_dir: Path, run: str) -> int:
+    """Label every open item of a run through the API as the people of tests/test_certified_review.py do: the
+    judge's label when it was sure, the first answer when it was not."""
+    queue = [json.loads(line) for line in (run_dir / "review_queue.jsonl").read_text().splitlines()]
+    judged = {row["item"]["pair_id"]: row["judgment"] for row in queue}
+    labelled = 0
+    while (response := client.post(f"/api/runs/{run}/next")).status_code == 200:
+        item = response.json()
+        judgment = judged[item["pair_id"]]
+        label = judgment["winner"] if judgment["status"] == "ok" and judgment["winner"] != "tie" else "a"
+        client.post(f"/api/items/{item['id']}/label", json={"label": label}).raise_for_status()
+        labelled += 1
+    return labelled
+
+
+def test_two_phase_review_in_a_deployment(prefect_api, tmp_path):
+    """review.target_agreement in a served deployment: the pipeline run ends waiting for the audit; labelling it
+    emits queue-emptied, whose merge run routes the second phase (pairs below the certified threshold) and ends
+    waiting; labelling those emits the event again, and that merge run writes the dataset with the level."""
+    from rlaif.review.store import ReviewStore
+    from tests.test_certified_review import sure_or_unsure_judge
+
+    with ScriptedOpenAIServer(reply=sure_or_unsure_judge) as endpoint:
+        config = {
+            "run": {"name": "certified", "dir": str(tmp_path / "runs" / "certified"), "prompts_per_shard": 10},
+            "prompts": {"path": str(prompts_file(tmp_path, 40))},
+            "policy": {"backend": "openai", "base_urls": [endpoint.base_url], "model": "policy"},
+            "sampling": {"n": 3},
+            "judge": {"backend": "openai", "base_urls": [endpoint.base_url], "model": "judge", "mode": "verdict"},
+            "review": {"target_agreement": 0.8, "audit_fraction": 0.4, "max_fraction": 0.9},
+            "train": {"in_pipeline": False},
+            "deploy": {"name": "e2e-certified"},
+        }
+        config_path = tmp_path / "certified.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        log = tmp_path / "deploy.log"
+        served = subprocess.Popen(
+            [RLAIF, "deploy", str(config_path)],
+            env=prefect_api,
+            cwd=tmp_path,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        run_dir = tmp_path / "runs" / "certified"
+        db = f"sqlite:///{tmp_path / 'runs' / 'review.db'}"
+        try:
+            wait_for(
+                lambda: "rlaif-merge/e2e-certified" in prefect(prefect_api, "deployment", "ls").stdout,
+                120,
+                "the deployments",
+            )
+            started = prefect(
+                prefect_api,
+                "deployment",
+                "run",
+                "rlaif-pipeline/e2e-certified",
+                "--param",
+                f"config={config_path}",
+                "--watch",
+                timeout=600,
+            )
+            assert started.returncode == 0, started.stdout + log.read_text()[-4000:]
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            assert {row["reason"] for row in manifest["routed"]} <= {"audit", "failed"}
+            with ReviewStore.open(db) as store:
+                token = store.add_reviewer("dana")
+            with (
+                ReviewServer(db, prefect_api_url=prefect_api["PREFECT_API_URL"]) as review,
+                httpx.Client(base_url=review.url, headers={"Authorization": f"Bearer {token}"}) as client,
+            ):
+                assert label_as_people(client, run_dir, "certified") == 48  # the audit: 40 prompts x 3 pairs x 0.4
+                wait_for(lambda: (run_dir / "certification.json").is_file(), 180, "the second phase, routed")
+                certification = json.loads((run_dir / "certification.json").read_text())
+                assert certification["certified"] and certification["below_threshold"] > 0
+                assert not (run_dir / "dataset").exists()  # the merge run of the first event ends waiting
+                second = wait_for(lambda: label_as_people(client, run_dir, "certified"), 60, "the second phase")
+                assert second == certification["below_threshold"]
+                wait_for(
+                    lambda: (run_dir / "dataset" / "merge.json").is_file(), 180, "the merge after the second phase"
+                )
+            merged = json.loads((run_dir / "dataset" / "merge.json").read_text())
+            assert merged["certification"]["reached_target"] and merged["review_status"] == {"done": merged["routed"]}
+            assert "## Certified agreement level" in (run_dir / "dataset" / "README.md").read_text()
+        finally:
+            served.terminate()
+            try:
+                served.wait(30)
+            except subprocess.TimeoutExpired:
+                served.kill()
+
+
 def test_prefect_yaml_deploys_into_process_work_pools(prefect_api):
     """`prefect deploy --all` with the project's prefect.yaml registers the four deployments in their pools."""
     project = Path(__file__).resolve().parent.parent

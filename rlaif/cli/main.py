@@ -158,6 +158,62 @@ def judge_eval(
     typer.echo(format_report(report))
 
 
+@judge_app.command("export-requests")
+@friendly_errors
+def judge_export_requests(
+    out: Annotated[Path, typer.Option(help="The OpenAI Batch input file to write (JSON lines).")],
+    config: ConfigArg = None,
+    overrides: SetOption = None,
+) -> None:
+    """Sample and pair the run's prompts, and write their judge requests (both orders) in OpenAI Batch input
+    format, to judge them with a provider's batch API or `vllm run-batch`; bring the output back with
+    `rlaif judge import-batch`."""
+    from rlaif.judges.batch_requests import batch_request_lines
+    from rlaif.judges.templates import load_template
+    from rlaif.run_directory import read_records
+    from rlaif.run_files import write_jsonl_atomic
+    from rlaif.schema import Pair
+
+    cfg = load_config(config, overrides)
+    template = load_template(cfg.judge.prompt, "verdict")
+    result = _label(cfg, stop_after="pairs")
+    if result.get("status") == "stopped_by_budget":
+        typer.echo(result["message"], err=True)
+        raise typer.Exit(2)
+    pairs = (pair for path in result["pair_files"] for pair in read_records(Path(path), Pair))
+    lines = batch_request_lines(
+        pairs, template, cfg.judge.model, cfg.judge.temperature, cfg.judge.max_tokens, cfg.run.seed
+    )
+    written = write_jsonl_atomic(out, lines)
+    typer.echo(
+        f"{written} requests ({result['pairs']} pairs, both orders) written to {out}; judge them with a batch API, "
+        f"then: rlaif judge import-batch OUTPUT --out judgments.jsonl, and label with --set judge.mode=imported "
+        "--set judge.judgments=judgments.jsonl"
+    )
+
+
+@judge_app.command("import-batch")
+@friendly_errors
+def judge_import_batch(
+    output: Annotated[Path, typer.Argument(help="The batch output file (OpenAI Batch or `vllm run-batch`).")],
+    out: Annotated[Path, typer.Option(help="The imported-judgments file to write (JSON lines).")],
+    config: ConfigArg = None,
+    overrides: SetOption = None,
+) -> None:
+    """Read a batch output of `rlaif judge export-requests`' requests, parse each reply's verdict with the judge
+    template, and write the judgments in the imported format (`judge.mode: imported`)."""
+    from rlaif.judges.batch_requests import imported_judgment_lines
+    from rlaif.judges.templates import load_template
+    from rlaif.run_files import write_jsonl_atomic
+
+    cfg = load_config(config, overrides)
+    template = load_template(cfg.judge.prompt, "verdict")
+    lines = imported_judgment_lines(output, template, cfg.judge.model)
+    unreadable = sum(1 for line in lines for verdict in line["verdicts"] if verdict is None)
+    written = write_jsonl_atomic(out, lines)
+    typer.echo(f"{written} pairs written to {out} ({unreadable} orders without a readable verdict)")
+
+
 @app.command()
 @friendly_errors
 def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
@@ -167,6 +223,9 @@ def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
     """
     cfg = load_config(config, overrides)
     report = _label(cfg)
+    if report.get("status") == "stopped_by_budget":
+        typer.echo(report["message"], err=True)
+        raise typer.Exit(2)
     typer.echo(_report_lines(cfg, report))
 
 
@@ -252,6 +311,9 @@ def demo(
     from rlaif.flows.pipeline import rlaif_pipeline
 
     result = asyncio.run(rlaif_pipeline(cfg, auto_review=auto_review, judge=judge))
+    if result["status"] == "stopped_by_budget":
+        typer.echo(result["label"]["message"], err=True)
+        raise typer.Exit(2)
     run = cfg.run.directory()
     _show_examples(run)
     typer.echo(_report_lines(cfg, result["label"]))
@@ -287,7 +349,7 @@ def demo(
     typer.echo("\n".join(lines))
 
 
-def _label(cfg: Config) -> dict[str, Any]:
+def _label(cfg: Config, stop_after: str | None = None) -> dict[str, Any]:
     from rlaif.judges.setup import load_judge
     from rlaif.pipeline.prompt_sources import check_configured_prompts
 
@@ -301,7 +363,7 @@ def _label(cfg: Config) -> dict[str, Any]:
                 import rlaif.generation.openai_backend  # noqa: F401  (here, not when the model opens, to be frozen too)
     from rlaif.flows.label import label_pipeline
 
-    return asyncio.run(label_pipeline(cfg, judge=judge))
+    return asyncio.run(label_pipeline(cfg, judge=judge, stop_after=stop_after))  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -337,9 +399,25 @@ def _report_lines(cfg: Config, report: dict[str, Any]) -> str:
             f"  routed to review: {report['routed_to_review']} ({_percent(report['review_fraction_actual'])}) "
             f"{report['routed_by_reason']} -> {run / 'review_queue.jsonl'}",
             *_contrast_lines(report.get("refusal_contrast")),
+            *_cost_lines(report.get("cost")),
             f"summary: {run / 'report.json'}",
         ]
     )
+
+
+def _cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The cost ledger in a line per stage: tokens counted from the servers' usage, money where priced."""
+    if not cost or not cost["stages"]:
+        return []
+    lines = []
+    for stage, models in cost["stages"].items():
+        for model, row in models.items():
+            price = f", {row['money']:.4f}" if row["money"] is not None else ""
+            lines.append(
+                f"  cost, {stage} ({model}): {row['requests']:,} requests, {row['prompt_tokens']:,} prompt + "
+                f"{row['completion_tokens']:,} completion tokens{price}"
+            )
+    return lines
 
 
 def _contrast_lines(figures: dict[str, Any] | None) -> list[str]:

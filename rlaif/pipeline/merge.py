@@ -26,6 +26,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
+from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
 from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
 from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
@@ -74,6 +75,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     contrast: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of the refusal-contrast rows
     audit: list[bool] = []
     reviewed: list[bool] = []
+    audit_choices: list[tuple[Pair, str | None, str]] = []  # (pair, judge's winner, people's label) on the audit
 
     def rows() -> Iterator[dict[str, Any]]:
         for shard in manifest["shards"]:
@@ -90,6 +92,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                         reviewed.append(agree)
                         if human.reason == "audit":
                             audit.append(agree)
+                            audit_choices.append((pair, judgment.winner, human.label))
                 record = preference_record(pair, judgment, human, config, counts)
                 if record is not None:
                     found = contrast_of(pair)
@@ -122,6 +125,11 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,
             "refusal_contrast": outcome_table(contrast, DATASET_OUTCOMES) if contrast else None,
             "certification": _certification_summary(certification),
+            "self_preference_warning": self_preference_warning(config.policy.model, config.judge),
+            "length_bias_on_audit": {
+                "judge": longer_wins_rate((pair, judge) for pair, judge, _ in audit_choices),
+                "people": longer_wins_rate((pair, people) for pair, _, people in audit_choices),
+            },
         }
         del dataset
         write_json_atomic(staged / "merge.json", figures)

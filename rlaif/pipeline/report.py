@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rlaif.pipeline.bias_audit import longer_wins_rate
 from rlaif.pipeline.refusal_contrast import JUDGED_OUTCOMES, judged_outcomes, outcome_table
 from rlaif.pipeline.shard_plan import ShardPlan, run_judgments
 from rlaif.run_directory import RunDirectory, read_records
@@ -40,6 +41,15 @@ def refusal_contrast_figures(plans: Sequence[ShardPlan], prompts: int, contrast:
     }
 
 
+def judged_choices(plans: Sequence[ShardPlan]) -> Iterator[tuple[Pair, str | None]]:
+    """(pair, the judge's winner) for every successfully judged pair, shard by shard."""
+    for plan in plans:
+        judgments = {j.pair_id: j for j in read_records(plan.judgments, Judgment) if j.status == "ok"}
+        for pair in read_records(plan.pairs, Pair, keep=judgments.__contains__):
+            if pair.id in judgments:
+                yield pair, judgments[pair.id].winner
+
+
 def write_report(
     run: RunDirectory,
     plans: Sequence[ShardPlan],
@@ -47,10 +57,11 @@ def write_report(
     candidates_per_prompt: int,
     extra: dict[str, Any],
     refusal_contrast: bool = False,
+    self_preference: str | None = None,
 ) -> dict[str, Any]:
     """report.json: the counts and rates of the run (see README for each field), from one pass over the
-    judgments, one over the candidates, and the routing counts `route_run` returned; with `refusal_contrast`,
-    one more over the pairs for `refusal_contrast_figures`."""
+    judgments, one over the candidates, one over the pairs for the bias audit, and the routing counts
+    `route_run` returned; with `refusal_contrast`, one more over the pairs for `refusal_contrast_figures`."""
     judged = failed = consistent = 0
     confidence_sum = 0.0
     failed_by_status = dict.fromkeys(("parse_error", "backend_error"), 0)
@@ -84,6 +95,11 @@ def write_report(
         "mean_confidence": confidence_sum / judged if judged else None,
         "winners": winners,
         **extra,
+    }
+    report["bias"] = {
+        "judge_prefers_longer": longer_wins_rate(judged_choices(plans)),
+        "position_consistency": report["position_consistency"],
+        "self_preference_warning": self_preference,
     }
     if refusal_contrast:
         report["refusal_contrast"] = refusal_contrast_figures(plans, prompts, contrast)

@@ -64,6 +64,7 @@ def write_html_report(run_dir: Path) -> Path:
         label_sources=bars(merge["label_sources"]) if merge else [],
         confidence=confidence_histogram(run) if run.manifest.is_file() else [],
         audit=audit,
+        certification=read_json(run.certification),
         accuracies=bars(accuracies, maximum=1.0),
     )
     target = run_dir / "report.html"
