@@ -258,8 +258,8 @@ STRATEGY_NAMES = {
 def routing_quality_table(document: dict[str, Any]) -> str:
     """The README's table of routing strategies and certified levels on real LLM judges (routing_quality.py)."""
     lines = [
-        f"{document['items']} PandaLM pairs ({document['human_ties']} human ties); {document['machine']}; "
-        f"{document['date'][:10]}",
+        f"{document['items']} PandaLM pairs ({document['human_ties']} human ties) and 300 held-out hh-rlhf pairs; "
+        f"{document['machine']}; {document['date'][:10]}",
         "",
         "| judge | strategy | review share | judge alone | merged | oracle | routing efficiency | "
         "judge-kept agreement |",
@@ -277,14 +277,15 @@ def routing_quality_table(document: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| judge | target | coverage (splits meeting it) | splits certified | of them missing it | review share | "
-        "judge-kept agreement (mean, min) |",
-        "|---|---|---|---|---|---|---|",
+        "| judge | target | calibration set | coverage (splits meeting it) | splits certified | of them missing it | "
+        "review share | judge-kept agreement (mean, min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for judge, figures in document["judges"].items():
         for target, row in figures["coverage"].items():
             lines.append(
-                f"| {judge} | {target} | {_cell(row['coverage'], 3)} of {row['splits']} | {row['certified_splits']} | "
+                f"| {judge} | {target} | {row['calibration_set']} | {_cell(row['coverage'], 3)} of {row['splits']} | "
+                f"{row['certified_splits']} | "
                 f"{row['misses']} | {_cell(row['review_share_mean'], 3)} | {_cell(row['achieved_agreement_mean'], 3)}, "
                 f"{_cell(row['achieved_agreement_min'], 3)} |"
             )
@@ -301,7 +302,7 @@ def main() -> None:
         ("sampling_cpu_smollm2.json", sampling_table),
         ("judging_cpu_smollm2.json", judging_table),
         ("reliability.json", reliability_table),
-        ("routing_quality_pandalm.json", routing_quality_table),
+        ("routing_quality.json", routing_quality_table),
     ):
         document = _load(name)
         if document:

@@ -20,11 +20,18 @@ where the oracle spends the same budget on exactly the judge's mistakes. Strateg
 Certified (no fixed budget; the review share is the output): each fifth routed below the threshold certified
 on the other four fifths (their random pairs), for targets 0.75, 0.80, 0.85 at risk 0.1.
 
-Coverage: over 200 resampled splits into a calibration set (300 random items, labelled by people) and the
-rest, the share of splits where the judge-labelled part of the rest (at or above the certified threshold)
-agrees with people at least the target; it must be at least 1 - risk. With the review share it needed.
+Coverage: over 200 resampled splits into a calibration set (300 random items, labelled by people; half of the
+items on smaller sets) and the rest, the share of splits where the judge-labelled part of the rest (at or
+above the certified threshold) agrees with people at least the target; it must be at least 1 - risk. With
+the review share it needed.
 
-    .venv/bin/python benchmarks/routing_quality.py [--out benchmarks/results/routing_quality_pandalm.json]
+The same table for a third judge of another kind on other data: the MiniLM-L6 reward model (`rlaif train
+reward` on hh-rlhf harmless, the last 300 pairs held out, as benchmarks/reward_model_cpu.py trains it, about
+4 minutes on 2 cores; or `--reward-model DIR` for one trained already) judging those 300 held-out pairs.
+The same code, unchanged, on both.
+
+    .venv/bin/python benchmarks/routing_quality.py [--out benchmarks/results/routing_quality.json]
+        [--reward-model DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import asyncio
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -49,11 +57,16 @@ from rlaif.judges.calibration import Calibrator, Example  # noqa: E402
 from rlaif.judges.certification import certify_judge  # noqa: E402
 from rlaif.judges.ensemble import EnsembleJudge  # noqa: E402
 from rlaif.judges.imported import ImportedJudge  # noqa: E402
+from rlaif.judges.reward_model import RewardModelJudge, RewardModelScorer  # noqa: E402
 from rlaif.labelled_data import load_labelled  # noqa: E402
 from rlaif.pipeline.route import choose_for_review  # noqa: E402
 from rlaif.schema import Judgment, Pair  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pandalm"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = SHARED / "pandalm"
+HH_RLHF = SHARED / "hh_rlhf" / "harmless_base_test_0000_1799.jsonl.gz"
+HELD_OUT = 300
+RLAIF = str(Path(sys.executable).parent / "rlaif")
 BUDGET = 0.10
 AUDIT = 0.03
 RISK = 0.1
@@ -189,13 +202,14 @@ def coverage(
     pairs: list[Pair], labels: list[str], judgments: list[Judgment], progress: Callable[[str], None]
 ) -> dict[str, Any]:
     n = len(pairs)
+    calibration_size = min(CALIBRATION_SET, n // 2)
     examples = [Example(p, j, h, "audit") for p, j, h in zip(pairs, judgments, labels, strict=True)]
     result = {}
     for target in TARGETS:
         met = certified_splits = 0
         shares, achieved = [], []
         for split in range(SPLITS):
-            calibration = set(random.Random(10_000 + split).sample(range(n), CALIBRATION_SET))
+            calibration = set(random.Random(10_000 + split).sample(range(n), calibration_size))
             rest = [i for i in range(n) if i not in calibration]
             certified = certify_judge([examples[i] for i in sorted(calibration)], target, RISK, seed=split)
             threshold = certified.certificate.threshold
@@ -216,6 +230,7 @@ def coverage(
             shares.append(1 - len(kept) / len(rest))
         result[f"{target:.2f}"] = {
             "splits": SPLITS,
+            "calibration_set": calibration_size,
             "coverage": met / SPLITS,
             "misses": SPLITS - met,
             "certified_splits": certified_splits,
@@ -227,9 +242,30 @@ def coverage(
     return result
 
 
+async def reward_model_judgments(model_dir: str | None, scratch: Path) -> tuple[list[Pair], list[str], list[Judgment]]:
+    """The held-out hh-rlhf pairs, their human labels and the MiniLM reward model's judgments of them (trained
+    here on the rest when no model is given)."""
+    if model_dir is None:
+        model_dir = str(scratch / "reward-minilm")
+        print("training the MiniLM reward model on hh-rlhf (about 4 minutes on 2 cores) ...")
+        subprocess.run(
+            [RLAIF, "train", "reward", "--data", str(HH_RLHF), "--format", "hh-rlhf", "--out", model_dir]
+            + ["--set", f"train.eval_size={HELD_OUT}", "--set", "train.reward.max_length=128"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    items = load_labelled(HH_RLHF, "hh-rlhf", seed=0)[-HELD_OUT:]  # the split `rlaif train` held out
+    usable = [(item, pair) for item in items if (pair := as_pair(item)) is not None]
+    judge = RewardModelJudge(RewardModelScorer(model_dir), name="minilm-rm")
+    judgments = await judge.judge([pair for _, pair in usable])
+    return [pair for _, pair in usable], [item.label for item, _ in usable], judgments
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/routing_quality_pandalm.json")
+    parser.add_argument("--out", default="benchmarks/results/routing_quality.json")
+    parser.add_argument("--reward-model", help="a MiniLM reward model trained already (default: train one)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: the shared data folder must sit beside the project")
@@ -258,6 +294,16 @@ async def main() -> None:
             }
             for strategy, figures in document["judges"][name]["strategies"].items():
                 print(f"  {strategy:28} {figures}")
+        pairs, labels, judgments = await reward_model_judgments(args.reward_model, Path(folder))
+        name = "minilm-rm (hh-rlhf, 300 held-out pairs)"
+        document["judges"][name] = {
+            "items": len(pairs),
+            "human_ties": labels.count("tie"),
+            "strategies": strategies(pairs, labels, judgments),
+            "coverage": coverage(pairs, labels, judgments, print),
+        }
+        for strategy, figures in document["judges"][name]["strategies"].items():
+            print(f"  {strategy:28} {figures}")
     write_results(args.out, document)
 
 

@@ -5,12 +5,14 @@ event starts the merge deployment."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,27 @@ def run_pipeline(env: dict[str, str], config_path: Path, overrides: dict[str, An
     )
 
 
+@contextlib.contextmanager
+def served_deployments(env: dict[str, str], tmp_path: Path, config: dict[str, Any]) -> Iterator[tuple[Path, Path]]:
+    """`rlaif deploy` of a config (written to a file) serving until the block ends: (config path, its log)."""
+    config_path = tmp_path / f"{config['run']['name']}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "deploy.log"
+    served = subprocess.Popen(
+        [RLAIF, "deploy", str(config_path)], env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    try:
+        name = f"rlaif-merge/{config['deploy']['name']}"
+        wait_for(lambda: name in prefect(env, "deployment", "ls").stdout, 120, "the deployments")
+        yield config_path, log
+    finally:
+        served.terminate()
+        try:
+            served.wait(30)
+        except subprocess.TimeoutExpired:
+            served.kill()
+
+
 def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_trigger(prefect_api, tmp_path):
     template = tmp_path / "my_judge.md.j2"
     template.write_text(
@@ -127,21 +150,7 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
                 ],
             },
         }
-        config_path = tmp_path / "nightly.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        log = tmp_path / "deploy.log"
-        served = subprocess.Popen(
-            [RLAIF, "deploy", str(config_path)],
-            env=prefect_api,
-            cwd=tmp_path,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(
-                lambda: "rlaif-merge/e2e" in prefect(prefect_api, "deployment", "ls").stdout, 120, "the deployments"
-            )
-
+        with served_deployments(prefect_api, tmp_path, config) as (config_path, log):
             # A bad parameter is refused when the run is created, naming the key.
             refused = prefect(
                 prefect_api, "deployment", "run", "rlaif-label/e2e", "--param", 'overrides={"sampling.nn": 3}'
@@ -234,23 +243,17 @@ def test_deployments_run_from_the_cli_with_parameters_schedules_and_the_merge_tr
 
             # The cron schedule (every minute) has fired by now or does within a minute.
             wait_for(lambda: (tmp_path / "runs" / "cron" / "report.json").is_file(), 150, "the cron run", 2)
-        finally:
-            served.terminate()
-            try:
-                served.wait(30)
-            except subprocess.TimeoutExpired:
-                served.kill()
 
 
 def label_as_people(client: httpx.Client, run_dir: Path, run: str) -> int:
     """Label every open item of a run through the API as the people of tests/test_certified_review.py do: the
     judge's label when it was sure, the first answer when it was not."""
-    queue = [json.loads(line) for line in (run_dir / "review_queue.jsonl").read_text().splitlines()]
-    judged = {row["item"]["pair_id"]: row["judgment"] for row in queue}
     labelled = 0
     while (response := client.post(f"/api/runs/{run}/next")).status_code == 200:
         item = response.json()
-        judgment = judged[item["pair_id"]]
+        # Read after the claim: the run's queue file is written before its items reach the database.
+        queue = [json.loads(line) for line in (run_dir / "review_queue.jsonl").read_text().splitlines()]
+        judgment = next(row["judgment"] for row in queue if row["item"]["pair_id"] == item["pair_id"])
         label = judgment["winner"] if judgment["status"] == "ok" and judgment["winner"] != "tie" else "a"
         client.post(f"/api/items/{item['id']}/label", json={"label": label}).raise_for_status()
         labelled += 1
@@ -275,24 +278,9 @@ def test_two_phase_review_in_a_deployment(prefect_api, tmp_path):
             "train": {"in_pipeline": False},
             "deploy": {"name": "e2e-certified"},
         }
-        config_path = tmp_path / "certified.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        log = tmp_path / "deploy.log"
-        served = subprocess.Popen(
-            [RLAIF, "deploy", str(config_path)],
-            env=prefect_api,
-            cwd=tmp_path,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
         run_dir = tmp_path / "runs" / "certified"
         db = f"sqlite:///{tmp_path / 'runs' / 'review.db'}"
-        try:
-            wait_for(
-                lambda: "rlaif-merge/e2e-certified" in prefect(prefect_api, "deployment", "ls").stdout,
-                120,
-                "the deployments",
-            )
+        with served_deployments(prefect_api, tmp_path, config) as (config_path, log):
             started = prefect(
                 prefect_api,
                 "deployment",
@@ -325,12 +313,6 @@ def test_two_phase_review_in_a_deployment(prefect_api, tmp_path):
             merged = json.loads((run_dir / "dataset" / "merge.json").read_text())
             assert merged["certification"]["reached_target"] and merged["review_status"] == {"done": merged["routed"]}
             assert "## Certified agreement level" in (run_dir / "dataset" / "README.md").read_text()
-        finally:
-            served.terminate()
-            try:
-                served.wait(30)
-            except subprocess.TimeoutExpired:
-                served.kill()
 
 
 def test_prefect_yaml_deploys_into_process_work_pools(prefect_api):

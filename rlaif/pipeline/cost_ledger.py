@@ -133,7 +133,7 @@ class Spending:
             self.projection = (
                 f"{self.stage}: the first shard took {tokens:,} tokens"
                 + (f" ({price:.4f})" if price is not None else "")
-                + f"; the {shards_left} shards left would take about {tokens * shards_left:,} more"
+                + f"; at that rate the shards left ({shards_left}) would take about {tokens * shards_left:,} more"
                 + (f" ({price * shards_left:.4f})" if price is not None else "")
             )
             return self.projection
