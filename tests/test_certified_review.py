@@ -18,6 +18,7 @@ import pytest
 
 from rlaif.config import Config, load_config
 from rlaif.flows.label import label_pipeline
+from rlaif.pipeline.certify import spread_over_prompts
 from rlaif.pipeline.merge import MergeError, merge_run
 from rlaif.review.store import ReviewStore
 from tests.review_fixtures import RLAIF
@@ -129,8 +130,21 @@ def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_me
     assert not certification["reached_target"]
     assert certification["message"].startswith("target not reached")
     assert routed_reasons(run_dir)["below_threshold"] == 60 - 48  # the budget: half of 120 pairs
+    queue = [json.loads(line) for line in (run_dir / "review_queue.jsonl").read_text().splitlines()]
+    second = [row["pair"]["prompt"]["id"] for row in queue if row["item"]["reason"] == "below_threshold"]
+    assert len(set(second)) == len(second) == 12  # a short budget is spread: one pair of each of 12 prompts
     people_label(config)
     with ReviewStore.open(config.review_db()) as store:
         result = merge_run(run_dir, config, store)
     assert result.figures["certification"]["reached_target"] is False
     assert "**Not reached.**" in (run_dir / "dataset" / "README.md").read_text()
+
+
+def test_a_short_budget_is_spread_over_prompts():
+    a1, a2, a3 = (0.1, "j1", "p1", "A"), (0.2, "j2", "p2", "A"), (0.3, "j3", "p3", "A")
+    b, c = (0.4, "j4", "p4", "B"), (0.5, "j5", "p5", "C")
+    candidates = [a1, a2, a3, b, c]
+    assert spread_over_prompts(candidates, 2, prompts=3) == [a1, b]  # a share of 1: prompt A's least sure, then B's
+    assert spread_over_prompts(candidates, 4, prompts=3) == [a1, a2, b, c]  # a share of 2
+    assert spread_over_prompts(candidates, 4, prompts=10) == [a1, a2, b, c]  # each once, then the least sure left
+    assert spread_over_prompts(candidates, 9, prompts=3) == candidates  # the budget takes them all

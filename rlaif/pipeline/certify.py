@@ -8,9 +8,10 @@ unsure, so they are not drawn like the pairs the judge keeps), scored cross-fitt
 by a calibrator that saw it. The rest of the run is scored by the calibrator fitted on the whole set.
 
 Pairs below the certified threshold go to people, least sure first, as far as the budget
-(`review.max_fraction` of all pairs, the first phase included) allows. When no threshold certifies the
-target, or the budget stops short of it, the run still goes on: the result says so, with the level that was
-reached at the threshold the budget allowed.
+(`review.max_fraction` of all pairs, the first phase included) allows; when it cannot take them all, no
+prompt gets more than its share of it before every prompt has had its share (`spread_over_prompts`). When
+no threshold certifies the target, or the budget stops short of it, the run still goes on: the result says
+so, with the level that was reached at the threshold the budget allowed.
 
 The decision is written once, to RUN_DIR/certification.json, before anything is routed: a rerun reuses it
 (routing and enqueueing are idempotent), so a crash between the steps loses nothing and routes nothing twice.
@@ -18,8 +19,9 @@ The decision is written once, to RUN_DIR/certification.json, before anything is 
 
 from __future__ import annotations
 
-import heapq
 import json
+import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,22 +107,23 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
     budget = round(budget_fraction * total)
     left = max(0, budget - len(manifest["routed"]))
     routed_pairs = {row["pair_id"] for row in manifest["routed"]}
-    below = 0
-    lowest: list[tuple[float, str, str]] = []  # the `left + 1` least sure (negated), judgment id, pair id
-    for probability, judgment in _scored_remainder(run, manifest, calibrator, routed_pairs):
+    below: list[tuple[float, str, str, str]] = []  # (probability, judgment id, pair id, prompt id) under it
+    kept_lowest: float | None = None  # the least sure of the pairs at or above the threshold
+    prompts: set[str] = set()
+    for probability, judgment, prompt_id in _scored_remainder(run, manifest, calibrator, routed_pairs):
+        prompts.add(prompt_id)
         if probability < threshold:
-            below += 1
-        item = (-probability, judgment.id, judgment.pair_id)
-        if len(lowest) < left + 1:
-            heapq.heappush(lowest, item)
-        elif item > lowest[0]:
-            heapq.heapreplace(lowest, item)
-    candidates = sorted((-negated, judgment_id, pair_id) for negated, judgment_id, pair_id in lowest)
-    chosen = [c for c in candidates if c[0] < threshold][:left]
-    kept_lowest = candidates[len(chosen)][0] if len(candidates) > len(chosen) else None
+            below.append((probability, judgment.id, judgment.pair_id, prompt_id))
+        elif kept_lowest is None or probability < kept_lowest:
+            kept_lowest = probability
+    chosen = spread_over_prompts(sorted(below), left, len(prompts))
+    picked = set(chosen)
+    unchosen = [c[0] for c in below if c not in picked]
+    if unchosen:
+        kept_lowest = min(unchosen)
     if kept_lowest is None:
         reached, level = True, 1.0  # every pair went to people
-    elif certificate.certified and below <= left:
+    elif certificate.certified and len(below) <= left:
         reached, level = True, certificate.lower_bound
     else:
         reached = False
@@ -143,28 +146,50 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
         "audit_pairs_above_threshold": certificate.n,
         "audit_agreed_above_threshold": certificate.agreed,
         "pairs": total,
-        "below_threshold": below,
+        "below_threshold": len(below),
         "budget_left": left,
         "reached_target": reached,
         "level_reached": level,
         "review_share": routed_share,
-        "routed_judgments": [judgment_id for _, judgment_id, _ in chosen],
+        "routed_judgments": [judgment_id for _, judgment_id, _, _ in chosen],
         "message": _message(
-            target, risk, certificate.certified, reached, level, below, left, len(certified.audit_scores)
+            target, risk, certificate.certified, reached, level, len(below), left, len(certified.audit_scores)
         ),
     }
 
 
+def spread_over_prompts(
+    candidates: list[tuple[float, str, str, str]], budget: int, prompts: int
+) -> list[tuple[float, str, str, str]]:
+    """The pairs people get from `candidates` (least sure first; the last field is the prompt id): all of them
+    when the budget allows; else the least sure with no prompt past its share of the budget (the budget over
+    the run's prompts, at least one), then the least sure of the others while budget is left, so that one
+    prompt with many unsure pairs does not take the budget other prompts need."""
+    if len(candidates) <= budget:
+        return candidates
+    share = max(1, math.ceil(budget / max(1, prompts)))
+    taken: Counter[str] = Counter()
+    chosen: list[tuple[float, str, str, str]] = []
+    for candidate in candidates:
+        if len(chosen) < budget and taken[candidate[3]] < share:
+            chosen.append(candidate)
+            taken[candidate[3]] += 1
+    picked = set(chosen)
+    chosen += [c for c in candidates if c not in picked][: budget - len(chosen)]
+    return sorted(chosen)
+
+
 def _scored_remainder(
     run: RunDirectory, manifest: dict[str, Any], calibrator: Calibrator, routed: set[str]
-) -> Iterator[tuple[float, Judgment]]:
-    """(calibrated probability, judgment) of every pair not routed in the first phase, shard by shard."""
+) -> Iterator[tuple[float, Judgment, str]]:
+    """(calibrated probability, judgment, prompt id) of every pair not routed in the first phase, by shard."""
     for shard in manifest["shards"]:
         judgments = {
             j.pair_id: j for j in read_records(run.root / shard["judgments"], Judgment) if j.pair_id not in routed
         }
         judged = [(p, judgments[p.id]) for p in read_records(run.root / shard["pairs"], Pair) if p.id in judgments]
-        yield from zip(calibrator.probabilities(judged), (j for _, j in judged), strict=True)
+        for probability, (pair, judgment) in zip(calibrator.probabilities(judged), judged, strict=True):
+            yield probability, judgment, pair.prompt.id
 
 
 def _judge_identity(manifest: dict[str, Any], run: RunDirectory) -> tuple[str, str]:
