@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -100,6 +101,34 @@ class Calibrator:
         features = np.array([signals(e.pair, e.judgment) for e in examples])
         model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(features, outcomes)
         return cls(model, len(examples))
+
+    def to_json(self) -> dict[str, Any]:
+        """The fitted map as JSON (its coefficients per signal), to apply it later without refitting."""
+        if self._model is None:
+            return {"fitted": False, "examples": self.examples}
+        agree = list(self._model.classes_).index(True)
+        sign = 1.0 if agree == 1 else -1.0  # the coefficients are for classes_[1]
+        return {
+            "fitted": True,
+            "examples": self.examples,
+            "signals": list(SIGNALS),
+            "coefficients": [sign * float(c) for c in self._model.coef_[0]],
+            "intercept": sign * float(self._model.intercept_[0]),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Calibrator:
+        """A calibrator written by `to_json`."""
+        if not document.get("fitted"):
+            return cls(None, int(document.get("examples", 0)))
+        if document["signals"] != list(SIGNALS):
+            raise ValueError(f"a calibrator of other signals ({document['signals']}): fit it again")
+        model = LogisticRegression()
+        model.classes_ = np.array([False, True])
+        model.coef_ = np.array([document["coefficients"]])
+        model.intercept_ = np.array([document["intercept"]])
+        model.n_features_in_ = len(SIGNALS)
+        return cls(model, int(document["examples"]))
 
     def probability(self, pair: Pair, judgment: Judgment) -> float:
         """Calibrated probability that people agree with the judge's label on this pair."""

@@ -222,6 +222,8 @@ class PreferenceRecord(Record):
     judge: str | None = None
     template_hash: str | None = None
     confidence: float | None = None
+    # With review.target_agreement: the calibrated probability that people agree with the judge's label.
+    calibrated_agreement: float | None = None
     policy_models: tuple[str, ...] = ()
     contrast: ContrastKind | None = None  # the pair holds a refusal-contrast candidate of this kind
 

@@ -3,6 +3,7 @@ exact binomial bounds), on synthetic judges whose true agreement with people is 
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -132,3 +133,13 @@ def test_the_guarantee_holds_over_many_small_calibration_sets():
         misses += sum(kept) / len(kept) < 0.85
     assert runs >= 100
     assert misses / runs <= 0.1
+
+
+def test_a_calibrator_written_as_json_gives_the_same_probabilities():
+    examples = synthetic(500, lambda p: 0.6 + 0.3 * (p - 0.5))
+    calibrator = Calibrator.fit(examples)
+    again = Calibrator.from_json(json.loads(json.dumps(calibrator.to_json())))
+    probes = [judged(20_000 + i, 0.5 + i / 25) for i in range(13)] + [judged(30_000, 0.5, status="parse_error")]
+    assert again.probabilities(probes) == pytest.approx(calibrator.probabilities(probes), abs=1e-12)
+    unfitted = Calibrator.from_json(Calibrator.fit(examples[:5]).to_json())
+    assert not unfitted.fitted and unfitted.probability(*probes[3]) == pytest.approx(raw_probability(probes[3][1]))

@@ -118,6 +118,8 @@ def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
     rows = datasets.load_from_disk(str(run_dir / "dataset"))
     judge_rows = [c for c, source in zip(rows["confidence"], rows["label_source"], strict=True) if source == "judge"]
     assert judge_rows and min(judge_rows) == 1.0  # every label left to the judge is one it was sure of
+    calibrated = dict(zip(rows["confidence"], rows["calibrated_agreement"], strict=True))
+    assert calibrated[1.0] > 0.8 > calibrated[0.0]  # the calibrated column: sure labels are the ones people keep
 
 
 def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_merges(tmp_path):

@@ -136,6 +136,7 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
         "calibration": {
             **calibration_report(examples, seed=config.run.seed),
             "fitted": calibrator.fitted,
+            "calibrator": calibrator.to_json(),
             "runs": list(dict.fromkeys([config.run.name, *review.calibration_runs])),
             "audit_pairs": len(certified.audit_scores),
             "judge": judge_model,

@@ -26,6 +26,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
+from rlaif.judges.calibration import Calibrator
 from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
 from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
 from rlaif.review.store import HumanDecision, ReviewStore
@@ -66,6 +67,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "(--on-pending judge / merge.on_pending: judge)"
         )
     certification = json.loads(run.certification.read_text(encoding="utf-8")) if run.certification.is_file() else None
+    calibrator = Calibrator.from_json(certification["calibration"]["calibrator"]) if certification else None
     if config.review.target_agreement is not None and certification is None and on_pending == "block":
         raise MergeError(
             f"run {run_id!r} has review.target_agreement set and its second review phase has not been routed: "
@@ -93,7 +95,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                         if human.reason == "audit":
                             audit.append(agree)
                             audit_choices.append((pair, judgment.winner, human.label))
-                record = preference_record(pair, judgment, human, config, counts)
+                record = preference_record(pair, judgment, human, config, counts, calibrator)
                 if record is not None:
                     found = contrast_of(pair)
                     if found is not None:
@@ -169,6 +171,7 @@ def dataset_features() -> Any:
             "judge": datasets.Value("string"),
             "template_hash": datasets.Value("string"),
             "confidence": datasets.Value("float64"),
+            "calibrated_agreement": datasets.Value("float64"),
             "policy_models": datasets.List(datasets.Value("string")),
             "contrast": datasets.Value("string"),
         }
@@ -176,9 +179,15 @@ def dataset_features() -> Any:
 
 
 def preference_record(
-    pair: Pair, judgment: Judgment, human: HumanDecision | None, config: Config, counts: Counter[str]
+    pair: Pair,
+    judgment: Judgment,
+    human: HumanDecision | None,
+    config: Config,
+    counts: Counter[str],
+    calibrator: Calibrator | None = None,
 ) -> PreferenceRecord | None:
-    """The dataset row of one pair, or None when the pair is left out (the reason is counted)."""
+    """The dataset row of one pair, or None when the pair is left out (the reason is counted); with the run's
+    calibrator (review.target_agreement), the calibrated probability that people agree with the judge."""
     flagged = False
     reviewers: tuple[str, ...] = ()
     if human is not None and human.label is not None:
@@ -211,6 +220,7 @@ def preference_record(
         judge=judgment.judge_model,
         template_hash=judgment.template_hash,
         confidence=judgment.confidence,
+        calibrated_agreement=calibrator.probability(pair, judgment) if calibrator and judgment.status == "ok" else None,
         policy_models=tuple(dict.fromkeys((pair.a.model, pair.b.model))),
         contrast=found[0] if found else None,
     )
