@@ -118,10 +118,11 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
         judging = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=logger.info))
+        members = judge.section.ensemble
         spending = Spending(
             run,
             "judging",
-            judge.section.model,
+            "ensemble[" + "|".join(m.model for m in members) + "]" if members else judge.section.model,
             config.cost,
             lambda: judging.value.usage() if judging.value else TokenUsage(),
         )
