@@ -95,6 +95,7 @@ def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
         config = label(tmp_path, server, "review.target_agreement=0.8", "review.max_fraction=0.9")
     certification = json.loads((run_dir / "certification.json").read_text())
     assert certification["calibration"]["fitted"] and certification["calibration"]["audit_pairs"] == 48
+    assert certification["calibration"]["runs"] == {"certified": 48}
     assert certification["certified"] and certification["reached_target"]
     assert certification["level_reached"] >= 0.8
     second = routed_reasons(run_dir)
@@ -126,9 +127,16 @@ def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_me
     with ScriptedOpenAIServer(reply=sure_or_unsure_judge) as server:
         config = label(tmp_path, server, "review.target_agreement=0.99", "review.max_fraction=0.5")
         people_label(config)
-        config = label(tmp_path, server, "review.target_agreement=0.99", "review.max_fraction=0.5")
+        config = label(
+            tmp_path,
+            server,
+            "review.target_agreement=0.99",
+            "review.max_fraction=0.5",
+            "review.calibration_runs=[elsewhere]",
+        )
     run_dir = config.run.directory()
     certification = json.loads((run_dir / "certification.json").read_text())
+    assert certification["calibration"]["runs"] == {"certified": 48, "elsewhere": 0}  # said, not hidden
     assert not certification["reached_target"]
     assert certification["message"].startswith("target not reached")
     assert routed_reasons(run_dir)["below_threshold"] == 60 - 48  # the budget: half of 120 pairs

@@ -93,11 +93,11 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
     review = config.review
     target, risk = review.target_agreement or 0.0, review.risk
     judge_model, template_hash = _judge_identity(manifest, run)
-    examples = [
-        example
+    by_run = {
+        run_id: reviewed_examples(store, run_id, judge_model, template_hash)
         for run_id in dict.fromkeys([config.run.name, *review.calibration_runs])
-        for example in reviewed_examples(store, run_id, judge_model, template_hash)
-    ]
+    }
+    examples = [example for found in by_run.values() for example in found]
     certified = certify_judge(examples, target, risk, seed=config.run.seed)
     calibrator, certificate = certified.calibrator, certified.certificate
     threshold = certificate.threshold if certificate.threshold is not None else 1.01  # none passed: all go
@@ -137,7 +137,7 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
             **calibration_report(examples, seed=config.run.seed),
             "fitted": calibrator.fitted,
             "calibrator": calibrator.to_json(),
-            "runs": list(dict.fromkeys([config.run.name, *review.calibration_runs])),
+            "runs": {run_id: len(found) for run_id, found in by_run.items()},  # reviewed pairs of this judge
             "audit_pairs": len(certified.audit_scores),
             "judge": judge_model,
             "template_hash": template_hash,
