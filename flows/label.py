@@ -27,6 +27,7 @@ from rlaif.flows.shard_claims import wait_claim
 from rlaif.flows.shard_runner import OnFirstUse, ShardProgress, opened, run_shards
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import GenerationBackend, TokenUsage
+from rlaif.judges.ensemble import ensemble_name
 from rlaif.judges.factory import open_judge
 from rlaif.judges.protocol import Judge
 from rlaif.judges.reward_model import RewardModelScorer
@@ -122,7 +123,7 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
         spending = Spending(
             run,
             "judging",
-            "ensemble[" + "|".join(m.model for m in members) + "]" if members else judge.section.model,
+            ensemble_name([m.model for m in members]) if members else judge.section.model,
             config.cost,
             lambda: judging.value.usage() if judging.value else TokenUsage(),
         )

@@ -162,17 +162,18 @@ def cross_fitted(examples: Sequence[Example], folds: int = 5, seed: int = 0) -> 
 
 
 def expected_calibration_error(
-    probabilities: Sequence[float], outcomes: Sequence[bool], bins: int = 10
+    probabilities: Sequence[float], outcomes: Sequence[bool], bins: int = 10, low: float = 0.0
 ) -> float | None:
-    """ECE over `bins` equal-width bins of [0, 1]: the mean |accuracy - confidence|, weighted by bin size."""
+    """ECE over `bins` equal-width bins of [low, 1]: the mean |accuracy - confidence|, weighted by bin size."""
     if not probabilities:
         return None
     total = 0.0
     for b in range(bins):
+        start, end = low + (1 - low) * b / bins, low + (1 - low) * (b + 1) / bins
         members = [
             (p, o)
             for p, o in zip(probabilities, outcomes, strict=True)
-            if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)
+            if start <= p < end or (b == bins - 1 and p == end)
         ]
         if members:
             confidence = sum(p for p, _ in members) / len(members)
@@ -181,13 +182,17 @@ def expected_calibration_error(
     return total
 
 
-def calibration_report(examples: Sequence[Example], seed: int = 0) -> dict[str, float | int | None]:
-    """ECE of the raw and of the calibrated probability on the reviewed pairs, the calibrated one cross-fitted."""
+def calibration_report(
+    examples: Sequence[Example], seed: int = 0, calibrated: Sequence[float] | None = None
+) -> dict[str, float | int | None]:
+    """ECE of the raw and of the calibrated probability on the reviewed pairs, the calibrated one cross-fitted
+    (`calibrated`: the examples' cross-fitted probabilities when the caller has them already)."""
     outcomes = [e.agreed for e in examples]
     raw = [raw_probability(e.judgment) for e in examples]
+    scores = cross_fitted(examples, seed=seed) if calibrated is None else calibrated
     return {
         "examples": len(examples),
         "agreement": sum(outcomes) / len(outcomes) if outcomes else None,
         "ece_raw": expected_calibration_error(raw, outcomes),
-        "ece_calibrated": expected_calibration_error(cross_fitted(examples, seed=seed), outcomes),
+        "ece_calibrated": expected_calibration_error(scores, outcomes),
     }

@@ -108,7 +108,8 @@ class CertifiedJudge:
 
     calibrator: Calibrator
     certificate: Certificate
-    audit_scores: list[float]  # the random audit pairs' calibrated probabilities, cross-fitted
+    scores: list[float]  # every reviewed pair's calibrated probability, cross-fitted
+    audit_scores: list[float]  # those of the random audit pairs
     audit_agreed: list[bool]
 
     def level_at(self, threshold: float) -> float:
@@ -120,11 +121,9 @@ def certify_judge(examples: Sequence[Example], target: float, risk: float, seed:
     each scored by a calibrator fitted without it (the others were routed for being unsure: not drawn like the
     pairs the judge keeps)."""
     calibrator = Calibrator.fit(examples, seed=seed)
-    if calibrator.fitted:
-        scores = cross_fitted(examples, seed=seed)
-    else:
-        scores = calibrator.probabilities([(example.pair, example.judgment) for example in examples])
+    scores = cross_fitted(examples, seed=seed)  # the raw probability where too few pairs allow no fit
     audit = [i for i, example in enumerate(examples) if example.reason == "audit"]
     audit_scores = [scores[i] for i in audit]
     audit_agreed = [examples[i].agreed for i in audit]
-    return CertifiedJudge(calibrator, certify(audit_scores, audit_agreed, target, risk), audit_scores, audit_agreed)
+    certificate = certify(audit_scores, audit_agreed, target, risk)
+    return CertifiedJudge(calibrator, certificate, scores, audit_scores, audit_agreed)

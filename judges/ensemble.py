@@ -11,12 +11,17 @@ from rlaif.judges.protocol import Judge
 from rlaif.schema import Judgment, Pair, content_id
 
 
+def ensemble_name(models: Sequence[str]) -> str:
+    """The name an ensemble of judges goes by (on its judgments and in the cost ledger)."""
+    return "ensemble[" + "|".join(models) + "]"
+
+
 class EnsembleJudge:
     def __init__(self, members: Sequence[Judge]) -> None:
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two judges")
         self.members = list(members)
-        self.name = "ensemble[" + "|".join(m.name for m in members) + "]"
+        self.name = ensemble_name([m.name for m in members])
         self.template_hash = content_id("ensemble", [m.template_hash for m in members])
 
     def usage(self) -> TokenUsage:

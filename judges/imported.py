@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlaif.generation.protocol import TokenUsage
-from rlaif.judges.combine import confidence_of, winner_of
+from rlaif.judges.combine import combine_judges, confidence_of, winner_of
 from rlaif.run_files import read_jsonl
 from rlaif.schema import Judgment, Message, Pair, content_id
 
@@ -92,13 +92,13 @@ class ImportedJudgment(BaseModel):
             return Judgment(winner=None, status="parse_error", error="the imported verdicts are unreadable", **common)
         if swapped:
             probabilities = [1.0 - p for p in probabilities]
-        p_a = sum(probabilities) / len(probabilities)
+        p_a, orders_disagree = combine_judges(probabilities)  # the mean p(A), and whether the winners differ
         return Judgment(
             winner=winner_of(p_a),
             p_a=p_a,
             confidence=confidence_of(p_a),
             status="ok",
-            order_disagreement=len({winner_of(p) for p in probabilities}) > 1,
+            order_disagreement=orders_disagree,
             **common,
         )
 

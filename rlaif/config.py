@@ -284,12 +284,15 @@ class ReviewSection(Section):
             )
         return url
 
+    def budget_fraction(self) -> float:
+        """The most pairs people may be sent with a target agreement: `max_fraction`, else `fraction`."""
+        return self.max_fraction if self.max_fraction is not None else self.fraction
+
     @model_validator(mode="after")
     def _audit_within_budget(self) -> ReviewSection:
         if self.target_agreement is None and self.audit_fraction > self.fraction:
             raise ValueError("audit_fraction cannot exceed fraction")
-        budget = self.max_fraction if self.max_fraction is not None else self.fraction
-        if self.target_agreement is not None and self.audit_fraction > budget:
+        if self.target_agreement is not None and self.audit_fraction > self.budget_fraction():
             raise ValueError("audit_fraction cannot exceed the budget (max_fraction, default fraction)")
         return self
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlaif.config import ReviewSection
+from rlaif.judges.calibration import expected_calibration_error as calibration_ece
 from rlaif.judges.protocol import Judge
 from rlaif.labelled_data import LabelledPair
 from rlaif.pipeline.route import choose_for_review
@@ -153,23 +154,14 @@ def routing_efficiency(
 
 
 def expected_calibration_error(decided: Sequence[tuple[str, Judgment]], bins: int = 10) -> float | None:
-    points = []
-    for human, judgment in decided:
-        if judgment.status != "ok" or judgment.winner == "tie" or judgment.p_a is None:
-            continue
-        probability = max(judgment.p_a, 1.0 - judgment.p_a)
-        points.append((probability, 1.0 if judgment.winner == human else 0.0))
-    if not points:
-        return None
-    total = 0.0
-    for b in range(bins):
-        low, high = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
-        members = [(p, c) for p, c in points if low <= p < high or (b == bins - 1 and p == high)]
-        if members:
-            confidence = sum(p for p, _ in members) / len(members)
-            accuracy = sum(c for _, c in members) / len(members)
-            total += len(members) / len(points) * abs(accuracy - confidence)
-    return total
+    """ECE of the judge's probability for the answer it prefers, max(p(A), 1 - p(A)), over `bins` bins of
+    [0.5, 1], on items with a human winner and a non-tie judgment."""
+    points = [
+        (max(judgment.p_a, 1.0 - judgment.p_a), judgment.winner == human)
+        for human, judgment in decided
+        if judgment.status == "ok" and judgment.winner != "tie" and judgment.p_a is not None
+    ]
+    return calibration_ece([p for p, _ in points], [agreed for _, agreed in points], bins, low=0.5)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -103,7 +103,7 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
     threshold = certificate.threshold if certificate.threshold is not None else 1.01  # none passed: all go
 
     total = sum(count_lines(run.root / shard["judgments"]) for shard in manifest["shards"])
-    budget_fraction = review.max_fraction if review.max_fraction is not None else review.fraction
+    budget_fraction = review.budget_fraction()
     budget = round(budget_fraction * total)
     left = max(0, budget - len(manifest["routed"]))
     routed_pairs = {row["pair_id"] for row in manifest["routed"]}
@@ -134,7 +134,7 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
         "risk": risk,
         "budget_fraction": budget_fraction,
         "calibration": {
-            **calibration_report(examples, seed=config.run.seed),
+            **calibration_report(examples, calibrated=certified.scores),
             "fitted": calibrator.fitted,
             "calibrator": calibrator.to_json(),
             "runs": {run_id: len(found) for run_id, found in by_run.items()},  # reviewed pairs of this judge
