@@ -174,7 +174,7 @@ async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Co
         judged, routed_by_reason = route_run(run, plans, config)
         with ReviewStore.open(config.review_db()) as store:
             added = enqueue_routed(run, config, store)
-            certification = certify_run(run.root, config, store)
+            certification = await certify_run(run.root, config, store)
         if certification is not None:
             judged, routed_by_reason = routing_totals(run)
     logger.info(
@@ -202,6 +202,8 @@ async def label_pipeline(
     config = run_config(config, overrides, judge)
     logger = get_run_logger()
     judge = judge or load_judge(config.judge)  # a broken template fails here, before any model is loaded
+    for tier in config.judge.tiers:
+        load_judge(tier)  # and an escalation tier's, not only once people have labelled the audit
     started = time.monotonic()
     run, plans, prompt_counts = _plans(config, judge)
     if any(prompt_counts.as_dict().values()):

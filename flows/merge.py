@@ -49,7 +49,7 @@ async def merge_flow(
     logger = get_run_logger()
     run_dir = config.run.directory()
     with ReviewStore.open(config.review_db()) as store:
-        certification = certify_run(run_dir, config, store)  # review.target_agreement: the second phase
+        certification = await certify_run(run_dir, config, store)  # review.target_agreement: the second phase
         if certification is not None:
             logger.info(certification["message"])
         stats = store.stats(config.run.name)

@@ -91,7 +91,7 @@ async def rlaif_pipeline(
     if auto_review:
         answered = answer_queue_as_demo_reviewer(config)
         with ReviewStore.open(config.review_db()) as store:
-            certification = certify_run(config.run.directory(), config, store)  # review.target_agreement
+            certification = await certify_run(config.run.directory(), config, store)  # review.target_agreement
         if certification is not None:
             logger.info(certification["message"])
             answered += answer_queue_as_demo_reviewer(config)

@@ -116,13 +116,21 @@ class CertifiedJudge:
         return level_at(self.audit_scores, self.audit_agreed, threshold, self.certificate.risk, self.certificate.target)
 
 
-def certify_judge(examples: Sequence[Example], target: float, risk: float, seed: int = 0) -> CertifiedJudge:
+def certify_judge(
+    examples: Sequence[Example],
+    target: float,
+    risk: float,
+    seed: int = 0,
+    certify_on: Sequence[bool] | None = None,
+) -> CertifiedJudge:
     """Fit the calibrator on every reviewed pair; certify on the random audit pairs among them (reason "audit"),
     each scored by a calibrator fitted without it (the others were routed for being unsure: not drawn like the
-    pairs the judge keeps)."""
+    pairs the judge keeps). `certify_on`: which examples to certify on instead (an escalation tier's: the audit
+    pairs the tiers before it passed on, drawn like the pairs it gets)."""
     calibrator = Calibrator.fit(examples, seed=seed)
     scores = cross_fitted(examples, seed=seed)  # the raw probability where too few pairs allow no fit
-    audit = [i for i, example in enumerate(examples) if example.reason == "audit"]
+    chosen = certify_on if certify_on is not None else [example.reason == "audit" for example in examples]
+    audit = [i for i, on in enumerate(chosen) if on]
     audit_scores = [scores[i] for i in audit]
     audit_agreed = [examples[i].agreed for i in audit]
     certificate = certify(audit_scores, audit_agreed, target, risk)

@@ -206,6 +206,12 @@ class JudgeSection(ModelSection):
     ensemble: list[JudgeSection] = Field(
         default_factory=list, description="Judges whose mean p(A) is the verdict; when set, replaces this judge."
     )
+    tiers: list[JudgeSection] = Field(
+        default_factory=list,
+        description="Escalation (needs review.target_agreement): judges that take, in order, the pairs the judge "
+        "before them is not certified on (below its threshold); people take what the last one leaves. Each tier "
+        "judges the run's audit sample too, and is calibrated and certified on it on its own.",
+    )
 
     @model_validator(mode="after")
     def _imported_has_a_file(self) -> JudgeSection:
@@ -487,6 +493,17 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
     cost: CostSection = Field(default_factory=CostSection)
+
+    @model_validator(mode="after")
+    def _tiers_need_a_target(self) -> Config:
+        if self.judge.tiers and self.review.target_agreement is None:
+            raise ValueError(
+                "judge.tiers needs review.target_agreement: a pair moves to the next tier when it is "
+                "below the certified threshold of its tier"
+            )
+        if any(tier.tiers for tier in self.judge.tiers):
+            raise ValueError("judge.tiers: a tier has no tiers of its own (list every tier in judge.tiers)")
+        return self
 
     def review_db(self) -> str:
         """The review database URL: `review.db`, or a SQLite file beside the run directory."""

@@ -21,6 +21,7 @@ from rlaif.flows.label import label_pipeline
 from rlaif.pipeline.certify import spread_over_prompts
 from rlaif.pipeline.merge import MergeError, merge_run
 from rlaif.review.store import ReviewStore
+from rlaif.schema import Pair
 from tests.review_fixtures import RLAIF
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_labeling_flow import prompts_file, scripted_overrides
@@ -158,3 +159,72 @@ def test_a_short_budget_is_spread_over_prompts():
     assert spread_over_prompts(candidates, 4, prompts=3) == [a1, a2, b, c]  # a share of 2
     assert spread_over_prompts(candidates, 4, prompts=10) == [a1, a2, b, c]  # each once, then the least sure left
     assert spread_over_prompts(candidates, 9, prompts=3) == candidates  # the budget takes them all
+
+
+def better_answer(pair) -> str:
+    """The answer people prefer (and the sure judge and the strong judge pick): the one whose hash is smaller."""
+    return "a" if hashlib.sha256(pair.a.text.encode()).digest() < hashlib.sha256(pair.b.text.encode()).digest() else "b"
+
+
+def sure_judge_then_strong_judge(body: dict) -> str | None:
+    """`judge`: sure_or_unsure_judge; `strong`: always consistent, and always right."""
+    if body["model"] != "strong":
+        return sure_or_unsure_judge(body)
+    answers = dict(ANSWER.findall(judge_prompt(body)))
+    first, second = answers["a"], answers["b"]
+    return "[[A]]" if hashlib.sha256(first.encode()).digest() < hashlib.sha256(second.encode()).digest() else "[[B]]"
+
+
+def people_prefer_the_better_answer(config: Config) -> Counter[str]:
+    given: Counter[str] = Counter()
+    with ReviewStore.open(config.review_db()) as store:
+        while (item := store.claim_next(config.run.name, "alice")) is not None:
+            store.submit(item.item.id, "alice", better_answer(item.pair), None)
+            given[item.item.reason] += 1
+    return given
+
+
+def test_escalation_tiers_take_what_the_judge_is_not_certified_on(tmp_path):
+    with ScriptedOpenAIServer(reply=sure_judge_then_strong_judge) as server:
+        tiers = f"judge.tiers=[{{backend: openai, base_urls: [{server.base_url}], model: strong, mode: verdict}}]"
+        extra = ("review.target_agreement=0.8", "review.max_fraction=0.9", tiers)
+        config = label(tmp_path, server, *extra)
+        assert people_prefer_the_better_answer(config)["audit"] == 48
+        config = label(tmp_path, server, *extra)  # the audit is labelled: the tiers take the rest
+        run_dir = config.run.directory()
+        certification = json.loads((run_dir / "certification.json").read_text())
+        first, strong = certification["tiers"]
+        assert first["judge"] == "judge" and first["certified"] and 0 < first["pairs_decided"] < first["pairs_judged"]
+        escalated = first["pairs_judged"] - first["pairs_decided"]
+        assert strong["judge"] == "strong" and strong["certified"] and strong["pairs_judged"] == escalated
+        assert strong["pairs_decided"] == escalated and strong["audit_pairs"] > 0  # certified on what reached it
+        assert strong["spent"]["requests"] == 2 * (48 + escalated)  # both orders, the audit included
+        assert certification["below_threshold"] == 0 and certification["reached_target"]
+        assert routed_reasons(run_dir) == Counter({"audit": 48})  # people label nothing past the audit
+        assert len(certification["tier_decisions"]) == escalated
+
+        merged = subprocess.run([RLAIF, "merge", str(run_dir)], capture_output=True, text=True)
+        assert merged.returncode == 0, merged.stderr
+        assert "for each of 2 judge tiers" in merged.stdout
+    rows = datasets.load_from_disk(str(run_dir / "dataset"))
+    by_judge = Counter(rows["judge"][i] for i in range(len(rows)) if rows["label_source"][i] == "judge")
+    assert by_judge == Counter({"judge": first["pairs_decided"], "strong": escalated})
+    with ReviewStore.open(config.review_db()) as store:
+        pairs = {row["pair"]["id"]: row["pair"] for row in store.export_rows(config.run.name)}
+    assert len(pairs) == 48
+    text = {row["pair_id"]: row["chosen"][0]["content"] for row in rows}
+    pair_files = sorted((run_dir / "pairs").glob("*.jsonl"))
+    every_pair = [Pair.model_validate_json(line) for path in pair_files for line in path.read_text().splitlines()]
+    chose_better = [
+        text[p.id] == (p.a.text if better_answer(p) == "a" else p.b.text) for p in every_pair if p.id in text
+    ]
+    assert len(chose_better) == len(rows) and all(chose_better)  # every label, tier-decided ones included, is right
+    card = (run_dir / "dataset" / "README.md").read_text()
+    assert "### Judge tiers" in card and "| 1 | strong |" in card
+
+
+def test_tiers_need_a_target_agreement():
+    from rlaif.config import ConfigError
+
+    with pytest.raises(ConfigError, match="judge.tiers needs review.target_agreement"):
+        load_config(None, ["judge.tiers=[{model: strong}]"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from pathlib import Path
@@ -192,7 +193,7 @@ def merge(
 
     cfg = _run_config(run_dir, db)
     with _store(cfg.review_db()) as store:
-        certification = certify_run(run_dir, cfg, store)  # review.target_agreement: the second phase, when due
+        certification = asyncio.run(certify_run(run_dir, cfg, store))  # review.target_agreement: the second phase
         if certification is not None:
             typer.echo(certification["message"])
         result = merge_run(run_dir, cfg, store, on_pending=on_pending)

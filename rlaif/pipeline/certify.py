@@ -13,6 +13,13 @@ prompt gets more than its share of it before every prompt has had its share (`sp
 no threshold certifies the target, or the budget stops short of it, the run still goes on: the result says
 so, with the level that was reached at the threshold the budget allowed.
 
+With `judge.tiers`, the pairs below the run judge's threshold go to the first tier instead (Trust or
+Escalate's cascade): it judges them and the run's audit pairs, is calibrated on the audit and certified on
+the audit pairs the tiers before it passed on (drawn like the pairs it gets); what it is not certified on
+goes to the next tier, and what the last leaves to people, within the budget as above. Each tier's label
+is kept for the pairs it decides (`tier_decisions`); each tier is certified at `review.risk` on its own,
+so the chance that some tier misses the target is at most the number of tiers times the risk.
+
 The decision is written once, to RUN_DIR/certification.json, before anything is routed: a rerun reuses it
 (routing and enqueueing are idempotent), so a crash between the steps loses nothing and routes nothing twice.
 """
@@ -28,8 +35,10 @@ from typing import Any
 
 from rlaif.config import Config
 from rlaif.judges.calibration import Calibrator, Example, calibration_report
-from rlaif.judges.certification import GRID, certify_judge
+from rlaif.judges.certification import GRID, CertifiedJudge, certify_judge
+from rlaif.pipeline.cost_ledger import ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
+from rlaif.pipeline.escalation import judge_tier, read_tier_judgments, tier_name, tier_stage
 from rlaif.pipeline.route import route_run
 from rlaif.pipeline.shard_plan import judged_shards
 from rlaif.review.store import HumanDecision, ReviewStore
@@ -70,10 +79,10 @@ def reviewed_examples(store: ReviewStore, run_id: str, judge_model: str, templat
     return examples
 
 
-def certify_run(run_dir: Path, config: Config, store: ReviewStore) -> dict[str, Any] | None:
+async def certify_run(run_dir: Path, config: Config, store: ReviewStore) -> dict[str, Any] | None:
     """Decide the second phase and route it (RUN_DIR/certification.json, routing, review queue); None while
     the first phase is still with people or the run has no target. Returns the certification; the pairs it
-    routes are in the review database when it returns."""
+    routes are in the review database when it returns. With `judge.tiers`, the tiers judge here."""
     review = config.review
     if review.target_agreement is None:
         return None
@@ -82,70 +91,111 @@ def certify_run(run_dir: Path, config: Config, store: ReviewStore) -> dict[str, 
         manifest = read_manifest(run)
         if first_phase_open(manifest, store.decisions(config.run.name)):
             return None
-        write_json_atomic(run.certification, decide(run, manifest, config, store))
+        write_json_atomic(run.certification, await decide(run, manifest, config, store))
     route_run(run, judged_shards(run), config)
     enqueue_routed(run, config, store)
     return json.loads(run.certification.read_text(encoding="utf-8"))
 
 
-def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: ReviewStore) -> dict[str, Any]:
-    """Calibrate, certify and choose the pairs below the threshold (see the module docstring)."""
+Candidate = tuple[float, str, str, str]  # (calibrated probability, the run judge's judgment id, pair id, prompt id)
+
+
+async def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: ReviewStore) -> dict[str, Any]:
+    """Calibrate, certify and choose the pairs below the threshold, tier by tier (see the module docstring)."""
     review = config.review
-    target, risk = review.target_agreement or 0.0, review.risk
+    target, risk, seed = review.target_agreement or 0.0, review.risk, config.run.seed
     judge_model, template_hash = _judge_identity(manifest, run)
     by_run = {
         run_id: reviewed_examples(store, run_id, judge_model, template_hash)
         for run_id in dict.fromkeys([config.run.name, *review.calibration_runs])
     }
     examples = [example for found in by_run.values() for example in found]
-    certified = certify_judge(examples, target, risk, seed=config.run.seed)
-    calibrator, certificate = certified.calibrator, certified.certificate
-    threshold = certificate.threshold if certificate.threshold is not None else 1.01  # none passed: all go
+    certified = certify_judge(examples, target, risk, seed=seed)
+    threshold = _threshold(certified)
+    # The run's own audit pairs (first in `examples`): what each escalation tier is judged and certified on,
+    # with whether the tiers so far passed each one on.
+    own_audit = [i for i, example in enumerate(by_run[config.run.name]) if example.reason == "audit"]
+    audit = [examples[i] for i in own_audit]
+    passed_on = [certified.scores[i] < threshold for i in own_audit]
 
     total = sum(count_lines(run.root / shard["judgments"]) for shard in manifest["shards"])
     budget_fraction = review.budget_fraction()
-    budget = round(budget_fraction * total)
-    left = max(0, budget - len(manifest["routed"]))
+    left = max(0, round(budget_fraction * total) - len(manifest["routed"]))
     routed_pairs = {row["pair_id"] for row in manifest["routed"]}
-    below: list[tuple[float, str, str, str]] = []  # (probability, judgment id, pair id, prompt id) under it
-    kept_lowest: float | None = None  # the least sure of the pairs at or above the threshold
+    below: list[Candidate] = []
+    escalated: list[Pair] = []  # the pairs below the threshold, kept only when a tier takes them
+    kept: list[float] = []  # the probabilities of the pairs the current tier keeps
     prompts: set[str] = set()
-    for probability, judgment, prompt_id in _scored_remainder(run, manifest, calibrator, routed_pairs):
-        prompts.add(prompt_id)
+    for probability, judgment, pair in _scored_remainder(run, manifest, certified.calibrator, routed_pairs):
+        prompts.add(pair.prompt.id)
         if probability < threshold:
-            below.append((probability, judgment.id, judgment.pair_id, prompt_id))
-        elif kept_lowest is None or probability < kept_lowest:
-            kept_lowest = probability
+            below.append((probability, judgment.id, pair.id, pair.prompt.id))
+            if config.judge.tiers:
+                escalated.append(pair)
+        else:
+            kept.append(probability)
+    tiers = [_tier_row(0, judge_model, certified, examples, len(below) + len(kept), len(kept))]
+    levels: list[float] = []  # the certified level of every tier before the last that kept pairs
+    tier_decisions: dict[str, int] = {}  # pair id -> escalation tier whose label the dataset takes
+    current = certified
+    for tier in range(1, len(config.judge.tiers) + 1):
+        if not escalated:
+            break  # every pair is decided: the tiers after this one have nothing to take
+        if kept:
+            levels.append(current.certificate.lower_bound or 0.0)
+        path = await judge_tier(run, config, tier, [example.pair for example in audit] + escalated)
+        judged = read_tier_judgments(path)
+        tier_examples = [Example(e.pair, judged[e.pair.id], e.human, e.reason) for e in audit]
+        current = certify_judge(tier_examples, target, risk, seed=seed, certify_on=passed_on)
+        threshold = _threshold(current)
+        passed_on = [on and score < threshold for on, score in zip(passed_on, current.scores, strict=True)]
+        probabilities = current.calibrator.probabilities([(pair, judged[pair.id]) for pair in escalated])
+        first_judgment = {candidate[2]: candidate[1] for candidate in below}
+        below, kept, still = [], [], []
+        for pair, probability in zip(escalated, probabilities, strict=True):
+            if probability < threshold:
+                below.append((probability, first_judgment[pair.id], pair.id, pair.prompt.id))
+                still.append(pair)
+            else:
+                kept.append(probability)
+                tier_decisions[pair.id] = tier
+        row = _tier_row(
+            tier, tier_name(config.judge.tiers[tier - 1]), current, tier_examples, len(escalated), len(kept)
+        )
+        tiers.append({**row, "judgments": str(path.relative_to(run.root))})
+        escalated = still
+
     chosen = spread_over_prompts(sorted(below), left, len(prompts))
     picked = set(chosen)
-    unchosen = [c[0] for c in below if c not in picked]
-    if unchosen:
-        kept_lowest = min(unchosen)
-    if kept_lowest is None:
-        reached, level = True, 1.0  # every pair went to people
+    unchosen = [candidate for candidate in below if candidate not in picked]  # the last tier's label stays
+    kept += [candidate[0] for candidate in unchosen]
+    if len(tiers) > 1:
+        tier_decisions.update((candidate[2], len(tiers) - 1) for candidate in unchosen)
+    tiers[-1]["pairs_decided"] = len(kept)
+    certificate = current.certificate
+    if not kept:
+        reached, level = True, min(levels, default=1.0)  # the last tier keeps nothing: people have the rest
     elif certificate.certified and len(below) <= left:
-        reached, level = True, certificate.lower_bound
+        reached, level = True, min([*levels, certificate.lower_bound or 0.0])
     else:
         reached = False
-        level = certified.level_at(max((g for g in GRID if g <= kept_lowest), default=0.0))
+        level = min([*levels, current.level_at(max((g for g in GRID if g <= min(kept)), default=0.0))])
+    _add_spending(tiers, run, config)
     routed_share = (len(manifest["routed"]) + len(chosen)) / total if total else 0.0
     return {
         "target_agreement": target,
         "risk": risk,
         "budget_fraction": budget_fraction,
         "calibration": {
-            **calibration_report(examples, calibrated=certified.scores),
-            "fitted": calibrator.fitted,
-            "calibrator": calibrator.to_json(),
+            **tiers[0]["calibration"],
             "runs": {run_id: len(found) for run_id, found in by_run.items()},  # reviewed pairs of this judge
-            "audit_pairs": len(certified.audit_scores),
             "judge": judge_model,
             "template_hash": template_hash,
         },
-        "certified": certificate.certified,
-        "threshold": certificate.threshold,
-        "audit_pairs_above_threshold": certificate.n,
-        "audit_agreed_above_threshold": certificate.agreed,
+        "certified": certified.certificate.certified,
+        "threshold": certified.certificate.threshold,
+        "audit_pairs_above_threshold": certified.certificate.n,
+        "audit_agreed_above_threshold": certified.certificate.agreed,
         "pairs": total,
         "below_threshold": len(below),
         "budget_left": left,
@@ -153,10 +203,52 @@ def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, store: R
         "level_reached": level,
         "review_share": routed_share,
         "routed_judgments": [judgment_id for _, judgment_id, _, _ in chosen],
+        "tiers": tiers,
+        "tier_decisions": tier_decisions,
         "message": _message(
-            target, risk, certificate.certified, reached, level, len(below), left, len(certified.audit_scores)
+            target, risk, certificate.certified, reached, level, len(below), left, len(current.audit_scores), len(tiers)
         ),
     }
+
+
+def _threshold(certified: CertifiedJudge) -> float:
+    """The calibrated probability below which a pair is passed on (to the next tier or to people)."""
+    threshold = certified.certificate.threshold
+    return threshold if threshold is not None else 1.01  # none passed: all go
+
+
+def _tier_row(
+    tier: int, judge: str, certified: CertifiedJudge, examples: list[Example], judged: int, decided: int
+) -> dict[str, Any]:
+    """What the card and the report say about one tier: its certificate, calibration and pairs."""
+    certificate = certified.certificate
+    return {
+        "tier": tier,
+        "judge": judge,
+        "stage": tier_stage(tier),
+        "certified": certificate.certified,
+        "threshold": certificate.threshold,
+        "lower_bound": certificate.lower_bound,
+        "audit_pairs": len(certified.audit_scores),  # what it was certified on
+        "audit_pairs_above_threshold": certificate.n,
+        "audit_agreed_above_threshold": certificate.agreed,
+        "pairs_judged": judged,  # of the pairs left after the first phase
+        "pairs_decided": decided,
+        "calibration": {
+            **calibration_report(examples, calibrated=certified.scores),
+            "fitted": certified.calibrator.fitted,
+            "calibrator": certified.calibrator.to_json(),
+            "audit_pairs": len(certified.audit_scores),
+        },
+    }
+
+
+def _add_spending(tiers: list[dict[str, Any]], run: RunDirectory, config: Config) -> None:
+    """Each tier's spending from the cost ledger (requests, tokens, money), summed over its models."""
+    stages = ledger_totals(run, config.cost)["stages"]
+    for row in tiers:
+        models = stages.get(row["stage"], {}).values()
+        row["spent"] = {key: sum(m[key] for m in models) for key in ("requests", "prompt_tokens", "completion_tokens")}
 
 
 def spread_over_prompts(
@@ -182,15 +274,15 @@ def spread_over_prompts(
 
 def _scored_remainder(
     run: RunDirectory, manifest: dict[str, Any], calibrator: Calibrator, routed: set[str]
-) -> Iterator[tuple[float, Judgment, str]]:
-    """(calibrated probability, judgment, prompt id) of every pair not routed in the first phase, by shard."""
+) -> Iterator[tuple[float, Judgment, Pair]]:
+    """(calibrated probability, judgment, pair) of every pair not routed in the first phase, by shard."""
     for shard in manifest["shards"]:
         judgments = {
             j.pair_id: j for j in read_records(run.root / shard["judgments"], Judgment) if j.pair_id not in routed
         }
         judged = [(p, judgments[p.id]) for p in read_records(run.root / shard["pairs"], Pair) if p.id in judgments]
         for probability, (pair, judgment) in zip(calibrator.probabilities(judged), judged, strict=True):
-            yield probability, judgment, pair.prompt.id
+            yield probability, judgment, pair
 
 
 def _judge_identity(manifest: dict[str, Any], run: RunDirectory) -> tuple[str, str]:
@@ -210,8 +302,12 @@ def _message(
     below: int,
     left: int,
     audit: int,
+    tiers: int = 1,
 ) -> str:
+    """The one line a run says about its certified level; with escalation tiers, about the last tier."""
     promise = f"agreement with people of at least {100 * target:.0f}% with probability {100 * (1 - risk):.0f}%"
+    if tiers > 1:
+        promise += f" for each of {tiers} judge tiers"
     if reached:
         return f"certified: {promise}, on {audit} audit pairs; the {below} pairs below the threshold go to people"
     why = (

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from rlaif.judges.protocol import Judge
-from rlaif.pipeline.shard_plan import ShardPlan
+from rlaif.pipeline.shard_plan import JudgedShard, ShardPlan
 from rlaif.run_directory import read_records
 from rlaif.run_files import count_lines, write_jsonl_atomic
 from rlaif.schema import Pair
 
 
-async def judge_shard(plan: ShardPlan, judge: Callable[[], Awaitable[Judge]]) -> tuple[int, bool]:
+async def judge_shard(plan: ShardPlan | JudgedShard, judge: Callable[[], Awaitable[Judge]]) -> tuple[int, bool]:
     """Judgments of one shard of pairs, both orders each, failures kept with their status: (count, reused)."""
     if plan.judgments.is_file():
         return count_lines(plan.judgments), True

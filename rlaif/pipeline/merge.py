@@ -68,6 +68,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
         )
     certification = json.loads(run.certification.read_text(encoding="utf-8")) if run.certification.is_file() else None
     calibrator = Calibrator.from_json(certification["calibration"]["calibrator"]) if certification else None
+    tier_judgments, tier_calibrators = _escalation_labels(run, certification)
     if config.review.target_agreement is not None and certification is None and on_pending == "block":
         raise MergeError(
             f"run {run_id!r} has review.target_agreement set and its second review phase has not been routed: "
@@ -95,7 +96,12 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                         if human.reason == "audit":
                             audit.append(agree)
                             audit_choices.append((pair, judgment.winner, human.label))
-                record = preference_record(pair, judgment, human, config, counts, calibrator)
+                labelled_by = tier_judgments.get(pair.id)  # judge.tiers: the tier that decided the pair
+                record = (
+                    preference_record(pair, labelled_by[1], human, config, counts, tier_calibrators[labelled_by[0]])
+                    if labelled_by is not None
+                    else preference_record(pair, judgment, human, config, counts, calibrator)
+                )
                 if record is not None:
                     found = contrast_of(pair)
                     if found is not None:
@@ -144,11 +150,30 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     return MergeResult(target, figures)
 
 
+def _escalation_labels(
+    run: RunDirectory, certification: dict[str, Any] | None
+) -> tuple[dict[str, tuple[int, Judgment]], dict[int, Calibrator]]:
+    """With `judge.tiers`: the judgment each escalation tier gave the pairs it decided, by pair id (with the
+    tier), and each tier's calibrator."""
+    if certification is None or len(certification.get("tiers", [])) < 2:
+        return {}, {}
+    decided = certification["tier_decisions"]
+    labels: dict[str, tuple[int, Judgment]] = {}
+    calibrators = {}
+    for row in certification["tiers"][1:]:
+        tier = row["tier"]
+        calibrators[tier] = Calibrator.from_json(row["calibration"]["calibrator"])
+        for judgment in read_records(run.root / row["judgments"], Judgment):
+            if decided.get(judgment.pair_id) == tier:
+                labels[judgment.pair_id] = (tier, judgment)
+    return labels, calibrators
+
+
 def _certification_summary(certification: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the card and merge.json say about the certified level (the routed ids stay in certification.json)."""
     if certification is None:
         return None
-    return {key: value for key, value in certification.items() if key != "routed_judgments"}
+    return {key: value for key, value in certification.items() if key not in ("routed_judgments", "tier_decisions")}
 
 
 def dataset_features() -> Any:
