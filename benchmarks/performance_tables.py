@@ -289,6 +289,25 @@ def routing_quality_table(document: dict[str, Any]) -> str:
                 f"{row['misses']} | {_cell(row['review_share_mean'], 3)} | {_cell(row['achieved_agreement_mean'], 3)}, "
                 f"{_cell(row['achieved_agreement_min'], 3)} |"
             )
+    rounds = {
+        judge: figures["reward_round"] for judge, figures in document["judges"].items() if "reward_round" in figures
+    }
+    if rounds:
+        lines += [
+            "",
+            "| judge | second round | review share (first + second) | merged after the first | "
+            "merged after the second | oracle | labels people overturned | routing efficiency |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for judge, round_ in rounds.items():
+            for name, key in (("random", "random"), ("the reward model contradicts", "reward_model_contradicts")):
+                row = round_[key]
+                lines.append(
+                    f"| {judge} | {name} | {_cell(round_['first_round_share'], 2)} + "
+                    f"{_cell(round_['second_round_share'], 3)} | {_cell(round_['merged_after_first'], 3)} | "
+                    f"{_cell(row['merged'], 3)} | {_cell(round_['oracle'], 3)} | {_cell(row['overturned_share'], 2)} | "
+                    f"{_cell(row['efficiency'], 2)} |"
+                )
     return "\n".join(lines)
 
 

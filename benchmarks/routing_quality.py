@@ -30,8 +30,12 @@ reward` on hh-rlhf harmless, the last 300 pairs held out, as benchmarks/reward_m
 4 minutes on 2 cores; or `--reward-model DIR` for one trained already) judging those 300 held-out pairs.
 The same code, unchanged, on both.
 
+The second review round after the reward model (`review.reward_round_fraction`, as in RLTHF), on GPT-3.5's
+PandaLM labels: after the first round (least confident, 10%), a MiniLM reward model trained on the merged labels
+picks 5% more pairs for people, the ones it contradicts most; against 5% at random (see `reward_round`).
+
     .venv/bin/python benchmarks/routing_quality.py [--out benchmarks/results/routing_quality.json]
-        [--reward-model DIR]
+        [--reward-model DIR] [--round-reward-model DIR]
 """
 
 from __future__ import annotations
@@ -242,6 +246,86 @@ def coverage(
     return result
 
 
+def reward_round(
+    pairs: list[Pair], labels: list[str], judgments: list[Judgment], scratch: Path, model_dir: str | None = None
+) -> dict[str, Any]:
+    """The second round (`review.reward_round_fraction`) after the first (least confident, 10%): the MiniLM reward
+    model trained on the merged labels (people's on the routed pairs, the judge's a/b labels elsewhere) scores
+    the judge-labelled pairs, and people get the ones it contradicts most (most negative margin), 5% of all
+    pairs; against 5% drawn at random among the same judge-labelled pairs (mean of 50 draws) and the oracle
+    that spends them on the judge's remaining mistakes. Efficiency = (after - before) / (oracle - before)."""
+    import datasets
+
+    n = len(pairs)
+    reasons = choose_for_review(judgments, n, BUDGET, AUDIT, seed=0)
+    first = {i for i, j in enumerate(judgments) if j.id in reasons}
+    merged = [labels[i] if i in first else (j.winner if j.status == "ok" else None) for i, j in enumerate(judgments)]
+    usable = [i for i in range(n) if merged[i] in ("a", "b")]
+    rows = []
+    for i in usable:
+        chosen, rejected = (pairs[i].a, pairs[i].b) if merged[i] == "a" else (pairs[i].b, pairs[i].a)
+        rows.append(
+            {
+                "prompt": [m.model_dump() for m in pairs[i].prompt.messages],
+                "chosen": [{"role": "assistant", "content": chosen.text}],
+                "rejected": [{"role": "assistant", "content": rejected.text}],
+                "confidence": 1.0,
+            }
+        )
+    if model_dir is None:
+        data = scratch / "merged-after-first-round"
+        datasets.Dataset.from_list(rows).shuffle(seed=0).save_to_disk(str(data))
+        model_dir = str(scratch / "reward-on-merged")
+        print(f"training the MiniLM reward model on {len(rows)} merged labels (a few minutes on 2 cores) ...")
+        subprocess.run(
+            [RLAIF, "train", "reward", "--data", str(data), "--format", "merged", "--out", model_dir]
+            + ["--set", "train.eval_size=8", "--set", "train.reward.max_length=128"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    judge_only = [i for i in usable if i not in first]
+    scores = RewardModelScorer(model_dir).score(
+        [pairs[i].prompt for i in judge_only for _ in (0, 1)],
+        [side.text for i in judge_only for side in (pairs[i].a, pairs[i].b)],
+    )
+    margins = {  # r(the merged label's answer) - r(the other)
+        i: (scores[2 * k] - scores[2 * k + 1]) * (1 if merged[i] == "a" else -1) for k, i in enumerate(judge_only)
+    }
+    contradicted = sorted((m, i) for i, m in margins.items() if m < 0)
+    second = round(0.05 * n)
+    routed_by_model = first | {i for _, i in contradicted[:second]}
+    draws = random.Random(2)
+    random_rounds = [first | set(draws.sample(judge_only, second)) for _ in range(50)]
+    before = merged_agreement(labels, judgments, first)
+    mistakes = [i for i in judge_only if judgments[i].winner != labels[i]]
+    oracle = merged_agreement(labels, judgments, first | set(mistakes[:second]))
+
+    def entry(routed_sets: list[set[int]]) -> dict[str, Any]:
+        after = statistics.mean(merged_agreement(labels, judgments, r) for r in routed_sets)
+        overturned = statistics.mean(
+            sum(1 for i in r - first if judgments[i].winner != labels[i]) / max(1, len(r - first)) for r in routed_sets
+        )
+        return {
+            "merged": round(after, 4),
+            "overturned_share": round(overturned, 4),
+            "efficiency": round((after - before) / (oracle - before), 3) if oracle > before else None,
+        }
+
+    return {
+        "first_round": "least_confident",
+        "first_round_share": BUDGET,
+        "second_round_share": round(second / n, 4),
+        "reward_model_trained_on": len(rows),
+        "judge_labelled": len(judge_only),
+        "contradicted": len(contradicted),
+        "merged_after_first": round(before, 4),
+        "oracle": round(oracle, 4),
+        "random": entry(random_rounds),
+        "reward_model_contradicts": entry([routed_by_model]),
+    }
+
+
 async def reward_model_judgments(model_dir: str | None, scratch: Path) -> tuple[list[Pair], list[str], list[Judgment]]:
     """The held-out hh-rlhf pairs, their human labels and the MiniLM reward model's judgments of them (trained
     here on the rest when no model is given)."""
@@ -266,6 +350,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/routing_quality.json")
     parser.add_argument("--reward-model", help="a MiniLM reward model trained already (default: train one)")
+    parser.add_argument(
+        "--round-reward-model", help="the reward round's model, trained on the merged labels (default: train it)"
+    )
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is missing: the shared data folder must sit beside the project")
@@ -294,6 +381,11 @@ async def main() -> None:
             }
             for strategy, figures in document["judges"][name]["strategies"].items():
                 print(f"  {strategy:28} {figures}")
+            if judge is gpt:
+                document["judges"][name]["reward_round"] = reward_round(
+                    pairs, labels, judgments, Path(folder), args.round_reward_model
+                )
+                print(f"  reward round: {document['judges'][name]['reward_round']}")
         pairs, labels, judgments = await reward_model_judgments(args.reward_model, Path(folder))
         name = "minilm-rm (hh-rlhf, 300 held-out pairs)"
         document["judges"][name] = {

@@ -34,7 +34,7 @@ from rlaif.judges.reward_model import RewardModelScorer
 from rlaif.judges.setup import JudgeSetup, load_judge
 from rlaif.models import resolve_model
 from rlaif.pipeline.bias_audit import self_preference_warning
-from rlaif.pipeline.certify import TWO_PHASE_WAIT, certify_run
+from rlaif.pipeline.certify import TWO_PHASE_WAIT, certify_run, earlier_runs_calibrator
 from rlaif.pipeline.cost_ledger import BudgetReached, Spending, ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.judge_step import judge_shard
@@ -90,13 +90,25 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
         classifier = None
         if judge_model is not None:
             classifier = OnFirstUse(stack, lambda: open_backend(judge_model, where="judge", say=logger.info))
-        spending = Spending(
-            run,
-            "sampling",
-            config.policy.model,
-            config.cost,
-            lambda: policy.value.usage if policy.value else TokenUsage(),
-        )
+        spending = [
+            Spending(
+                run,
+                "sampling",
+                config.policy.model,
+                config.cost,
+                lambda: policy.value.usage if policy.value else TokenUsage(),
+            )
+        ]
+        if classifier is not None and judge_model is not None:  # what classifying prompts costs, at its price
+            spending.append(
+                Spending(
+                    run,
+                    "refusal-classifier",
+                    judge_model.model,
+                    config.cost,
+                    lambda: classifier.value.usage if classifier and classifier.value else TokenUsage(),
+                )
+            )
         await run_shards(
             run,
             plans,
@@ -136,7 +148,7 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
             config,
             scorer,
             judging,
-            spending=spending,
+            spending=[spending],
         )
         if judging.value is not None:
             usage = judging.value.usage()
@@ -171,12 +183,18 @@ async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Co
     logger = get_run_logger()
     with await wait_claim(run.root / "claims" / "route.lock"):
         write_text_atomic(run.config, dump_config(config))
-        judged, routed_by_reason = route_run(run, plans, config)
         with ReviewStore.open(config.review_db()) as store:
+            calibrator = earlier_runs_calibrator(plans, config, store)  # review.calibration_runs, fixed routing
+            judged, routed_by_reason = route_run(run, plans, config, calibrator)
             added = enqueue_routed(run, config, store)
             certification = await certify_run(run.root, config, store)
         if certification is not None:
             judged, routed_by_reason = routing_totals(run)
+    if calibrator is not None:
+        logger.info(
+            f"least confident by the probability calibrated on {calibrator.examples} reviewed pairs of "
+            f"review.calibration_runs {config.review.calibration_runs}"
+        )
     logger.info(
         f"routed {sum(routed_by_reason.values())} of {judged} pairs to review ({run.review_queue}); "
         f"{added} new items in the review queue of run {config.run.name!r}"

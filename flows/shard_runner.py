@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -108,7 +108,7 @@ async def run_shards(
     step: Task[..., Any],
     progress: ShardProgress,
     *arguments: Any,
-    spending: Spending | None = None,
+    spending: Sequence[Spending] = (),
 ) -> None:
     """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
 
@@ -117,8 +117,9 @@ async def run_shards(
     most the shards in flight. Each shard is claimed first (`rlaif.flows.shard_claims`): shards another worker on
     the same run holds are left to it and waited for at the end, then counted as done, or done here if that
     worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
-    the plan and the config looking for futures, on every task run. With `spending`, each shard is checked
-    against the run's budget before it starts and recorded in the cost ledger when it ends; once the budget
+    the plan and the config looking for futures, on every task run. With `spending` (one per model the step
+    uses), each shard is checked against the run's budget before it starts and recorded in the cost ledger
+    when it ends; once the budget
     is reached the shards in flight finish, no other starts, and BudgetReached is raised at the end.
     """
     in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
@@ -144,8 +145,8 @@ async def run_shards(
                             return
                         remove_partial_writes(output(plan))  # of a worker killed while writing it
                         count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
-                        if spending is not None:
-                            projection = spending.after_shard(len(plans) - progress.done - 1)
+                        for ledger in spending:
+                            projection = ledger.after_shard(len(plans) - progress.done - 1)
                             if projection:
                                 get_run_logger().info(projection)
             await progress.shard_done(plan, count, reused, time.monotonic() - started)
@@ -166,13 +167,12 @@ async def run_shards(
         raise stopped[0]
 
 
-def _within_budget(spending: Spending | None, stopped: list[BudgetReached]) -> bool:
+def _within_budget(spending: Sequence[Spending], stopped: list[BudgetReached]) -> bool:
     """Whether the next shard fits the run's budget; when it does not, the reason is kept in `stopped` (the
     shards in flight finish, no new one starts)."""
-    if spending is None:
-        return True
     try:
-        spending.before_shard()
+        for ledger in spending:
+            ledger.before_shard()
     except BudgetReached as reached:
         stopped.append(reached)
         return False

@@ -15,6 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from rlaif.config import Config
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
+from rlaif.pipeline.reward_round import route_reward_round
+from rlaif.review.store import ReviewStore
 from rlaif.training.stages import Stage, run_stage, stage_output
 
 
@@ -24,9 +26,25 @@ def train_stage_task(config: Config, stage: Stage, model: str | None = None) -> 
     return run_stage(config, stage, say=logger.info, model=model, reuse_finished=True)
 
 
+@task(name="reward-round", cache_policy=NO_CACHE)
+def reward_round_task(config: Config) -> dict[str, Any] | None:
+    """review.reward_round_fraction: people get the judge-labelled pairs the new reward model contradicts most
+    (decided once per run); None when there is no round (off, or training on data other than the run's)."""
+    if not config.review.reward_round_fraction or config.train.data is not None:
+        return None
+    logger = get_run_logger()
+    with ReviewStore.open(config.review_db()) as store:
+        return route_reward_round(
+            config.run.directory(), config, store, stage_output(config, "reward"), say=logger.info
+        )
+
+
 @flow(name="rlaif-train")
 def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
-    """Train the reward model, then align the policy with `train.method` (DPO, or PPO on that reward model)."""
+    """Train the reward model, then align the policy with `train.method` (DPO, or PPO on that reward model).
+
+    With `review.reward_round_fraction`, the pairs the reward model contradicts go to people first, and the
+    flow returns status "waiting_for_review" before the policy stage; merged and trained again, it goes on."""
     config = run_config(config, overrides)
     reports: dict[str, Any] = {}
     policy = None
@@ -34,6 +52,13 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
         reports["sft"] = train_stage_task(config, "sft")
         policy = str(stage_output(config, "sft"))
     reports["reward"] = train_stage_task(config, "reward")
+    second_round = reward_round_task(config)
+    if second_round is not None and second_round["open_items"]:
+        get_run_logger().info(
+            f"{second_round['message']}. The policy trains once people have labelled them: merge again "
+            f"(`rlaif merge {config.run.directory()}` or the merge deployment), then train again"
+        )
+        return {"status": "waiting_for_review", **reports, "reward_round": second_round}
     reports[config.train.method] = train_stage_task(config, config.train.method, model=policy)
     rows = [
         {

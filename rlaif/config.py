@@ -244,8 +244,17 @@ class ReviewSection(Section):
     )
     calibration_runs: list[str] = Field(
         default_factory=list,
-        description="target_agreement: earlier runs in the same review database whose reviewed pairs of the same "
-        "judge (model and template) also calibrate it.",
+        description="Earlier runs in the same review database whose reviewed pairs of the same judge (model and "
+        "template) calibrate it: with target_agreement, beside this run's audit; without, the fixed routing's "
+        "least confident pairs are those with the lowest calibrated probability that people agree.",
+    )
+    reward_round_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="A second review round once the reward model is trained on the merged labels (rlaif-train, "
+        "with train.data unset): the judge-labelled pairs it contradicts most go to people, at most this share of "
+        "all pairs, and the policy trains after they are labelled and merged. 0: no second round.",
     )
     db: str | None = Field(
         None,

@@ -70,6 +70,10 @@ class RunDirectory:
         return self.root / "certification.json"
 
     @property
+    def reward_round(self) -> Path:
+        return self.root / "reward_round.json"
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 

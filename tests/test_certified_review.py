@@ -20,6 +20,7 @@ from rlaif.config import Config, load_config
 from rlaif.flows.label import label_pipeline
 from rlaif.pipeline.certify import spread_over_prompts
 from rlaif.pipeline.merge import MergeError, merge_run
+from rlaif.pipeline.report_page import write_html_report
 from rlaif.review.store import ReviewStore
 from rlaif.schema import Pair
 from tests.review_fixtures import RLAIF
@@ -122,6 +123,8 @@ def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
     assert judge_rows and min(judge_rows) == 1.0  # every label left to the judge is one it was sure of
     calibrated = dict(zip(rows["confidence"], rows["calibrated_agreement"], strict=True))
     assert calibrated[1.0] > 0.8 > calibrated[0.0]  # the calibrated column: sure labels are the ones people keep
+    page = write_html_report(run_dir).read_text()
+    assert 'id="chart-calibrated"' in page and "Calibrated probability that people agree" in page
 
 
 def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_merges(tmp_path):
@@ -221,6 +224,8 @@ def test_escalation_tiers_take_what_the_judge_is_not_certified_on(tmp_path):
     assert len(chose_better) == len(rows) and all(chose_better)  # every label, tier-decided ones included, is right
     card = (run_dir / "dataset" / "README.md").read_text()
     assert "### Judge tiers" in card and "| 1 | strong |" in card
+    page = write_html_report(run_dir).read_text()
+    assert 'id="judge-tiers"' in page and "<td>strong</td>" in page
 
 
 def test_tiers_need_a_target_agreement():
@@ -228,3 +233,64 @@ def test_tiers_need_a_target_agreement():
 
     with pytest.raises(ConfigError, match="judge.tiers needs review.target_agreement"):
         load_config(None, ["judge.tiers=[{model: strong}]"])
+
+
+def test_fixed_routing_with_earlier_runs_sends_people_the_labels_the_calibrator_doubts(tmp_path):
+    """The judge is always sure of itself (raw confidence 1), so plain "least confident" routing picks at random;
+    calibrated on an earlier run's reviewed pairs, it learns that the judge is wrong when it picks the short
+    answer, and routes those."""
+    from tests.test_reward_round import better, policy_and_judge
+
+    def routed_mistakes(run_name: str, *extra: str) -> list[bool]:
+        config = load_config(
+            None,
+            scripted_overrides(
+                server,
+                prompts,
+                tmp_path / run_name,
+                "policy.n_mode=seeds",
+                f"run.name={run_name}",
+                f"review.db=sqlite:///{tmp_path / 'review.db'}",
+                *extra,
+            ),
+        )
+        asyncio.run(label_pipeline(config))
+        rows = [json.loads(line) for line in (config.run.directory() / "review_queue.jsonl").read_text().splitlines()]
+        judge_picked = [
+            (row["pair"]["a"]["text"], row["pair"]["b"]["text"])[0 if row["judgment"]["winner"] == "a" else 1]
+            for row in rows
+            if row["item"]["reason"] == "low_confidence"
+        ]
+        others = [
+            row["pair"]["b"]["text"] if row["judgment"]["winner"] == "a" else row["pair"]["a"]["text"]
+            for row in rows
+            if row["item"]["reason"] == "low_confidence"
+        ]
+        return [better(picked, other) == "second" for picked, other in zip(judge_picked, others, strict=True)]
+
+    prompts = prompts_file(tmp_path, 60)
+    with ScriptedOpenAIServer(reply=policy_and_judge) as server:
+        earlier = load_config(
+            None,
+            scripted_overrides(
+                server,
+                prompts,
+                tmp_path / "earlier",
+                "policy.n_mode=seeds",
+                "run.name=earlier",
+                "run.seed=1",
+                f"review.db=sqlite:///{tmp_path / 'review.db'}",
+                "review.fraction=0.5",
+                "review.audit_fraction=0.5",
+            ),
+        )
+        asyncio.run(label_pipeline(earlier))
+        from tests.test_reward_round import people_label as people_know_better
+
+        assert people_know_better(earlier) == {"audit": 90}
+        raw = routed_mistakes("raw", "review.fraction=0.2", "review.audit_fraction=0.0")
+        calibrated = routed_mistakes(
+            "calibrated", "review.fraction=0.2", "review.audit_fraction=0.0", "review.calibration_runs=[earlier]"
+        )
+    assert len(raw) == len(calibrated) == 36
+    assert sum(calibrated) / 36 >= 0.6 and sum(calibrated) / 36 > sum(raw) / 36 + 0.25

@@ -104,6 +104,8 @@ def test_contrast_candidates_are_sampled_for_the_right_prompts_judged_routed_and
     assert len(classifying) == 2 and all(body["model"] == "judge" for body in classifying)
     classified = [judge_prompt(body) for body in classifying]
     assert any("threatening" in text for text in classified) and any("vaccines" in text for text in classified)
+    classifier_cost = report["cost"]["stages"]["refusal-classifier"]["judge"]  # counted apart, at the judge's price
+    assert classifier_cost["requests"] == 2 and classifier_cost["prompt_tokens"] > 0
 
     # Each prompt has one contrast candidate of the right kind, in the model's own words, sampled steered.
     candidates = [c for path in sorted((run_dir / "candidates").glob("*.jsonl")) for c in read_records(path, Candidate)]

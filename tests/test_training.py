@@ -73,6 +73,26 @@ def test_a_merged_dataset_loads_usable_pairs_and_its_folder_is_only_read(tmp_pat
     assert any(work_dir.iterdir())
 
 
+def test_a_merged_label_is_as_sure_as_people_or_the_calibrated_judge(tmp_path):
+    answer = [{"role": "assistant", "content": "an answer"}]
+    cases = [("human", 0.2, 0.55, 1.0), ("judge", 1.0, 0.9, 0.8), ("judge", 1.0, 0.3, 0.0), ("judge", 0.6, None, 0.6)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"question {i}"}],
+            "chosen": answer,
+            "rejected": answer,
+            "label": "a",
+            "label_source": source,
+            "confidence": confidence,
+            "calibrated_agreement": calibrated,
+        }
+        for i, (source, confidence, calibrated, _) in enumerate(cases)
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "dataset"))
+    pairs = load_preferences(tmp_path, "merged")
+    assert pairs["confidence"] == pytest.approx([expected for *_, expected in cases])
+
+
 def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_reference_log_probs(tiny_qwen2, tmp_path):
     from rlaif.training.stages import data_cache, run_stage
 

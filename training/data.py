@@ -3,9 +3,10 @@
 Sources: a merged run (RUN_DIR or RUN_DIR/dataset: pairs with label a or b; ties and both-bad rows,
 kept for analysis, are not preferences and are dropped), or a human-labelled file in the formats of
 `rlaif.labelled_data` (hh-rlhf dialogues split at their shared prefix, PandaLM, LLMBar; ties dropped).
-Every row gets `confidence` (the judge's for merged rows, 1.0 for human-labelled files) so a reward
-model can use it as a margin. A merged dataset's folder is only read: the files `datasets` derives from
-it (the usable rows here, the trainers' tokenization and reference log-probs later) go to a cache folder.
+Every row gets `confidence` (for merged rows the judge's, calibrated where the run was, and 1.0 for
+people's labels; 1.0 for human-labelled files) so a reward model can use it as a margin. A merged
+dataset's folder is only read: the files `datasets` derives from it (the usable rows here, the trainers'
+tokenization and reference log-probs later) go to a cache folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from typing import Any, Literal
 from rlaif.labelled_data import LabelledDataError, load_labelled
 
 DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
+
+
+def label_confidence(row: dict[str, Any]) -> float:
+    """How sure a merged row's label is, in [0, 1] (a reward model's margin scales with it): 1 for people's
+    labels; for the judge's, the calibrated probability that people keep it (as 2 q - 1, at least 0) where the
+    run was calibrated, else the judge's own confidence."""
+    if row.get("label_source") == "human":
+        return 1.0
+    calibrated = row.get("calibrated_agreement")
+    if calibrated is not None:
+        return max(0.0, 2.0 * calibrated - 1.0)
+    return 1.0 if row["confidence"] is None else row["confidence"]
 
 
 def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, work_dir: Path | None = None) -> Any:
@@ -45,10 +58,7 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, w
         cache_file = None
         if work_dir is not None:
             cache_file = str(merged_data_cache(work_dir, merged._fingerprint) / "preferences.arrow")
-        merged = merged.map(
-            lambda row: {"confidence": 1.0 if row["confidence"] is None else row["confidence"]},
-            cache_file_name=cache_file,
-        )
+        merged = merged.map(lambda row: {"confidence": label_confidence(row)}, cache_file_name=cache_file)
         if "label" in merged.column_names:
             merged = merged.filter(lambda row: row["label"] in ("a", "b"))
         return merged.select_columns(["prompt", "chosen", "rejected", "confidence"])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from rlaif.cli.errors import friendly_errors
-from rlaif.config import Config, load_config
+from rlaif.config import Config, ConfigError, load_config
 from rlaif.run_files import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 if TYPE_CHECKING:
@@ -115,18 +115,46 @@ def enqueue(
     db: DbOption = None,
 ) -> None:
     """Put a labelled run's routed pairs into the review database (labeling runs do this themselves)."""
-    from rlaif.pipeline.shard_plan import read_review_queue
+    from rlaif.pipeline.enqueue import enqueue_routed
     from rlaif.run_directory import RunDirectory
 
     cfg = _run_config(run_dir, db)
     with _store(cfg.review_db()) as store:
-        added = store.enqueue(
-            cfg.run.name,
-            read_review_queue(RunDirectory(run_dir).review_queue),
-            labels_needed=cfg.review.labels_per_item,
-            max_skips=cfg.review.max_skips,
-        )
+        added = enqueue_routed(RunDirectory(run_dir), cfg, store)
     typer.echo(f"{added} new items in the review queue of run {cfg.run.name}")
+
+
+@review_app.command("reward-round")
+@friendly_errors
+def reward_round(
+    run_dir: Annotated[Path, typer.Argument(help="A merged run directory whose reward model is trained.")],
+    reward_model: Annotated[
+        Path | None, typer.Option(help="The reward model trained on the run's labels; default RUN_DIR/train/reward.")
+    ] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="The most pairs people get, as a share of all; default in the run's config.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Second review round: people get the judge-labelled pairs the trained reward model contradicts most.
+
+    Decided once per run (RUN_DIR/reward_round.json); merge again once they are labelled. The rlaif-train flow
+    does this itself when review.reward_round_fraction is set.
+    """
+    from rlaif.pipeline.reward_round import route_reward_round
+    from rlaif.training.stages import stage_output
+
+    cfg = _run_config(run_dir, db)
+    if fraction is not None:
+        cfg.review.reward_round_fraction = fraction
+    if not cfg.review.reward_round_fraction:
+        raise ConfigError("the round's budget is 0: give --fraction (e.g. 0.05) or set review.reward_round_fraction")
+    model = reward_model or stage_output(cfg, "reward")
+    if not (model / "config.json").is_file():
+        raise FileNotFoundError(f"{model}: no trained reward model there (train it with `rlaif train reward`)")
+    with _store(cfg.review_db()) as store:
+        decision = route_reward_round(run_dir, cfg, store, model, say=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{decision['message']}; {decision['open_items']} wait for people")
 
 
 @review_app.command("stats")

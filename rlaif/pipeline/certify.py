@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from rlaif.pipeline.cost_ledger import ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.escalation import judge_tier, read_tier_judgments, tier_name, tier_stage
 from rlaif.pipeline.route import route_run
-from rlaif.pipeline.shard_plan import judged_shards
+from rlaif.pipeline.shard_plan import ShardPlan, judged_shards
 from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import count_lines, write_json_atomic
@@ -77,6 +77,22 @@ def reviewed_examples(store: ReviewStore, run_id: str, judge_model: str, templat
             continue
         examples.append(Example(Pair.model_validate(row["pair"]), judgment, decision.label, decision.reason))
     return examples
+
+
+def earlier_runs_calibrator(plans: Sequence[ShardPlan], config: Config, store: ReviewStore) -> Calibrator | None:
+    """Fixed routing (no target) with `review.calibration_runs`: a calibrator fitted on those runs' reviewed
+    pairs of this run's judge (model and template hash), for routing by calibrated probability; None without
+    them, or when they are too few to fit one (the raw confidence is used)."""
+    if config.review.target_agreement is not None or not config.review.calibration_runs:
+        return None
+    identity = next(
+        ((j.judge_model, j.template_hash) for plan in plans for j in read_records(plan.judgments, Judgment)), None
+    )
+    if identity is None:
+        return None
+    examples = [e for run_id in config.review.calibration_runs for e in reviewed_examples(store, run_id, *identity)]
+    calibrator = Calibrator.fit(examples, seed=config.run.seed)
+    return calibrator if calibrator.fitted else None
 
 
 async def certify_run(run_dir: Path, config: Config, store: ReviewStore) -> dict[str, Any] | None:

@@ -77,6 +77,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     counts: Counter[str] = Counter()
     contrast: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of the refusal-contrast rows
     audit: list[bool] = []
+    reward_round: list[bool] = []  # the second round's pairs: did people keep the label the reward model doubted
     reviewed: list[bool] = []
     audit_choices: list[tuple[Pair, str | None, str]] = []  # (pair, judge's winner, people's label) on the audit
 
@@ -97,6 +98,9 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                             audit.append(agree)
                             audit_choices.append((pair, judgment.winner, human.label))
                 labelled_by = tier_judgments.get(pair.id)  # judge.tiers: the tier that decided the pair
+                if human is not None and human.label is not None and human.reason == "reward_disagreement":
+                    questioned = labelled_by[1] if labelled_by is not None else judgment
+                    reward_round.append(questioned.status == "ok" and questioned.winner == human.label)
                 record = (
                     preference_record(pair, labelled_by[1], human, config, counts, tier_calibrators[labelled_by[0]])
                     if labelled_by is not None
@@ -128,6 +132,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "review_status": dict(Counter(decisions[p].status for p in routed)),
             "dropped": {key: value for key, value in sorted(counts.items())},
             "audit_agreement": agreement(audit),
+            "reward_round_agreement": agreement(reward_round),
             "reviewed_agreement": agreement(reviewed),
             "on_pending": on_pending,
             "inter_annotator_agreement": store.stats(run_id)["inter_annotator_agreement"] if routed else None,

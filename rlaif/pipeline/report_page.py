@@ -1,7 +1,8 @@
 """RUN_DIR/report.html: one static page with the figures and charts of a run, readable without a server.
 
 Charts are inline SVG drawn from the run's files: label sources of the merged dataset, the judge's
-confidence histogram, judge-vs-human agreement on the audit sample (with its 95% interval) and the
+confidence histogram (and, where the run was calibrated, that of the calibrated probability that people
+agree with the judge), judge-vs-human agreement on the audit sample (with its 95% interval) and the
 held-out accuracy of the trained models. Parts whose files are missing are left out.
 """
 
@@ -12,9 +13,10 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from rlaif.judges.calibration import Calibrator
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import read_json, write_text_atomic
-from rlaif.schema import Judgment
+from rlaif.schema import Judgment, Pair
 
 BINS = 10
 
@@ -25,13 +27,20 @@ def bars(values: dict[str, float], maximum: float | None = None) -> list[dict[st
     return [{"label": str(k), "value": v, "share": (v / top) if top else 0} for k, v in values.items()]
 
 
-def confidence_histogram(run: RunDirectory) -> list[dict[str, Any]]:
+def confidence_histogram(run: RunDirectory, calibrator: Calibrator | None = None) -> list[dict[str, Any]]:
+    """Pairs per bin of the judge's confidence, or with `calibrator` of the calibrated probability that people
+    agree with it (failed judgments left out)."""
     counts = [0] * BINS
     manifest = read_manifest(run)
     for shard in manifest["shards"]:
-        for judgment in read_records(run.root / shard["judgments"], Judgment):
-            if judgment.confidence is not None:
-                counts[min(BINS - 1, int(judgment.confidence * BINS))] += 1
+        judgments = [j for j in read_records(run.root / shard["judgments"], Judgment) if j.confidence is not None]
+        if calibrator is None:
+            values = [j.confidence or 0.0 for j in judgments]
+        else:
+            pairs = {pair.id: pair for pair in read_records(run.root / shard["pairs"], Pair)}
+            values = calibrator.probabilities([(pairs[j.pair_id], j) for j in judgments if j.status == "ok"])
+        for value in values:
+            counts[min(BINS - 1, int(value * BINS))] += 1
     return bars({f"{i / BINS:.1f}-{(i + 1) / BINS:.1f}": c for i, c in enumerate(counts)})
 
 
@@ -50,6 +59,10 @@ def write_html_report(run_dir: Path) -> Path:
         if value is not None
     }
     audit = (merge or {}).get("audit_agreement")
+    certification = read_json(run.certification)
+    calibrator = Calibrator.from_json(certification["calibration"]["calibrator"]) if certification else None
+    if calibrator is not None and not calibrator.fitted:
+        calibrator = None  # too few reviewed pairs: the raw confidence was used, and is shown
     environment = Environment(
         loader=PackageLoader("rlaif.pipeline", "templates"),
         undefined=StrictUndefined,
@@ -64,7 +77,8 @@ def write_html_report(run_dir: Path) -> Path:
         label_sources=bars(merge["label_sources"]) if merge else [],
         confidence=confidence_histogram(run) if run.manifest.is_file() else [],
         audit=audit,
-        certification=read_json(run.certification),
+        certification=certification,
+        calibrated=confidence_histogram(run, calibrator) if calibrator is not None and run.manifest.is_file() else [],
         accuracies=bars(accuracies, maximum=1.0),
     )
     target = run_dir / "report.html"

@@ -6,12 +6,16 @@ The budget is `fraction` of all pairs (rounded). It is filled in this order:
 2. a random audit sample of `audit_fraction` of the pairs, drawn uniformly among the judged ones
    regardless of confidence, so that comparing its human labels with the judge's measures the judge
    without bias: the judgments whose seeded hash is smallest (a seeded random subset);
-3. the least confident of the rest, until the budget is used (ties broken by judgment id).
+3. the least confident of the rest, until the budget is used (ties broken by judgment id): by the judge's
+   own confidence, or, with `review.calibration_runs`, by the probability that people agree with the
+   judge, calibrated on those runs' reviewed pairs of the same judge (`rlaif.pipeline.certify`).
 The same judgments and seed always give the same decisions, in any order.
 
 With `review.target_agreement` set, routing has two phases: first only 1 and 2 (the audit is the judge's
 calibration set), then, once people have labelled the audit, the pairs below the certified threshold
 (`rlaif.pipeline.certify`, reason `below_threshold`), which `route_run` adds from RUN_DIR/certification.json.
+After the reward model is trained, a second round may add the judge-labelled pairs it contradicts
+(`rlaif.pipeline.reward_round`, reason `reward_disagreement`, from RUN_DIR/reward_round.json).
 
 The choice is made in one streaming pass that keeps only the candidates it may still pick (bounded
 heaps of at most the budget), so a run of any size is routed without holding its judgments in memory.
@@ -26,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from rlaif.config import Config
+from rlaif.judges.calibration import Calibrator
 from rlaif.pipeline.shard_plan import JudgedShard, ShardPlan, run_judgments
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import count_lines, write_json_atomic, write_jsonl_atomic
@@ -100,22 +105,31 @@ def routing_counts(decisions: Iterable[RoutingDecision]) -> dict[str, int]:
 
 
 def route_run(
-    run: RunDirectory, plans: Sequence[ShardPlan | JudgedShard], config: Config
+    run: RunDirectory,
+    plans: Sequence[ShardPlan | JudgedShard],
+    config: Config,
+    calibrator: Calibrator | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Route the whole run's judgments; write routing.jsonl, review_queue.jsonl and manifest.json.
 
     Streams the shards: one pass to choose, one to write the decisions, one over the routed judgments and
     pairs of each shard for the queue. What it keeps for the whole run is the routed pairs' ids.
+    `calibrator` (fixed routing with `review.calibration_runs`): "least confident" is the lowest calibrated
+    probability that people agree with the judge, not the raw confidence.
     Returns the number of judged pairs and how many were routed for each reason.
     """
     total = sum(count_lines(plan.judgments) for plan in plans)
     review = config.review
     two_phase = review.target_agreement is not None
     fraction = 0.0 if two_phase else review.fraction  # two phases: failures and the audit first
-    reasons = choose_for_review(run_judgments(plans), total, fraction, review.audit_fraction, config.run.seed)
+    judgments = run_judgments(plans) if calibrator is None else _calibrated_judgments(plans, calibrator)
+    reasons = choose_for_review(judgments, total, fraction, review.audit_fraction, config.run.seed)
     if two_phase and run.certification.is_file():
         certified = json.loads(run.certification.read_text(encoding="utf-8"))
         reasons.update((judgment_id, "below_threshold") for judgment_id in certified["routed_judgments"])
+    if run.reward_round.is_file():  # the second round, after the reward model (rlaif.pipeline.reward_round)
+        second = json.loads(run.reward_round.read_text(encoding="utf-8"))
+        reasons.update((judgment_id, "reward_disagreement") for judgment_id in second["routed_judgments"])
     routed: list[tuple[str, ReviewReason]] = []  # (pair id, reason), in run order
 
     def decisions() -> Iterator[RoutingDecision]:
@@ -156,6 +170,17 @@ def route_run(
         },
     )
     return total, dict(Counter(reason for _, reason in routed))
+
+
+def _calibrated_judgments(plans: Sequence[ShardPlan | JudgedShard], calibrator: Calibrator) -> Iterator[Judgment]:
+    """The run's judgments, shard by shard, each with the calibrated probability in place of its confidence
+    (what `choose_for_review` ranks by; the files and the decisions keep the judge's own)."""
+    for plan in plans:
+        pairs = {pair.id: pair for pair in read_records(plan.pairs, Pair)}
+        judgments = list(read_records(plan.judgments, Judgment))
+        judged = [(pairs[j.pair_id], j) for j in judgments]
+        for judgment, probability in zip(judgments, calibrator.probabilities(judged), strict=True):
+            yield judgment.model_copy(update={"confidence": probability})
 
 
 def routing_totals(run: RunDirectory) -> tuple[int, dict[str, int]]:

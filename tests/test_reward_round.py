@@ -1,0 +1,152 @@
+"""The second review round (`review.reward_round_fraction`): a reward model trained on the merged labels sends
+people the judge-labelled pairs it contradicts, and people overturn those far more often than the audit.
+
+A real run end to end: a scripted OpenAI-compatible endpoint plays the policy (helpful or useless answers,
+by seed) and a judge that prefers the helpful answer but is confidently wrong on a quarter of the pairs;
+the real MiniLM reward model is trained by the rlaif-train flow on the merged labels; people (simulated)
+know which answer is better. The policy stage is the tiny Qwen2, so the flow runs to its end quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import datasets
+import pytest
+
+from rlaif.config import Config, load_config
+from rlaif.flows.label import label_pipeline
+from rlaif.flows.train import train_pipeline
+from rlaif.pipeline.merge import merge_run
+from rlaif.pipeline.report_page import write_html_report
+from rlaif.review.store import ReviewStore
+from tests.review_fixtures import RLAIF
+from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
+from tests.test_labeling_flow import prompts_file, scripted_overrides
+
+ANSWER = re.compile(r"<answer_(a|b)>\s*(.*?)\s*</answer_\1>", re.S)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def helpful(text: str) -> bool:
+    return text.startswith("Here is")
+
+
+def better(first: str, second: str) -> str:
+    """What people prefer: the helpful answer; between two of a kind, the one whose hash is smaller."""
+    if helpful(first) != helpful(second):
+        return "first" if helpful(first) else "second"
+    return "first" if digest(first) < digest(second) else "second"
+
+
+def policy_and_judge(body: dict) -> str | None:
+    if body["model"] == "policy":  # one answer per request (n_mode seeds): helpful or useless by seed
+        seed = int(body["seed"])
+        if seed % 2:
+            return f"Here is a careful, complete and helpful answer, worked out step by step (note {seed})."
+        return f"No idea. ({seed})"
+    answers = dict(ANSWER.findall(judge_prompt(body)))
+    first, second = answers["a"], answers["b"]
+    choice = better(first, second)
+    if digest("|".join(sorted([first, second])))[0] % 4 == 0:  # wrong on a quarter of the pairs, in both orders
+        choice = "second" if choice == "first" else "first"
+    return "[[A]]" if choice == "first" else "[[B]]"
+
+
+def people_label(config: Config) -> dict[str, int]:
+    given: dict[str, int] = {}
+    with ReviewStore.open(config.review_db()) as store:
+        while (item := store.claim_next(config.run.name, "alice")) is not None:
+            label = "a" if better(item.pair.a.text, item.pair.b.text) == "first" else "b"
+            store.submit(item.item.id, "alice", label, None)
+            given[item.item.reason] = given.get(item.item.reason, 0) + 1
+    return given
+
+
+def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_trains(tmp_path, tiny_qwen2):
+    tiny, _ = tiny_qwen2
+    with ScriptedOpenAIServer(reply=policy_and_judge) as server:
+        overrides = scripted_overrides(
+            server,
+            prompts_file(tmp_path, 60),
+            tmp_path / "run",
+            "policy.n_mode=seeds",
+            "review.fraction=0.1",
+            "review.audit_fraction=0.1",
+            "review.reward_round_fraction=0.08",
+            "run.name=second-round",
+            "train.eval_size=4",
+            "train.reward.epochs=4",
+            "train.reward.learning_rate=0.0001",
+            "train.reward.max_length=64",
+            "train.reward.batch_size=8",
+            f"train.dpo.model={tiny}",
+            "train.dpo.max_steps=1",
+            "train.dpo.batch_size=2",
+            "train.dpo.max_length=64",
+        )
+        config = load_config(None, overrides)
+        asyncio.run(label_pipeline(config))
+    run_dir = config.run.directory()
+    assert people_label(config) == {"audit": 18}  # 60 prompts x 3 pairs x 0.1: the audit fills the budget
+    with ReviewStore.open(config.review_db()) as store:
+        merge_run(run_dir, config, store)
+
+    first = train_pipeline(config)
+    assert first["status"] == "waiting_for_review" and "dpo" not in first  # the policy waits for people
+    decision = json.loads((run_dir / "reward_round.json").read_text())
+    assert decision["routed"] == 14 == first["reward_round"]["open_items"]  # 8% of 180 pairs
+    assert decision["contradicted"] >= decision["routed"]
+    given = people_label(config)
+    assert given == {"reward_disagreement": 14}
+
+    with ReviewStore.open(config.review_db()) as store:
+        figures = merge_run(run_dir, config, store).figures
+    overturned = 1 - figures["reward_round_agreement"]["agreement"]
+    audit_overturned = 1 - figures["audit_agreement"]["agreement"]
+    assert overturned >= 0.7 and overturned > audit_overturned + 0.3  # the round finds the wrong labels
+    card = (run_dir / "dataset" / "README.md").read_text()
+    assert "## Second review round (reward model)" in card
+    rows = datasets.load_from_disk(str(run_dir / "dataset"))
+    assert rows["review_reason"].count("reward_disagreement") == 14
+    assert 'id="reward-round"' in write_html_report(run_dir).read_text()
+
+    second = train_pipeline(config)  # the round is decided once: now the policy trains
+    assert "status" not in second and second["dpo"]["steps"] == 1
+    assert json.loads((run_dir / "reward_round.json").read_text())["routed_judgments"] == decision["routed_judgments"]
+
+
+def test_the_reward_round_command_explains_what_it_needs(tmp_path):
+    with ScriptedOpenAIServer(reply=policy_and_judge) as server:
+        overrides = scripted_overrides(
+            server, prompts_file(tmp_path, 5), tmp_path / "run", "policy.n_mode=seeds", "run.name=commands"
+        )
+        config = load_config(None, overrides)
+        asyncio.run(label_pipeline(config))
+    run_dir = config.run.directory()
+    db = f"sqlite:///{tmp_path / 'other.db'}"
+    enqueued = subprocess.run([RLAIF, "review", "enqueue", str(run_dir), "--db", db], capture_output=True, text=True)
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert "2 new items in the review queue of run commands" in enqueued.stdout  # 15 pairs x 0.1
+    no_budget = subprocess.run([RLAIF, "review", "reward-round", str(run_dir)], capture_output=True, text=True)
+    assert no_budget.returncode != 0 and "give --fraction" in no_budget.stderr
+    no_model = subprocess.run(
+        [RLAIF, "review", "reward-round", str(run_dir), "--fraction", "0.1"], capture_output=True, text=True
+    )
+    assert no_model.returncode != 0 and f"{run_dir / 'train' / 'reward'}: no trained reward model" in no_model.stderr
+    assert not Path(run_dir / "reward_round.json").exists()
