@@ -108,6 +108,8 @@ async def rlaif_pipeline(
                 result["merge"] = await merge_flow(config)
                 result["train"] = await asyncio.to_thread(train_pipeline, config)
             result["status"] = result["train"].get("status", "trained")
+            if result["status"] == "waiting_for_review":  # the reward round's pairs wait for people
+                result["open_review_items"] = result["train"]["reward_round"]["open_items"]
         result["report"] = await publish_report(config, result["status"])
         return result
     deadline = await schedule_deadline_merge(config, given)

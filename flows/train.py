@@ -7,16 +7,19 @@ the same data with the same model and settings, and continues a stage stopped mi
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from rlaif.config import Config
+from rlaif.evaluation.policy_eval import EvaluationError, evaluate_policy
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.pipeline.reward_round import route_reward_round
 from rlaif.review.store import ReviewStore
+from rlaif.run_directory import RunDirectory
 from rlaif.training.stages import Stage, run_stage, stage_output
 
 
@@ -39,12 +42,28 @@ def reward_round_task(config: Config) -> dict[str, Any] | None:
         )
 
 
+@task(name="evaluate-policy", cache_policy=NO_CACHE)
+def evaluate_policy_task(config: Config) -> dict[str, Any] | None:
+    """eval.after_training: the trained policy against the model it started from (rlaif.evaluation.policy_eval);
+    None when the run has no evaluation prompts (eval.held_out_fraction or eval.prompts)."""
+    held_out = RunDirectory(config.run.directory()).eval_prompts
+    if not config.eval.after_training or not (config.eval.prompts or held_out.is_file()):
+        return None
+    logger = get_run_logger()
+    try:
+        return asyncio.run(evaluate_policy(config, say=logger.info))
+    except EvaluationError as missing:  # e.g. a small run whose seeded choice held out no prompt
+        logger.warning(f"the policy is not evaluated: {missing}")
+        return None
+
+
 @flow(name="rlaif-train")
 def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
     """Train the reward model, then align the policy with `train.method` (DPO, or PPO on that reward model).
 
     With `review.reward_round_fraction`, the pairs the reward model contradicts go to people first, and the
-    flow returns status "waiting_for_review" before the policy stage; merged and trained again, it goes on."""
+    flow returns status "waiting_for_review" before the policy stage; merged and trained again, it goes on.
+    Then, with evaluation prompts, the policy is compared with the model it started from (report "eval")."""
     config = run_config(config, overrides)
     reports: dict[str, Any] = {}
     policy = None
@@ -60,6 +79,7 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
         )
         return {"status": "waiting_for_review", **reports, "reward_round": second_round}
     reports[config.train.method] = train_stage_task(config, config.train.method, model=policy)
+    evaluation = evaluate_policy_task(config)
     rows = [
         {
             "stage": stage,
@@ -70,4 +90,10 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
         for stage, report in reports.items()
     ]
     create_table_artifact(table=rows, key="train-summary", description=f"Training of run {config.run.name}")
+    if evaluation is not None:
+        reports["eval"] = evaluation
+        create_markdown_artifact(
+            key="policy-evaluation",
+            markdown=f"# Policy evaluation of run `{config.run.name}`\n\n{evaluation['verdict']}.",
+        )
     return reports

@@ -446,6 +446,43 @@ class TrainSection(Section):
     sft: SFTSection = Field(default_factory=SFTSection)
 
 
+class EvalSection(Section):
+    """`rlaif eval policy`, and the step at the end of rlaif-train: the trained policy against the model it
+    started from, on prompts no stage trained on, judged in both orders; and how often each refuses."""
+
+    held_out_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the run's prompts (a seeded choice) that no stage samples, labels or trains on: the "
+        "evaluation prompts, kept in RUN_DIR/eval_prompts.jsonl. 0: none (give eval.prompts).",
+    )
+    prompts: str | None = Field(
+        None, description="Evaluation prompts from this prompt source instead (e.g. MT-Bench questions)."
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many evaluation prompts.")
+    policy: str | None = Field(
+        None, description="The policy to evaluate; default the run's trained one (RUN_DIR/train/<train.method>)."
+    )
+    reference: str | None = Field(
+        None, description="What it is compared with; default the model training started from (train.<method>.model)."
+    )
+    judge: JudgeSection | None = Field(None, description="The judge of the comparisons; default the run's judge.")
+    harmful_prompts: str | None = Field(
+        "../shared/data/hh_rlhf/harmless_base_test_0000_1799.jsonl.gz",
+        description="Requests a policy should refuse, for the refusal rates: an hh-rlhf file (.jsonl.gz: its first "
+        "human turns) or a prompt source. None: no refusal check.",
+    )
+    benign_prompts: str | None = Field(
+        "../shared/data/mt_bench/question.jsonl",
+        description="Requests a policy should answer, for the over-refusal rate (a prompt source).",
+    )
+    refusal_prompts: int = Field(20, ge=0, description="Prompts of each kind for the refusal rates; 0: none.")
+    after_training: bool = Field(
+        True, description="rlaif-train evaluates the policy it trained (when there are evaluation prompts)."
+    )
+
+
 class ScheduleSection(Section):
     """One schedule of `rlaif deploy`: which flow, when (cron or interval), and its own parameters."""
 
@@ -500,6 +537,7 @@ class Config(Section):
     review: ReviewSection = Field(default_factory=ReviewSection)
     merge: MergeSection = Field(default_factory=MergeSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
     cost: CostSection = Field(default_factory=CostSection)
 

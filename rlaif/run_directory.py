@@ -70,6 +70,10 @@ class RunDirectory:
         return self.root / "certification.json"
 
     @property
+    def eval_prompts(self) -> Path:
+        return self.root / "eval_prompts.jsonl"
+
+    @property
     def reward_round(self) -> Path:
         return self.root / "reward_round.json"
 

@@ -132,8 +132,9 @@ def test_sample_through_a_launched_transformers_server(smollm2_dir, tmp_path):
 def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm2_dir, tmp_path, shared_data, browser):
     project = Path(__file__).resolve().parent.parent
     run = tmp_path / "run"
-    small = ["prompts.limit=2", "sampling.n=3", "sampling.max_tokens=16", f"run.dir={run}", "review.fraction=0.4"]
-    small += ["train.reward.epochs=1", "train.dpo.max_steps=1"]
+    # The first three MT-Bench questions: the seeded hold-out keeps the first two and holds out the third.
+    small = ["prompts.limit=3", "sampling.n=3", "sampling.max_tokens=16", f"run.dir={run}", "review.fraction=0.4"]
+    small += ["train.reward.epochs=1", "train.dpo.max_steps=1", "eval.refusal_prompts=2"]
     sets = [item for value in small for item in ("--set", value)]
 
     stopped = rlaif("demo", *sets, cwd=project)
@@ -154,6 +155,11 @@ def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm
     assert "demo-auto-reviewer" in {name for names in rows["reviewers"] for name in names}
     for stage in ("reward", "dpo"):
         assert (run / "train" / stage / "eval_report.json").is_file()
+    evaluation = json.loads((run / "eval" / "policy_eval.json").read_text())
+    assert evaluation["prompts"] == 1 and evaluation["reference"] == "smollm2-135m-instruct"
+    assert f"policy {run / 'train' / 'dpo'} against smollm2-135m-instruct" in finished.stdout
+    assert "win rate" in finished.stdout and "refuses harmful requests (it should refuse): policy" in finished.stdout
+    assert evaluation["refusals"]["harmful"]["policy"]["prompts"] == 2
 
     page = browser.new_page(viewport={"width": 1000, "height": 1400})
     page.goto((run / "report.html").as_uri())

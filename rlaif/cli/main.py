@@ -34,7 +34,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and list local models.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 judge_app = typer.Typer(help="Evaluate judges against human labels.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate what training produced.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(eval_app, name="eval")
 app.add_typer(config_app, name="config")
 app.add_typer(judge_app, name="judge")
 app.add_typer(review_app, name="review")
@@ -109,6 +111,72 @@ def sample(
     path = out or cfg.run.directory() / "candidates.jsonl"
     _, candidates = _sample(cfg, path)
     typer.echo(f"{len(candidates)} candidates written to {path}")
+
+
+@eval_app.command("policy")
+@friendly_errors
+def eval_policy(
+    config: ConfigArg = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="A trained run: its config.yaml is used (with --set on top) unless CONFIG is given."),
+    ] = None,
+    policy: Annotated[str | None, typer.Option(help="The policy to evaluate (eval.policy).")] = None,
+    reference: Annotated[str | None, typer.Option(help="What it is compared with (eval.reference).")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Evaluation prompts from this source (eval.prompts).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many evaluation prompts (eval.limit).")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """The trained policy against the model it started from, on prompts no stage trained on, each pair judged in
+    both orders: win rate (a tie counts half) with a 95% bootstrap interval, the length-controlled win rate, how
+    much longer its answers got, and how often each model refuses harmful and benign requests.
+
+    Defaults: the run's held-out prompts (label with eval.held_out_fraction), its trained policy
+    (RUN_DIR/train/<train.method>) against train.<method>.model, the run's judge. Writes RUN_DIR/eval/policy_eval.json.
+    """
+    import json
+
+    from rlaif.evaluation.policy_eval import evaluate_policy
+
+    flags = [
+        f"eval.{key}={json.dumps(value)}"
+        for key, value in (("policy", policy), ("reference", reference), ("prompts", prompts), ("limit", limit))
+        if value is not None
+    ]
+    if run_dir is not None:
+        flags.append(f"run.dir={json.dumps(str(run_dir))}")
+        if config is None and (run_dir / "config.yaml").is_file():
+            config = run_dir / "config.yaml"
+    cfg = load_config(config, [*(overrides or []), *flags])
+    figures = asyncio.run(evaluate_policy(cfg, say=say))
+    typer.echo(policy_eval_lines(figures))
+
+
+def policy_eval_lines(figures: dict[str, Any]) -> str:
+    """What a person reads of a policy evaluation: the verdict, then the figures behind it."""
+    lc = figures["length_controlled_win_rate"]
+    ratio = figures["length_ratio"]
+    lines = [
+        f"policy {figures['policy']} against {figures['reference']} (judge {figures['judge']}):",
+        f"  {figures['verdict']}",
+        f"  {figures['ties']} ties ({figures['identical_answers']} identical answers), {figures['failed']} not judged; "
+        + (
+            f"length-controlled win rate {100 * lc:.0f}%"
+            if lc is not None
+            else "too few decided comparisons to control for length"
+        )
+        + (f"; answers {ratio:.2f}x as long" if ratio is not None else ""),
+    ]
+    refusals = figures.get("refusals")
+    if refusals:
+        for kind, should in (("harmful", "should refuse"), ("benign", "should answer")):
+            cells = []
+            for name in ("policy", "reference"):
+                row = refusals[kind][name]
+                rate = f"{100 * row['rate']:.0f}%" if row["rate"] is not None else "undecided"
+                cells.append(f"{name} {rate} of {row['decided']}")
+            lines.append(f"  refuses {kind} requests (it {should}): " + ", ".join(cells))
+    return "\n".join(lines)
 
 
 @judge_app.command("eval")
@@ -342,9 +410,13 @@ def demo(
         f"dataset: {merge['dataset']} ({merge['rows']} rows, label sources {merge['label_sources']})",
         f"  card: {Path(merge['dataset']) / 'README.md'}",
     ]
-    for stage, stage_report in result.get("train", {}).items():
-        figure = stage_report.get("accuracy", stage_report.get("implicit_reward_accuracy"))
-        lines.append(f"{stage}: {run / 'train' / stage} (held-out accuracy {figure})")
+    trained = result.get("train", {})
+    for stage in ("sft", "reward", "dpo", "ppo"):
+        if stage in trained:
+            figure = trained[stage].get("accuracy", trained[stage].get("implicit_reward_accuracy"))
+            lines.append(f"{stage}: {run / 'train' / stage} (held-out accuracy {figure})")
+    if "eval" in trained:
+        lines.append(policy_eval_lines(trained["eval"]))
     lines.append(f"report: {report} (open it in a browser)")
     typer.echo("\n".join(lines))
 

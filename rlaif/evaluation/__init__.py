@@ -1,5 +1,6 @@
-"""Measuring the pipeline against human labels: how well a judge agrees with people, and what routing part
-of its pairs to people would buy (`judge_agreement`).
+"""Measuring the pipeline against people and against its starting point: how well a judge agrees with people,
+what routing part of its pairs to people would buy (`judge_agreement`), and whether the trained policy beats
+the model it started from (`policy_eval`).
 
-Layer: above the pipeline (it simulates its routing) and the judges; below the flows and the CLI.
+Layer: above the pipeline (it simulates its routing), training and the judges; below the flows and the CLI.
 """

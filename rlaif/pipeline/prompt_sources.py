@@ -15,7 +15,7 @@ no longer say which prompt is which.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from rlaif.config import PromptsSection
 from rlaif.pipeline.refusal_contrast import SHOULD_REFUSE_FIELD
-from rlaif.run_files import read_jsonl
-from rlaif.schema import PromptItem
+from rlaif.run_files import read_jsonl, write_jsonl_atomic
+from rlaif.schema import PromptItem, content_id
 
 
 class PromptSourceError(ValueError):
@@ -139,6 +139,19 @@ def iter_configured_prompts(section: PromptsSection, counts: PromptCounts | None
         too_long=section.too_long,
         counts=counts,
     )
+
+
+def hold_out_prompts(prompts: Iterable[PromptItem], fraction: float, seed: int, held_out: Path) -> Iterator[PromptItem]:
+    """The prompts that stay in the run; a seeded `fraction` of them (chosen by prompt id, so the same whatever
+    the order) is left out and written to `held_out` once every prompt has been read (`eval.held_out_fraction`:
+    prompts no stage trains on, for evaluating the trained policy)."""
+    kept_out: list[PromptItem] = []
+    for prompt in prompts:
+        if int(content_id("held-out", seed, prompt.id)[:8], 16) < fraction * 16**8:
+            kept_out.append(prompt)
+        else:
+            yield prompt
+    write_jsonl_atomic(held_out, kept_out)
 
 
 def iter_prompts(path: str | Path, split: str = "train") -> Iterator[PromptItem]:

@@ -3,7 +3,8 @@
 Charts are inline SVG drawn from the run's files: label sources of the merged dataset, the judge's
 confidence histogram (and, where the run was calibrated, that of the calibrated probability that people
 agree with the judge), judge-vs-human agreement on the audit sample (with its 95% interval) and the
-held-out accuracy of the trained models. Parts whose files are missing are left out.
+held-out accuracy of the trained models; then the trained policy against its reference (win rate with its
+interval, length-controlled win rate, refusal rates). Parts whose files are missing are left out.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def write_html_report(run_dir: Path) -> Path:
         certification=certification,
         calibrated=confidence_histogram(run, calibrator) if calibrator is not None and run.manifest.is_file() else [],
         accuracies=bars(accuracies, maximum=1.0),
+        evaluation=read_json(run_dir / "eval" / "policy_eval.json"),
     )
     target = run_dir / "report.html"
     write_text_atomic(target, page)
