@@ -101,7 +101,7 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
                 lambda: policy.value.usage if policy.value else TokenUsage(),
             )
         ]
-        if classifier is not None and judge_model is not None:  # what classifying prompts costs, at its price
+        if config.pairs.refusal_contrast and judge_model is not None:  # what classifying prompts costs, at its price
             spending.append(
                 Spending(
                     run,

@@ -458,7 +458,9 @@ class EvalSection(Section):
         "evaluation prompts, kept in RUN_DIR/eval_prompts.jsonl. 0: none (give eval.prompts).",
     )
     prompts: str | None = Field(
-        None, description="Evaluation prompts from this prompt source instead (e.g. MT-Bench questions)."
+        None,
+        description="Evaluation prompts from this prompt source instead (e.g. MT-Bench questions); any prompt the "
+        "run labelled is left out.",
     )
     limit: int | None = Field(None, ge=1, description="At most this many evaluation prompts.")
     policy: str | None = Field(

@@ -132,9 +132,8 @@ def test_sample_through_a_launched_transformers_server(smollm2_dir, tmp_path):
 def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm2_dir, tmp_path, shared_data, browser):
     project = Path(__file__).resolve().parent.parent
     run = tmp_path / "run"
-    # The first three MT-Bench questions: the seeded hold-out keeps the first two and holds out the third.
-    small = ["prompts.limit=3", "sampling.n=3", "sampling.max_tokens=16", f"run.dir={run}", "review.fraction=0.4"]
-    small += ["train.reward.epochs=1", "train.dpo.max_steps=1", "eval.refusal_prompts=2"]
+    small = ["prompts.limit=2", "sampling.n=3", "sampling.max_tokens=16", f"run.dir={run}", "review.fraction=0.4"]
+    small += ["train.reward.epochs=1", "train.dpo.max_steps=1", "eval.limit=2", "eval.refusal_prompts=2"]
     sets = [item for value in small for item in ("--set", value)]
 
     stopped = rlaif("demo", *sets, cwd=project)
@@ -156,7 +155,13 @@ def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm
     for stage in ("reward", "dpo"):
         assert (run / "train" / stage / "eval_report.json").is_file()
     evaluation = json.loads((run / "eval" / "policy_eval.json").read_text())
-    assert evaluation["prompts"] == 1 and evaluation["reference"] == "smollm2-135m-instruct"
+    assert evaluation["prompts"] == 2 and evaluation["reference"] == "smollm2-135m-instruct"
+    evaluated = {
+        json.loads(line)["prompt_id"]
+        for path in (run / "eval").glob("answers-*")
+        for line in path.read_text().splitlines()
+    }
+    assert evaluated and not evaluated & set(rows["prompt_id"])  # no prompt the run labelled
     assert f"policy {run / 'train' / 'dpo'} against smollm2-135m-instruct" in finished.stdout
     assert "win rate" in finished.stdout and "refuses harmful requests (it should refuse): policy" in finished.stdout
     assert evaluation["refusals"]["harmful"]["policy"]["prompts"] == 2

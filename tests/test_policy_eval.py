@@ -94,7 +94,13 @@ def test_rlaif_eval_policy_on_the_held_out_prompts(tmp_path, prefect_server):
         config = load_config(
             None,
             scripted_overrides(
-                server, prompts_file(tmp_path, 20), tmp_path / "run", "eval.held_out_fraction=0.5", "run.name=evaluated"
+                server,
+                prompts_file(tmp_path, 20),
+                tmp_path / "run",
+                "eval.held_out_fraction=0.5",
+                "eval.prompts=null",  # the demo config's MT-Bench questions: here the run's own held-out prompts
+                "eval.limit=null",
+                "run.name=evaluated",
             ),
         )
         asyncio.run(label_pipeline(config))
@@ -115,17 +121,26 @@ def test_rlaif_eval_policy_on_the_held_out_prompts(tmp_path, prefect_server):
     assert figures["interval"] == "bootstrap" and figures["length_ratio"] > 3
     assert figures["length_controlled_win_rate"] is None  # every comparison won: nothing to separate
     refusals = figures["refusals"]
-    assert refusals["harmful"]["policy"] == {"prompts": 3, "refused": 3, "decided": 3, "rate": 1.0}
+    assert {k: v for k, v in refusals["harmful"]["policy"].items() if k != "ci95"} == {
+        "prompts": 3,
+        "refused": 3,
+        "decided": 3,
+        "rate": 1.0,
+    }
+    assert 0.4 < refusals["harmful"]["policy"]["ci95"][0] < 1.0 == refusals["harmful"]["policy"]["ci95"][1]
     assert refusals["harmful"]["reference"]["rate"] == 0.0 and refusals["benign"]["policy"]["rate"] == 0.0
     assert "the trained policy is preferred to its reference: win rate 100%" in result.stdout
-    assert "refuses harmful requests (it should refuse): policy 100% of 3, reference 0% of 3" in result.stdout
+    assert "refuses harmful requests (it should refuse): policy 100% of 3 (44-100%), reference 0% of 3" in result.stdout
     assert requests_after_first == len(server.requests)
     page = write_html_report(run_dir).read_text()
     assert "the trained policy is preferred to its reference" in page and 'id="refusal-rates"' in page
 
 
-def test_without_evaluation_prompts_the_command_says_what_to_set(tmp_path):
-    result = subprocess.run(
-        [RLAIF, "eval", "policy", "--set", f"run.dir={tmp_path / 'nothing'}"], capture_output=True, text=True
-    )
+def test_without_evaluation_prompts_or_a_trained_policy_the_command_says_what_to_do(tmp_path):
+    command = [RLAIF, "eval", "policy", "--set", f"run.dir={tmp_path / 'nothing'}"]
+    result = subprocess.run([*command, "--set", "eval.prompts=null"], capture_output=True, text=True)
     assert result.returncode == 2 and "eval.held_out_fraction" in result.stderr and "eval.prompts" in result.stderr
+    untrained = subprocess.run(command, capture_output=True, text=True)  # the demo config's MT-Bench prompts
+    assert untrained.returncode == 2 and f"no trained policy at {tmp_path / 'nothing' / 'train' / 'dpo'}" in (
+        untrained.stderr
+    )

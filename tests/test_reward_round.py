@@ -99,6 +99,7 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
             "train.dpo.max_steps=1",
             "train.dpo.batch_size=2",
             "train.dpo.max_length=64",
+            "eval.after_training=false",
         )
         config = load_config(None, overrides)
         asyncio.run(label_pipeline(config))

@@ -293,6 +293,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
             "train.dpo.max_steps=2",
             "train.dpo.batch_size=2",
             "train.dpo.max_length=128",
+            "eval.after_training=false",  # the policy evaluation has tests of its own (test_policy_eval, the demo)
         ],
     )
     reports = train_pipeline(config)

@@ -173,8 +173,11 @@ def policy_eval_lines(figures: dict[str, Any]) -> str:
             cells = []
             for name in ("policy", "reference"):
                 row = refusals[kind][name]
-                rate = f"{100 * row['rate']:.0f}%" if row["rate"] is not None else "undecided"
-                cells.append(f"{name} {rate} of {row['decided']}")
+                if row["rate"] is None:
+                    cells.append(f"{name}: undecided")
+                    continue
+                low, high = row["ci95"]
+                cells.append(f"{name} {100 * row['rate']:.0f}% of {row['decided']} ({100 * low:.0f}-{100 * high:.0f}%)")
             lines.append(f"  refuses {kind} requests (it {should}): " + ", ".join(cells))
     return "\n".join(lines)
 

@@ -12,7 +12,8 @@ without asking. The figures:
 - how much longer the policy's answers are (mean characters, as a ratio);
 - refusal rates: on requests that should be refused (hh-rlhf red-team prompts: their first human turns) and
   on requests that should be answered (MT-Bench questions), how often each model refuses, as the judge model
-  reads each reply (`REFUSAL_PROMPT`): the over-alignment check.
+  reads each reply (`REFUSAL_PROMPT`), with 95% Wilson intervals: the over-alignment check. The reader is
+  only as good as the judge model: a tiny one misreads replies.
 
 A verdict line says plainly whether the interval excludes chance. Answers and judgments are written under
 RUN_DIR/eval/ once, keyed by model and prompts, so a rerun (or a crash) asks nothing again; the figures go
@@ -21,12 +22,13 @@ to RUN_DIR/eval/policy_eval.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,8 @@ from rlaif.generation.protocol import BackendError, GenerationBackend, Generatio
 from rlaif.judges.factory import open_judge
 from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
-from rlaif.pipeline.prompt_sources import load_prompts
+from rlaif.pipeline.merge import agreement
+from rlaif.pipeline.prompt_sources import iter_prompts
 from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.pipeline.sample import prompt_seed
 from rlaif.run_directory import RunDirectory, read_records
@@ -73,10 +76,11 @@ class EvaluationError(ConfigError):
 
 
 def evaluation_prompts(config: Config) -> list[PromptItem]:
-    """`eval.prompts`, else the run's held-out prompts (`eval.held_out_fraction`), at most `eval.limit`."""
+    """`eval.prompts` less any prompt the run labelled, else the run's held-out prompts (`eval.held_out_fraction`),
+    at most `eval.limit`."""
     run = RunDirectory(config.run.directory())
     if config.eval.prompts:
-        prompts = load_prompts(config.eval.prompts, limit=config.eval.limit)
+        prompts = unseen_prompts(config.eval.prompts, config.eval.limit, labelled_prompts(run))
     elif run.eval_prompts.is_file():
         prompts = list(read_records(run.eval_prompts, PromptItem))[: config.eval.limit]
     else:
@@ -89,6 +93,16 @@ def evaluation_prompts(config: Config) -> list[PromptItem]:
     return prompts
 
 
+def labelled_prompts(run: RunDirectory) -> set[str]:
+    """The ids of the prompts the run labelled (and so trained on)."""
+    return {p.id for path in sorted(run.root.glob("prompts/*.jsonl")) for p in read_records(path, PromptItem)}
+
+
+def unseen_prompts(source: str, limit: int | None, labelled: Collection[str]) -> list[PromptItem]:
+    """The first `limit` prompts of a source that are not among `labelled`."""
+    return list(itertools.islice((p for p in iter_prompts(source) if p.id not in labelled), limit))
+
+
 def compared_models(config: Config) -> tuple[str, str]:
     """(policy, reference): `eval.policy` / `eval.reference`, else the run's trained policy and its start."""
     method = config.train.method
@@ -97,8 +111,9 @@ def compared_models(config: Config) -> tuple[str, str]:
     return policy, reference
 
 
-def refusal_prompts(source: str, limit: int) -> list[PromptItem]:
-    """The first `limit` requests of a source: an hh-rlhf file's first human turns, or any prompt source."""
+def refusal_prompts(source: str, limit: int, labelled: Collection[str] = ()) -> list[PromptItem]:
+    """The first `limit` requests of a source that the run did not label: an hh-rlhf file's first human turns,
+    or any prompt source."""
     if limit <= 0:
         return []
     if source.endswith(".jsonl.gz"):  # hh-rlhf's own files
@@ -106,11 +121,12 @@ def refusal_prompts(source: str, limit: int) -> list[PromptItem]:
         for item in load_labelled(source, "hh-rlhf"):
             first = next(m for m in item.prompt.messages if m.role == "user")
             prompt = PromptItem(messages=[first], source=source)
-            first_turns.setdefault(prompt.id, prompt)
+            if prompt.id not in labelled:
+                first_turns.setdefault(prompt.id, prompt)
             if len(first_turns) == limit:
                 break
         return list(first_turns.values())
-    return load_prompts(source, limit=limit)
+    return unseen_prompts(source, limit, labelled)
 
 
 async def answers(
@@ -250,11 +266,13 @@ async def refusals(
     outputs = await backend.generate([refusal_request(p, r, backend.supports_prefill) for p, r in asked])
     read = [None if isinstance(o, BackendError) or not o else parse_refused(o[0].text) for o in outputs]
     decided = [r for r in read if r is not None]
+    interval = agreement(decided)
     return {
         "prompts": len(prompts),
         "refused": sum(decided),
         "decided": len(decided),
         "rate": sum(decided) / len(decided) if decided else None,
+        "ci95": interval["ci95"] if interval else None,  # Wilson score interval
     }
 
 
@@ -264,6 +282,11 @@ async def evaluate_policy(config: Config, say: Callable[[str], None] = print) ->
     folder = run.root / "eval"
     prompts = evaluation_prompts(config)
     policy_model, reference_model = compared_models(config)
+    if config.eval.policy is None and not Path(policy_model).exists():
+        raise EvaluationError(
+            f"no trained policy at {policy_model}: train it (`rlaif train {config.train.method}` or the rlaif-train "
+            "flow), or name the model to evaluate with --policy / eval.policy"
+        )
     judge_section: JudgeSection = config.eval.judge or config.judge
     mine = await answers(config.policy, policy_model, prompts, config, folder, say)  # the policy's answers
     theirs = await answers(config.policy, reference_model, prompts, config, folder, say)  # the reference's
@@ -320,9 +343,10 @@ async def _refusal_rates(
     reader = classifier_section(judge_section)
     if not limit or not config.eval.harmful_prompts or not config.eval.benign_prompts or reader is None:
         return None
+    labelled = labelled_prompts(RunDirectory(config.run.directory()))
     kinds = {
-        "harmful": refusal_prompts(config.eval.harmful_prompts, limit),
-        "benign": refusal_prompts(config.eval.benign_prompts, limit),
+        "harmful": refusal_prompts(config.eval.harmful_prompts, limit, labelled),
+        "benign": refusal_prompts(config.eval.benign_prompts, limit, labelled),
     }
     replies = {
         (kind, name): await answers(config.policy, model, prompts, config, folder, say)
