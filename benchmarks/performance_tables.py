@@ -12,6 +12,7 @@ those that exist) and prints their tables, so that what the README shows is what
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,26 @@ def routing_quality_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def human_labels_table(document: dict[str, Any]) -> str:
+    """The README's table of what the human labels bought (human_labels_value.py)."""
+    lines = [
+        f"{document['data']}; judge label accuracy on the pool {_cell(document['judge_accuracy_on_pool'], 3)}; "
+        f"{document['machine']}; {document['date'][:10]}",
+        "",
+        "| pool labels | label accuracy | reward model test accuracy per seed | mean | "
+        "against judge only (95% interval) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in document["conditions"].items():
+        seeds = ", ".join(_cell(a, 3) for a in row["accuracy"])
+        versus = row["against_judge_only"]
+        lines.append(
+            f"| {name} | {_cell(statistics.fmean(row['label_accuracy']), 3)} | {seeds} | {_cell(row['mean'], 3)} | "
+            f"{versus['mean']:+.3f} ({versus['ci95'][0]:+.3f} to {versus['ci95'][1]:+.3f}) |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -322,6 +343,7 @@ def main() -> None:
         ("judging_cpu_smollm2.json", judging_table),
         ("reliability.json", reliability_table),
         ("routing_quality.json", routing_quality_table),
+        ("human_labels_value.json", human_labels_table),
     ):
         document = _load(name)
         if document:

@@ -56,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import provenance, write_results  # noqa: E402
+from benchmarks.human_labels_value import preference_rows, train_reward_model  # noqa: E402
 from rlaif.evaluation.judge_agreement import as_pair  # noqa: E402
 from rlaif.judges.calibration import Calibrator, Example  # noqa: E402
 from rlaif.judges.certification import certify_judge  # noqa: E402
@@ -254,36 +255,15 @@ def reward_round(
     the judge-labelled pairs, and people get the ones it contradicts most (most negative margin), 5% of all
     pairs; against 5% drawn at random among the same judge-labelled pairs (mean of 50 draws) and the oracle
     that spends them on the judge's remaining mistakes. Efficiency = (after - before) / (oracle - before)."""
-    import datasets
-
     n = len(pairs)
     reasons = choose_for_review(judgments, n, BUDGET, AUDIT, seed=0)
     first = {i for i, j in enumerate(judgments) if j.id in reasons}
     merged = [labels[i] if i in first else (j.winner if j.status == "ok" else None) for i, j in enumerate(judgments)]
     usable = [i for i in range(n) if merged[i] in ("a", "b")]
-    rows = []
-    for i in usable:
-        chosen, rejected = (pairs[i].a, pairs[i].b) if merged[i] == "a" else (pairs[i].b, pairs[i].a)
-        rows.append(
-            {
-                "prompt": [m.model_dump() for m in pairs[i].prompt.messages],
-                "chosen": [{"role": "assistant", "content": chosen.text}],
-                "rejected": [{"role": "assistant", "content": rejected.text}],
-                "confidence": 1.0,
-            }
-        )
+    rows = preference_rows(pairs, merged)
     if model_dir is None:
-        data = scratch / "merged-after-first-round"
-        datasets.Dataset.from_list(rows).shuffle(seed=0).save_to_disk(str(data))
-        model_dir = str(scratch / "reward-on-merged")
         print(f"training the MiniLM reward model on {len(rows)} merged labels (a few minutes on 2 cores) ...")
-        subprocess.run(
-            [RLAIF, "train", "reward", "--data", str(data), "--format", "merged", "--out", model_dir]
-            + ["--set", "train.eval_size=8", "--set", "train.reward.max_length=128"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        model_dir = str(train_reward_model(rows, scratch / "reward-on-merged", held_out=8))
     judge_only = [i for i in usable if i not in first]
     scores = RewardModelScorer(model_dir).score(
         [pairs[i].prompt for i in judge_only for _ in (0, 1)],

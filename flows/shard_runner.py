@@ -119,8 +119,8 @@ async def run_shards(
     worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
     the plan and the config looking for futures, on every task run. With `spending` (one per model the step
     uses), each shard is checked against the run's budget before it starts and recorded in the cost ledger
-    when it ends; once the budget
-    is reached the shards in flight finish, no other starts, and BudgetReached is raised at the end.
+    when it ends; once the budget is reached the shards in flight finish, no other starts, and BudgetReached
+    is raised at the end.
     """
     in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
     held_elsewhere: list[ShardPlan] = []

@@ -480,6 +480,13 @@ class EvalSection(Section):
         description="Requests a policy should answer, for the over-refusal rate (a prompt source).",
     )
     refusal_prompts: int = Field(20, ge=0, description="Prompts of each kind for the refusal rates; 0: none.")
+    review_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="A seeded share of the judged comparisons sent to people (review queue of run <run.name>-eval), "
+        "so that the win rate is verified: once labelled, the next evaluation reports it beside the judge's.",
+    )
     after_training: bool = Field(
         True, description="rlaif-train evaluates the policy it trained (when there are evaluation prompts)."
     )

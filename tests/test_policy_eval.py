@@ -23,6 +23,7 @@ from rlaif.evaluation.policy_eval import (
 )
 from rlaif.flows.label import label_pipeline
 from rlaif.pipeline.report_page import write_html_report
+from rlaif.review.store import ReviewStore
 from rlaif.schema import PromptItem
 from tests.review_fixtures import RLAIF
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
@@ -134,6 +135,34 @@ def test_rlaif_eval_policy_on_the_held_out_prompts(tmp_path, prefect_server):
     assert requests_after_first == len(server.requests)
     page = write_html_report(run_dir).read_text()
     assert "the trained policy is preferred to its reference" in page and 'id="refusal-rates"' in page
+
+    # People check a sample of the comparisons: here they prefer the reference, and the report says so.
+    with ScriptedOpenAIServer(reply=scripted) as server:
+        server_flags = [
+            "--set",
+            f"policy.base_urls=[{server.base_url}]",
+            "--set",
+            f"judge.base_urls=[{server.base_url}]",
+        ]
+        sampled = subprocess.run(
+            [*command, *server_flags, "--set", "eval.review_fraction=0.5"], capture_output=True, text=True
+        )
+        assert sampled.returncode == 0, sampled.stderr
+        assert (
+            f"people labelled 0 of the {len(held_out) // 2} comparisons sent to review queue evaluated-eval"
+            in sampled.stdout
+        )
+        with ReviewStore.open(config.review_db()) as store:
+            while (item := store.claim_next("evaluated-eval", "alice")) is not None:
+                store.submit(item.item.id, "alice", "b", None)
+        verified = subprocess.run(
+            [*command, *server_flags, "--set", "eval.review_fraction=0.5"], capture_output=True, text=True
+        )
+    assert verified.returncode == 0, verified.stderr
+    human = json.loads((run_dir / "eval" / "policy_eval.json").read_text())["human_verified"]
+    assert human["labelled"] == len(held_out) // 2 and human["people"]["win_rate"] == 0.0
+    assert human["judge_on_the_same"]["win_rate"] == 1.0 and human["judge_agreed_with_people"] == 0.0
+    assert "win rate by people 0% (0-0%), by the judge on the same 100%" in verified.stdout
 
 
 def test_without_evaluation_prompts_or_a_trained_policy_the_command_says_what_to_do(tmp_path):

@@ -57,6 +57,9 @@ def test_a_reviewer_signs_in_labels_with_the_keyboard_and_hostile_text_stays_tex
         page.fill("input[name=token]", token)
         page.click("button[type=submit]")
         page.wait_for_selector("#start-form")  # showing the run claims nothing; starting is a POST
+        # Enter starts: the start button has the focus (autofocus, which the browser applies once it has
+        # rendered the page: a loaded machine takes a moment, so wait for it rather than race it).
+        page.wait_for_function("document.activeElement && document.activeElement.type === 'submit'")
         with page.expect_navigation():
             page.keyboard.press("Enter")
         page.wait_for_selector("#label-form")

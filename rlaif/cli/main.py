@@ -167,6 +167,20 @@ def policy_eval_lines(figures: dict[str, Any]) -> str:
         )
         + (f"; answers {ratio:.2f}x as long" if ratio is not None else ""),
     ]
+    verified = figures.get("human_verified")
+    if verified:
+        people = verified["people"]
+        lines.append(
+            f"  people labelled {verified['labelled']} of the {verified['sent']} comparisons sent to review queue "
+            f"{verified['review_queue']}"
+            + (
+                f": win rate by people {100 * people['win_rate']:.0f}% ({100 * people['ci95'][0]:.0f}-"
+                f"{100 * people['ci95'][1]:.0f}%), by the judge on the same "
+                f"{100 * verified['judge_on_the_same']['win_rate']:.0f}%"
+                if people["win_rate"] is not None and verified["judge_on_the_same"]["win_rate"] is not None
+                else ""
+            )
+        )
     refusals = figures.get("refusals")
     if refusals:
         for kind, should in (("harmful", "should refuse"), ("benign", "should answer")):

@@ -15,9 +15,11 @@ without asking. The figures:
   reads each reply (`REFUSAL_PROMPT`), with 95% Wilson intervals: the over-alignment check. The reader is
   only as good as the judge model: a tiny one misreads replies.
 
-A verdict line says plainly whether the interval excludes chance. Answers and judgments are written under
-RUN_DIR/eval/ once, keyed by model and prompts, so a rerun (or a crash) asks nothing again; the figures go
-to RUN_DIR/eval/policy_eval.json.
+With `eval.review_fraction`, a seeded share of the judged comparisons goes to people (the review queue of
+run `<run.name>-eval`); once they are labelled, the next evaluation reports the win rate by their labels
+beside the judge's on the same comparisons. A verdict line says plainly whether the interval excludes
+chance. Answers and judgments are written under RUN_DIR/eval/ once, keyed by model and prompts, so a rerun
+(or a crash) asks nothing again; the figures go to RUN_DIR/eval/policy_eval.json.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from rlaif.pipeline.merge import agreement
 from rlaif.pipeline.prompt_sources import iter_prompts
 from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.pipeline.sample import prompt_seed
+from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import read_jsonl, write_json_atomic, write_jsonl_atomic
-from rlaif.schema import Candidate, Judgment, Pair, PromptItem, content_id
+from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, content_id
 from rlaif.training.stages import stage_output
 
 BOOTSTRAP = 2000
@@ -324,10 +327,47 @@ async def evaluate_policy(config: Config, say: Callable[[str], None] = print) ->
         "sampling": config.sampling.model_dump(include={"temperature", "top_p", "max_tokens"}),
     }
     figures["verdict"] = verdict(rate)
+    figures["human_verified"] = _human_verified(config, pairs, judgments)
     figures["refusals"] = await _refusal_rates(config, judge_section, policy_model, reference_model, folder, say)
     write_json_atomic(folder / "policy_eval.json", figures)
     say(f"evaluation: {figures['verdict']}")
     return figures
+
+
+def _human_verified(config: Config, pairs: Sequence[Pair], judgments: Sequence[Judgment]) -> dict[str, Any] | None:
+    """eval.review_fraction: a seeded share of the judged comparisons goes to people (review queue of run
+    <run.name>-eval, reason audit); on those people labelled, the win rate by their labels beside the judge's.
+    None when off."""
+    fraction = config.eval.review_fraction
+    if not fraction or not pairs:
+        return None
+    queue = f"{config.run.name}-eval"
+    size = max(1, round(fraction * len(pairs)))
+    chosen = sorted(range(len(pairs)), key=lambda i: content_id("eval-review", config.run.seed, pairs[i].id))[:size]
+    with ReviewStore.open(config.review_db()) as store:
+        store.enqueue(
+            queue,
+            ((ReviewItem(run_id=queue, pair_id=pairs[i].id, reason="audit"), pairs[i], judgments[i]) for i in chosen),
+            labels_needed=config.review.labels_per_item,
+            max_skips=config.review.max_skips,
+        )
+        decisions = store.decisions(queue)
+    people, judge = [], []
+    for i in chosen:
+        decision = decisions.get(pairs[i].id)
+        if decision is None or decision.label not in ("a", "b", "tie"):
+            continue  # not labelled yet, or both bad: no preference to count
+        people.append({"a": 1.0, "b": 0.0}.get(decision.label, 0.5))
+        judge.append(score_of(judgments[i]))
+    judged = [(h, j) for h, j in zip(people, judge, strict=True) if j is not None]
+    return {
+        "review_queue": queue,
+        "sent": size,
+        "labelled": len(people),
+        "people": win_rate(people, seed=config.run.seed),
+        "judge_on_the_same": win_rate([j for _, j in judged], seed=config.run.seed),
+        "judge_agreed_with_people": sum(1 for h, j in judged if h == j) / len(judged) if judged else None,
+    }
 
 
 async def _refusal_rates(
@@ -353,7 +393,8 @@ async def _refusal_rates(
         for kind, prompts in kinds.items()
         for name, model in (("policy", policy_model), ("reference", reference_model))
     }
-    key = content_id("eval-refusals", reader.model_dump(mode="json"), {f"{k}/{n}": v for (k, n), v in replies.items()})
+    reader_identity = reader.model_dump(mode="json", include={"backend", "model", "max_tokens"})  # not where it runs
+    key = content_id("eval-refusals", reader_identity, {f"{k}/{n}": v for (k, n), v in replies.items()})
     path = folder / f"refusals-{key}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
