@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks.review_load import fresh_postgres_database  # noqa: F401 - the one helper, used by conftest
+from rlaif.review.store import QueuedItem, ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
@@ -49,6 +52,17 @@ def entry(
         pair_id=pair.id, winner="a", p_a=0.5, confidence=0, status="ok", judge_model="j", template_hash="t"
     )
     return ReviewItem(run_id=run_id, pair_id=pair.id, reason="audit"), pair, judgment
+
+
+def label_every_item(db_url: str, run_id: str, label_of: Callable[[QueuedItem], str]) -> Counter[str]:
+    """Simulated people: reviewer alice claims each open item of a run and labels it `label_of(item)`; returns how
+    many items were labelled for each routing reason."""
+    given: Counter[str] = Counter()
+    with ReviewStore.open(db_url) as store:
+        while (item := store.claim_next(run_id, "alice")) is not None:
+            store.submit(item.item.id, "alice", label_of(item), None)
+            given[item.item.reason] += 1
+    return given
 
 
 def start_reviewing(page: Any, url: str, token: str, run_id: str) -> Any:

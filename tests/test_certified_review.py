@@ -23,7 +23,7 @@ from rlaif.pipeline.merge import MergeError, merge_run
 from rlaif.pipeline.report_page import write_html_report
 from rlaif.review.store import ReviewStore
 from rlaif.schema import Pair
-from tests.review_fixtures import RLAIF
+from tests.review_fixtures import RLAIF, label_every_item
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_labeling_flow import prompts_file, scripted_overrides
 
@@ -56,14 +56,11 @@ def sure_or_unsure_judge(body: dict) -> str | None:
 def people_label(config: Config) -> Counter[str]:
     """Simulated people: they agree with the judge when it was sure, and pick the first answer when it was not
     (a tie from the judge is then a disagreement)."""
-    given: Counter[str] = Counter()
-    with ReviewStore.open(config.review_db()) as store:
-        while (item := store.claim_next(config.run.name, "alice")) is not None:
-            judgment = item.judgment
-            label = judgment.winner if judgment.status == "ok" and judgment.winner != "tie" else "a"
-            store.submit(item.item.id, "alice", label, None)
-            given[item.item.reason] += 1
-    return given
+    return label_every_item(
+        config.review_db(),
+        config.run.name,
+        lambda item: item.judgment.winner if item.judgment.status == "ok" and item.judgment.winner != "tie" else "a",
+    )
 
 
 def routed_reasons(run_dir: Path) -> Counter[str]:
@@ -179,12 +176,7 @@ def sure_judge_then_strong_judge(body: dict) -> str | None:
 
 
 def people_prefer_the_better_answer(config: Config) -> Counter[str]:
-    given: Counter[str] = Counter()
-    with ReviewStore.open(config.review_db()) as store:
-        while (item := store.claim_next(config.run.name, "alice")) is not None:
-            store.submit(item.item.id, "alice", better_answer(item.pair), None)
-            given[item.item.reason] += 1
-    return given
+    return label_every_item(config.review_db(), config.run.name, lambda item: better_answer(item.pair))
 
 
 def test_escalation_tiers_take_what_the_judge_is_not_certified_on(tmp_path):

@@ -23,9 +23,8 @@ from rlaif.evaluation.policy_eval import (
 )
 from rlaif.flows.label import label_pipeline
 from rlaif.pipeline.report_page import write_html_report
-from rlaif.review.store import ReviewStore
 from rlaif.schema import PromptItem
-from tests.review_fixtures import RLAIF
+from tests.review_fixtures import RLAIF, label_every_item
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_certified_review import ANSWER
 from tests.test_labeling_flow import prompts_file, scripted_overrides
@@ -152,9 +151,7 @@ def test_rlaif_eval_policy_on_the_held_out_prompts(tmp_path, prefect_server):
             f"people labelled 0 of the {len(held_out) // 2} comparisons sent to review queue evaluated-eval"
             in sampled.stdout
         )
-        with ReviewStore.open(config.review_db()) as store:
-            while (item := store.claim_next("evaluated-eval", "alice")) is not None:
-                store.submit(item.item.id, "alice", "b", None)
+        label_every_item(config.review_db(), "evaluated-eval", lambda item: "b")
         verified = subprocess.run(
             [*command, *server_flags, "--set", "eval.review_fraction=0.5"], capture_output=True, text=True
         )

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -24,7 +25,7 @@ from rlaif.flows.train import train_pipeline
 from rlaif.pipeline.merge import merge_run
 from rlaif.pipeline.report_page import write_html_report
 from rlaif.review.store import ReviewStore
-from tests.review_fixtures import RLAIF
+from tests.review_fixtures import RLAIF, label_every_item
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_labeling_flow import prompts_file, scripted_overrides
 
@@ -68,14 +69,12 @@ def policy_and_judge(body: dict) -> str | None:
     return "[[A]]" if choice == "first" else "[[B]]"
 
 
-def people_label(config: Config) -> dict[str, int]:
-    given: dict[str, int] = {}
-    with ReviewStore.open(config.review_db()) as store:
-        while (item := store.claim_next(config.run.name, "alice")) is not None:
-            label = "a" if better(item.pair.a.text, item.pair.b.text) == "first" else "b"
-            store.submit(item.item.id, "alice", label, None)
-            given[item.item.reason] = given.get(item.item.reason, 0) + 1
-    return given
+def people_label(config: Config) -> Counter[str]:
+    return label_every_item(
+        config.review_db(),
+        config.run.name,
+        lambda item: "a" if better(item.pair.a.text, item.pair.b.text) == "first" else "b",
+    )
 
 
 def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_trains(tmp_path, tiny_qwen2):

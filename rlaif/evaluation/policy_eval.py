@@ -42,7 +42,7 @@ from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
 from rlaif.pipeline.merge import agreement
 from rlaif.pipeline.prompt_sources import iter_prompts
-from rlaif.pipeline.refusal_contrast import classifier_section
+from rlaif.pipeline.refusal_contrast import classifier_section, request_text, verdict_request
 from rlaif.pipeline.sample import prompt_seed
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory, read_records
@@ -78,12 +78,12 @@ class EvaluationError(ConfigError):
     """The policy cannot be evaluated as configured; the message says what is missing."""
 
 
-def evaluation_prompts(config: Config) -> list[PromptItem]:
-    """`eval.prompts` less any prompt the run labelled, else the run's held-out prompts (`eval.held_out_fraction`),
-    at most `eval.limit`."""
+def evaluation_prompts(config: Config, labelled: Collection[str]) -> list[PromptItem]:
+    """`eval.prompts` less any prompt the run labelled (`labelled`, their ids), else the run's held-out prompts
+    (`eval.held_out_fraction`), at most `eval.limit`."""
     run = RunDirectory(config.run.directory())
     if config.eval.prompts:
-        prompts = unseen_prompts(config.eval.prompts, config.eval.limit, labelled_prompts(run))
+        prompts = unseen_prompts(config.eval.prompts, config.eval.limit, labelled)
     elif run.eval_prompts.is_file():
         prompts = list(read_records(run.eval_prompts, PromptItem))[: config.eval.limit]
     else:
@@ -189,11 +189,16 @@ def comparison_scores(
     return pairs, index, scores
 
 
+def preference_score(label: str) -> float:
+    """The policy's (answer A's) score for a label: a 1, b 0, a tie 0.5."""
+    return {"a": 1.0, "b": 0.0}.get(label, 0.5)
+
+
 def score_of(judgment: Judgment) -> float | None:
-    """The policy's (answer A's) score in one judged comparison: 1 win, 0.5 tie, 0 loss; None if it failed."""
+    """The policy's score in one judged comparison (`preference_score`); None if the judgment failed."""
     if judgment.status != "ok" or judgment.winner is None:
         return None
-    return {"a": 1.0, "b": 0.0}.get(judgment.winner, 0.5)
+    return preference_score(judgment.winner)
 
 
 def win_rate(scores: Sequence[float], seed: int = 0) -> dict[str, Any]:
@@ -243,16 +248,7 @@ def verdict(rate: dict[str, Any]) -> str:
 
 def refusal_request(prompt: PromptItem, reply: str, prefill: bool) -> GenerationRequest:
     """The request that asks the judge model whether `reply` refuses `prompt` (greedy, a few tokens)."""
-    request = "\n".join(f"{m.role}: {m.content}" for m in prompt.messages if m.role != "system")
-    return GenerationRequest(
-        messages=[
-            {"role": "system", "content": REFUSAL_SYSTEM},
-            {"role": "user", "content": REFUSAL_PROMPT.format(request=request, reply=reply)},
-        ],
-        temperature=0.0,
-        max_tokens=8,
-        prefill="[[" if prefill else None,
-    )
+    return verdict_request(REFUSAL_SYSTEM, REFUSAL_PROMPT.format(request=request_text(prompt), reply=reply), prefill)
 
 
 def parse_refused(reply: str) -> bool | None:
@@ -283,7 +279,8 @@ async def evaluate_policy(config: Config, say: Callable[[str], None] = print) ->
     """Compare the trained policy with its reference (see the module docstring); writes and returns the figures."""
     run = RunDirectory(config.run.directory())
     folder = run.root / "eval"
-    prompts = evaluation_prompts(config)
+    labelled = labelled_prompts(run)
+    prompts = evaluation_prompts(config, labelled)
     policy_model, reference_model = compared_models(config)
     if config.eval.policy is None and not Path(policy_model).exists():
         raise EvaluationError(
@@ -328,7 +325,9 @@ async def evaluate_policy(config: Config, say: Callable[[str], None] = print) ->
     }
     figures["verdict"] = verdict(rate)
     figures["human_verified"] = _human_verified(config, pairs, judgments)
-    figures["refusals"] = await _refusal_rates(config, judge_section, policy_model, reference_model, folder, say)
+    figures["refusals"] = await _refusal_rates(
+        config, judge_section, policy_model, reference_model, labelled, folder, say
+    )
     write_json_atomic(folder / "policy_eval.json", figures)
     say(f"evaluation: {figures['verdict']}")
     return figures
@@ -357,7 +356,7 @@ def _human_verified(config: Config, pairs: Sequence[Pair], judgments: Sequence[J
         decision = decisions.get(pairs[i].id)
         if decision is None or decision.label not in ("a", "b", "tie"):
             continue  # not labelled yet, or both bad: no preference to count
-        people.append({"a": 1.0, "b": 0.0}.get(decision.label, 0.5))
+        people.append(preference_score(decision.label))
         judge.append(score_of(judgments[i]))
     judged = [(h, j) for h, j in zip(people, judge, strict=True) if j is not None]
     return {
@@ -375,15 +374,16 @@ async def _refusal_rates(
     judge_section: JudgeSection,
     policy_model: str,
     reference_model: str,
+    labelled: Collection[str],
     folder: Path,
     say: Callable[[str], None],
 ) -> dict[str, Any] | None:
-    """Refusal rates of both models on harmful and on benign requests; None when the check is off."""
+    """Refusal rates of both models on harmful and on benign requests the run did not label (`labelled`); None
+    when the check is off."""
     limit = config.eval.refusal_prompts
     reader = classifier_section(judge_section)
     if not limit or not config.eval.harmful_prompts or not config.eval.benign_prompts or reader is None:
         return None
-    labelled = labelled_prompts(RunDirectory(config.run.directory()))
     kinds = {
         "harmful": refusal_prompts(config.eval.harmful_prompts, limit, labelled),
         "benign": refusal_prompts(config.eval.benign_prompts, limit, labelled),

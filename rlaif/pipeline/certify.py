@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,11 @@ from rlaif.pipeline.cost_ledger import ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.escalation import judge_tier, read_tier_judgments, tier_name, tier_stage
 from rlaif.pipeline.route import route_run
-from rlaif.pipeline.shard_plan import ShardPlan, judged_shards
+from rlaif.pipeline.shard_plan import ShardPlan, judge_identity, judged_shards, scored_judgments
 from rlaif.review.store import HumanDecision, ReviewStore
-from rlaif.run_directory import RunDirectory, read_manifest, read_records
+from rlaif.run_directory import RunDirectory, read_manifest
 from rlaif.run_files import count_lines, write_json_atomic
-from rlaif.schema import Judgment, Pair
+from rlaif.schema import Pair
 
 FIRST_PHASE = ("failed", "audit")
 TWO_PHASE_WAIT = (
@@ -85,9 +85,7 @@ def earlier_runs_calibrator(plans: Sequence[ShardPlan], config: Config, store: R
     them, or when they are too few to fit one (the raw confidence is used)."""
     if config.review.target_agreement is not None or not config.review.calibration_runs:
         return None
-    identity = next(
-        ((j.judge_model, j.template_hash) for plan in plans for j in read_records(plan.judgments, Judgment)), None
-    )
+    identity = judge_identity(plans)
     if identity is None:
         return None
     examples = [e for run_id in config.review.calibration_runs for e in reviewed_examples(store, run_id, *identity)]
@@ -120,7 +118,8 @@ async def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, st
     """Calibrate, certify and choose the pairs below the threshold, tier by tier (see the module docstring)."""
     review = config.review
     target, risk, seed = review.target_agreement or 0.0, review.risk, config.run.seed
-    judge_model, template_hash = _judge_identity(manifest, run)
+    shards = judged_shards(run)
+    judge_model, template_hash = judge_identity(shards) or ("", "")
     by_run = {
         run_id: reviewed_examples(store, run_id, judge_model, template_hash)
         for run_id in dict.fromkeys([config.run.name, *review.calibration_runs])
@@ -134,7 +133,7 @@ async def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, st
     audit = [examples[i] for i in own_audit]
     passed_on = [certified.scores[i] < threshold for i in own_audit]
 
-    total = sum(count_lines(run.root / shard["judgments"]) for shard in manifest["shards"])
+    total = sum(count_lines(shard.judgments) for shard in shards)
     budget_fraction = review.budget_fraction()
     left = max(0, round(budget_fraction * total) - len(manifest["routed"]))
     routed_pairs = {row["pair_id"] for row in manifest["routed"]}
@@ -142,7 +141,7 @@ async def decide(run: RunDirectory, manifest: dict[str, Any], config: Config, st
     escalated: list[Pair] = []  # the pairs below the threshold, kept only when a tier takes them
     kept: list[float] = []  # the probabilities of the pairs the current tier keeps
     prompts: set[str] = set()
-    for probability, judgment, pair in _scored_remainder(run, manifest, certified.calibrator, routed_pairs):
+    for probability, judgment, pair in scored_judgments(shards, certified.calibrator, skip=routed_pairs):
         prompts.add(pair.prompt.id)
         if probability < threshold:
             below.append((probability, judgment.id, pair.id, pair.prompt.id))
@@ -286,27 +285,6 @@ def spread_over_prompts(
     picked = set(chosen)
     chosen += [c for c in candidates if c not in picked][: budget - len(chosen)]
     return sorted(chosen)
-
-
-def _scored_remainder(
-    run: RunDirectory, manifest: dict[str, Any], calibrator: Calibrator, routed: set[str]
-) -> Iterator[tuple[float, Judgment, Pair]]:
-    """(calibrated probability, judgment, pair) of every pair not routed in the first phase, by shard."""
-    for shard in manifest["shards"]:
-        judgments = {
-            j.pair_id: j for j in read_records(run.root / shard["judgments"], Judgment) if j.pair_id not in routed
-        }
-        judged = [(p, judgments[p.id]) for p in read_records(run.root / shard["pairs"], Pair) if p.id in judgments]
-        for probability, (pair, judgment) in zip(calibrator.probabilities(judged), judged, strict=True):
-            yield probability, judgment, pair
-
-
-def _judge_identity(manifest: dict[str, Any], run: RunDirectory) -> tuple[str, str]:
-    """The run's judge model and template hash, from its first judgment."""
-    for shard in manifest["shards"]:
-        for judgment in read_records(run.root / shard["judgments"], Judgment):
-            return judgment.judge_model, judgment.template_hash
-    return "", ""
 
 
 def _message(

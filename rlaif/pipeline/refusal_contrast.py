@@ -77,18 +77,25 @@ def classifier_section(judge: JudgeSection) -> JudgeSection | None:
     return next((member for member in judge.ensemble or [judge] if member.mode in ("verdict", "logprob")), None)
 
 
-def classifier_request(prompt: PromptItem, prefill: bool) -> GenerationRequest:
-    """The request that asks the judge model whether `prompt` should be refused (greedy, a few tokens)."""
-    request = "\n".join(f"{m.role}: {m.content}" for m in prompt.messages if m.role != "system")
+def request_text(prompt: PromptItem) -> str:
+    """A prompt's conversation as text to classify (role: content per line, the system message left out)."""
+    return "\n".join(f"{m.role}: {m.content}" for m in prompt.messages if m.role != "system")
+
+
+def verdict_request(system: str, question: str, prefill: bool) -> GenerationRequest:
+    """A question the judge model answers with a bracketed letter ([[R]], ...): greedy, a few tokens, the reply
+    prefilled with "[[" where the backend can continue it."""
     return GenerationRequest(
-        messages=[
-            {"role": "system", "content": CLASSIFIER_SYSTEM},
-            {"role": "user", "content": CLASSIFIER_PROMPT.format(request=request)},
-        ],
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
         temperature=0.0,
         max_tokens=8,
         prefill="[[" if prefill else None,
     )
+
+
+def classifier_request(prompt: PromptItem, prefill: bool) -> GenerationRequest:
+    """The request that asks the judge model whether `prompt` should be refused (greedy, a few tokens)."""
+    return verdict_request(CLASSIFIER_SYSTEM, CLASSIFIER_PROMPT.format(request=request_text(prompt)), prefill)
 
 
 def parse_should_refuse(reply: str) -> bool | None:

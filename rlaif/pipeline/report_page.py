@@ -15,9 +15,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from rlaif.judges.calibration import Calibrator
-from rlaif.run_directory import RunDirectory, read_manifest, read_records
+from rlaif.pipeline.shard_plan import judged_shards, run_judgments, scored_judgments
+from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_json, write_text_atomic
-from rlaif.schema import Judgment, Pair
 
 BINS = 10
 
@@ -32,16 +32,15 @@ def confidence_histogram(run: RunDirectory, calibrator: Calibrator | None = None
     """Pairs per bin of the judge's confidence, or with `calibrator` of the calibrated probability that people
     agree with it (failed judgments left out)."""
     counts = [0] * BINS
-    manifest = read_manifest(run)
-    for shard in manifest["shards"]:
-        judgments = [j for j in read_records(run.root / shard["judgments"], Judgment) if j.confidence is not None]
-        if calibrator is None:
-            values = [j.confidence or 0.0 for j in judgments]
-        else:
-            pairs = {pair.id: pair for pair in read_records(run.root / shard["pairs"], Pair)}
-            values = calibrator.probabilities([(pairs[j.pair_id], j) for j in judgments if j.status == "ok"])
-        for value in values:
-            counts[min(BINS - 1, int(value * BINS))] += 1
+    shards = judged_shards(run)
+    if calibrator is None:
+        values = (j.confidence for j in run_judgments(shards) if j.confidence is not None)
+    else:
+        values = (
+            p for p, j, _ in scored_judgments(shards, calibrator) if j.status == "ok" and j.confidence is not None
+        )
+    for value in values:
+        counts[min(BINS - 1, int(value * BINS))] += 1
     return bars({f"{i / BINS:.1f}-{(i + 1) / BINS:.1f}": c for i, c in enumerate(counts)})
 
 

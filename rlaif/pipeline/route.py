@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from rlaif.config import Config
 from rlaif.judges.calibration import Calibrator
-from rlaif.pipeline.shard_plan import JudgedShard, ShardPlan, run_judgments
+from rlaif.pipeline.shard_plan import JudgedShard, ShardPlan, run_judgments, scored_judgments
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import count_lines, write_json_atomic, write_jsonl_atomic
 from rlaif.schema import Judgment, Pair, Record, ReviewItem, ReviewReason, content_id
@@ -175,12 +175,8 @@ def route_run(
 def _calibrated_judgments(plans: Sequence[ShardPlan | JudgedShard], calibrator: Calibrator) -> Iterator[Judgment]:
     """The run's judgments, shard by shard, each with the calibrated probability in place of its confidence
     (what `choose_for_review` ranks by; the files and the decisions keep the judge's own)."""
-    for plan in plans:
-        pairs = {pair.id: pair for pair in read_records(plan.pairs, Pair)}
-        judgments = list(read_records(plan.judgments, Judgment))
-        judged = [(pairs[j.pair_id], j) for j in judgments]
-        for judgment, probability in zip(judgments, calibrator.probabilities(judged), strict=True):
-            yield judgment.model_copy(update={"confidence": probability})
+    for probability, judgment, _ in scored_judgments(plans, calibrator):
+        yield judgment.model_copy(update={"confidence": probability})
 
 
 def routing_totals(run: RunDirectory) -> tuple[int, dict[str, int]]:

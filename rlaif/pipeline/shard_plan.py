@@ -9,16 +9,17 @@ upstream invalidates everything downstream. The steps that fill the files (`samp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config
+from rlaif.judges.calibration import Calibrator
 from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.run_directory import RunDirectory, read_manifest, read_records, source_hash
 from rlaif.run_files import write_jsonl_atomic
-from rlaif.schema import Judgment, PromptItem, content_id
+from rlaif.schema import Judgment, Pair, PromptItem, content_id
 
 _STEPS = Path(__file__).parent
 SAMPLING_CODE = source_hash(_STEPS / "sample.py")
@@ -125,3 +126,20 @@ def run_judgments(plans: Sequence[ShardPlan | JudgedShard]) -> Iterator[Judgment
     """Every judgment of the run, shard by shard (streamed)."""
     for plan in plans:
         yield from read_records(plan.judgments, Judgment)
+
+
+def scored_judgments(
+    shards: Sequence[ShardPlan | JudgedShard], calibrator: Calibrator, skip: Collection[str] = ()
+) -> Iterator[tuple[float, Judgment, Pair]]:
+    """(calibrated probability that people agree with the judge, judgment, pair) of every judged pair of the
+    shards, shard by shard in pair order; pairs whose id is in `skip` are left out."""
+    for shard in shards:
+        judgments = {j.pair_id: j for j in read_records(shard.judgments, Judgment) if j.pair_id not in skip}
+        judged = [(p, judgments[p.id]) for p in read_records(shard.pairs, Pair) if p.id in judgments]
+        for probability, (pair, judgment) in zip(calibrator.probabilities(judged), judged, strict=True):
+            yield probability, judgment, pair
+
+
+def judge_identity(shards: Sequence[ShardPlan | JudgedShard]) -> tuple[str, str] | None:
+    """The run's judge model and template hash, from its first judgment; None when nothing was judged."""
+    return next(((j.judge_model, j.template_hash) for j in run_judgments(shards)), None)
