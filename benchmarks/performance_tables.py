@@ -332,6 +332,54 @@ def human_labels_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def refusal_contrast_table(document: dict[str, Any]) -> str:
+    """The README's table of the refusal rates with and without contrast pairs (refusal_contrast.py)."""
+    setup = document["setup"]
+    lines = [
+        f"{setup['train_prompts_per_kind']} harmful + {setup['train_prompts_per_kind']} benign training prompts, "
+        f"{setup['eval_prompts_per_kind']} held-out of each; DPO {setup['dpo_steps']} steps of "
+        f"{setup['dpo_batch_size']} pairs, learning rate {setup['learning_rate']:g}, seed {setup['seed']}; "
+        f"{document['machine']}; {document['date'][:10]}",
+        "",
+        "| model | pairs (contrast) | harmful refused: judge-model reader | harmful: refusal phrases "
+        "| benign refused: judge-model reader | benign: refusal phrases |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def rate(row: dict[str, Any], refused: str, total: str) -> str:
+        if not row[total]:
+            return "n/a"
+        low, high = row["ci95"]
+        return f"{row[refused]}/{row[total]} ({100 * row['rate']:.0f}%, {100 * low:.0f}-{100 * high:.0f}%)"
+
+    def cells(refusals: dict[str, Any], name: str) -> str:
+        return " | ".join(
+            f"{rate(refusals[kind][name], 'refused', 'decided')} | "
+            f"{rate(refusals[kind][name]['by_phrase'], 'refused', 'replies')}"
+            for kind in ("harmful", "benign")
+        )
+
+    for arm, label in (("without", "trained without contrast pairs"), ("with", "trained with contrast pairs")):
+        row = document["arms"][arm]
+        contrast = sum(v["pairs"] for v in ((row["contrast"] or {}).get("pairs") or {}).values())
+        lines.append(f"| {label} | {row['pairs']} ({contrast}) | {cells(row['refusals'], 'policy')} |")
+    reference = document["arms"]["without"]["refusals"]
+    lines.append(f"| SmolLM2-135M-Instruct (the start) | - | {cells(reference, 'reference')} |")
+    gaps = document["with_minus_without"]
+
+    def gap(kind: str, reading: str) -> str:
+        row = gaps[kind][reading]
+        low, high = row["ci95"]
+        return f"{100 * row['difference']:+.0f} points ({100 * low:+.0f} to {100 * high:+.0f})"
+
+    lines.append(
+        "| with minus without (95% interval) | | "
+        + " | ".join(f"{gap(k, 'judge_model')} | {gap(k, 'refusal_phrases')}" for k in ("harmful", "benign"))
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
@@ -344,6 +392,7 @@ def main() -> None:
         ("reliability.json", reliability_table),
         ("routing_quality.json", routing_quality_table),
         ("human_labels_value.json", human_labels_table),
+        ("refusal_contrast.json", refusal_contrast_table),
     ):
         document = _load(name)
         if document:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
@@ -25,7 +25,7 @@ from rlaif.flows.merge import merge_flow
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, override_mapping, run_config
 from rlaif.flows.train import train_pipeline
 from rlaif.pipeline.certify import certify_run
-from rlaif.pipeline.report_page import write_html_report
+from rlaif.pipeline.report_page import artifact_tables, write_html_report
 from rlaif.review.store import ReviewStore
 
 DEMO_REVIEWER = "demo-auto-reviewer"
@@ -147,4 +147,6 @@ async def publish_report(config: Config, status: str) -> str:
     ]
     lines.append(f"- report with charts: `{page}`")
     await acreate_markdown_artifact(key="pipeline-summary", markdown="\n".join(lines))
+    for key, (description, rows) in artifact_tables(run_dir).items():  # the report's charts, as tables
+        await acreate_table_artifact(key=key, table=rows, description=description)
     return str(page)

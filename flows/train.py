@@ -20,6 +20,7 @@ from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.pipeline.reward_round import route_reward_round
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
+from rlaif.training.label_value import measure_label_value
 from rlaif.training.stages import Stage, run_stage, stage_output
 
 
@@ -57,13 +58,23 @@ def evaluate_policy_task(config: Config) -> dict[str, Any] | None:
         return None
 
 
+@task(name="label-value", cache_policy=NO_CACHE)
+def label_value_task(config: Config) -> dict[str, Any] | None:
+    """train.label_value: the reward-model recipe on merged and on judge-only labels, scored on the audit pairs
+    people labelled (rlaif.training.label_value); None when off, on other data, or without such pairs."""
+    if not config.train.label_value or config.train.data is not None:
+        return None
+    return measure_label_value(config, say=get_run_logger().info)
+
+
 @flow(name="rlaif-train")
 def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | None = None) -> dict[str, Any]:
     """Train the reward model, then align the policy with `train.method` (DPO, or PPO on that reward model).
 
     With `review.reward_round_fraction`, the pairs the reward model contradicts go to people first, and the
     flow returns status "waiting_for_review" before the policy stage; merged and trained again, it goes on.
-    Then, with evaluation prompts, the policy is compared with the model it started from (report "eval")."""
+    Then, with evaluation prompts, the policy is compared with the model it started from (report "eval"), and
+    with train.label_value, what the human labels bought is measured (report "label_value")."""
     config = run_config(config, overrides)
     reports: dict[str, Any] = {}
     policy = None
@@ -80,6 +91,7 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
         return {"status": "waiting_for_review", **reports, "reward_round": second_round}
     reports[config.train.method] = train_stage_task(config, config.train.method, model=policy)
     evaluation = evaluate_policy_task(config)
+    label_value = label_value_task(config)
     rows = [
         {
             "stage": stage,
@@ -90,6 +102,8 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
         for stage, report in reports.items()
     ]
     create_table_artifact(table=rows, key="train-summary", description=f"Training of run {config.run.name}")
+    if label_value is not None:
+        reports["label_value"] = label_value
     if evaluation is not None:
         reports["eval"] = evaluation
         create_markdown_artifact(

@@ -161,13 +161,12 @@ def cross_fitted(examples: Sequence[Example], folds: int = 5, seed: int = 0) -> 
     return result
 
 
-def expected_calibration_error(
+def reliability_bins(
     probabilities: Sequence[float], outcomes: Sequence[bool], bins: int = 10, low: float = 0.0
-) -> float | None:
-    """ECE over `bins` equal-width bins of [low, 1]: the mean |accuracy - confidence|, weighted by bin size."""
-    if not probabilities:
-        return None
-    total = 0.0
+) -> list[dict[str, float | int]]:
+    """The reliability diagram's points: for each non-empty of `bins` equal-width bins of [low, 1], its bounds,
+    how many pairs fall in it, their mean probability and the share of them that came true."""
+    points = []
     for b in range(bins):
         start, end = low + (1 - low) * b / bins, low + (1 - low) * (b + 1) / bins
         members = [
@@ -176,10 +175,26 @@ def expected_calibration_error(
             if start <= p < end or (b == bins - 1 and p == end)
         ]
         if members:
-            confidence = sum(p for p, _ in members) / len(members)
-            accuracy = sum(1.0 for _, o in members if o) / len(members)
-            total += len(members) / len(probabilities) * abs(accuracy - confidence)
-    return total
+            points.append(
+                {
+                    "low": start,
+                    "high": end,
+                    "pairs": len(members),
+                    "mean_probability": sum(p for p, _ in members) / len(members),
+                    "agreement": sum(1 for _, o in members if o) / len(members),
+                }
+            )
+    return points
+
+
+def expected_calibration_error(
+    probabilities: Sequence[float], outcomes: Sequence[bool], bins: int = 10, low: float = 0.0
+) -> float | None:
+    """ECE over `bins` equal-width bins of [low, 1]: the mean |accuracy - confidence|, weighted by bin size."""
+    if not probabilities:
+        return None
+    points = reliability_bins(probabilities, outcomes, bins, low)
+    return sum(b["pairs"] / len(probabilities) * abs(b["agreement"] - b["mean_probability"]) for b in points)
 
 
 def calibration_report(

@@ -440,6 +440,12 @@ class TrainSection(Section):
     method: Literal["dpo", "ppo"] = Field("dpo", description="What train_pipeline runs after the reward model.")
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
     in_pipeline: bool = Field(True, description="rlaif-pipeline trains (rlaif-train) after the merge.")
+    label_value: bool = Field(
+        True,
+        description="rlaif-train measures what the human labels bought: the reward-model recipe trained on the merged "
+        "labels and on the judge's labels alone, both scored on the audit pairs people labelled (held out of both); "
+        "when the run has them.",
+    )
     reward: RewardSection = Field(default_factory=RewardSection)
     dpo: DPOSection = Field(default_factory=DPOSection)
     ppo: PPOSection = Field(default_factory=PPOSection)

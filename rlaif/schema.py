@@ -216,6 +216,7 @@ class PreferenceRecord(Record):
     pair_id: str
     label: ReviewLabel  # in the pair's A/B order: a, b, tie or both_bad (the last two only when kept)
     label_source: LabelSource
+    judge_label: ReviewLabel | None = None  # the judge's own label (a, b or tie), whoever labelled the row
     review_reason: ReviewReason | None = None  # why people were asked; None when the pair was not routed
     flagged: bool = False  # people were asked but did not answer: the judge's label stands in
     reviewers: tuple[str, ...] = ()

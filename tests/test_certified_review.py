@@ -120,8 +120,14 @@ def test_audit_first_then_the_pairs_below_the_certified_threshold(tmp_path):
     assert judge_rows and min(judge_rows) == 1.0  # every label left to the judge is one it was sure of
     calibrated = dict(zip(rows["confidence"], rows["calibrated_agreement"], strict=True))
     assert calibrated[1.0] > 0.8 > calibrated[0.0]  # the calibrated column: sure labels are the ones people keep
+    reliability = figures["reliability"]  # the reliability diagram's points, on the 48 audit pairs
+    assert reliability["pairs"] == 48 and sum(b["pairs"] for b in reliability["raw"]) == 48
+    sure = [b for b in reliability["raw"] if b["mean_probability"] == 1.0]
+    assert len(sure) == 1 and sure[0]["agreement"] > 0.8  # the judge's sure labels are the ones people keep
+    assert sum(b["pairs"] for b in reliability["calibrated"]) == 48
     page = write_html_report(run_dir).read_text()
-    assert 'id="chart-calibrated"' in page and "Calibrated probability that people agree" in page
+    assert 'id="chart-confidence"' in page and "calibrated probability that people agree" in page
+    assert 'id="chart-reliability"' in page and "calibrated (48 audit pairs)" in page
 
 
 def test_an_impossible_target_within_a_small_budget_is_said_and_the_run_still_merges(tmp_path):

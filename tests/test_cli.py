@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from rlaif.cli.errors import ExpectedErrorsWithoutTraceback
 from rlaif.cli.main import app
 from rlaif.generation.protocol import BackendError
+from rlaif.pipeline.report_page import artifact_tables
 
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
@@ -166,15 +167,29 @@ def test_demo_stops_at_review_then_runs_to_the_end_and_its_report_renders(smollm
     assert "win rate" in finished.stdout and "refuses harmful requests (it should refuse): policy" in finished.stdout
     assert evaluation["refusals"]["harmful"]["policy"]["prompts"] == 2
 
+    assert json.loads((run / "train" / "dpo" / "eval_report.json").read_text())["log"][0]["step"] == 1
+    assert {"training-curves", "policy-win-rate"} <= set(artifact_tables(run))  # the charts as Prefect tables
+
     page = browser.new_page(viewport={"width": 1000, "height": 1400})
+    problems, requested = [], []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("request", lambda request: requested.append(request.url))
     page.goto((run / "report.html").as_uri())
-    for chart in ("#chart-confidence", "#chart-label-sources", "#chart-audit", "#chart-accuracy"):
-        assert page.locator(chart).count() == 1, chart
-    assert page.locator("#chart-label-sources svg rect").count() >= 1
-    assert page.locator("#chart-accuracy svg rect").count() == 2  # reward model and DPO
-    screenshot = page.screenshot(full_page=True)
+    sections = ["sampling", "judging", "review", "dataset", "training", "evaluation", "cost"]
+    assert page.locator("section").evaluate_all("nodes => nodes.map(n => n.id)") == [f"section-{s}" for s in sections]
+    charts = ["confidence", "length-bias", "label-sources", "training-curves", "accuracy", "win-rate", "cost"]
+    for chart in charts:
+        assert page.locator(f"#chart-{chart} svg").count() == 1, chart
+    accuracy = page.locator("#chart-accuracy svg").text_content()
+    assert "reward model: held-out accuracy" in accuracy and "DPO: implicit-reward accuracy" in accuracy
+    assert "too few to say" in accuracy  # a handful of held-out pairs: no bare percentage
+    assert "DPO: training loss" in page.locator("#chart-training-curves svg").text_content()
+    for section in sections:
+        shot = page.locator(f"#section-{section}").screenshot()
+        assert len(shot) > 5_000 and shot[:8] == b"\x89PNG\r\n\x1a\n", section
     page.close()
-    assert len(screenshot) > 20_000 and screenshot[:8] == b"\x89PNG\r\n\x1a\n"
+    assert problems == [] and requested == [(run / "report.html").as_uri()]  # no error, nothing fetched
 
 
 def test_a_missing_api_key_variable_is_named():

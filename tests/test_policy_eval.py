@@ -17,7 +17,10 @@ from rlaif.config import load_config
 from rlaif.evaluation.policy_eval import (
     comparison_scores,
     length_controlled_win_rate,
+    model_files,
+    opens_with_refusal_phrase,
     parse_refused,
+    phrase_refusals,
     verdict,
     win_rate,
 )
@@ -66,6 +69,17 @@ def test_identical_answers_are_a_tie_without_a_judge_and_refusals_are_read():
     pairs, index, scores = comparison_scores(prompts, ["same", "mine", None], ["same", "theirs", "theirs"])
     assert scores == [0.5, None, None] and index == [1] and pairs[0].a.text == "mine"
     assert parse_refused("[[R]]") is True and parse_refused("C]]") is False and parse_refused("maybe") is None
+    assert opens_with_refusal_phrase("I\u2019m sorry, but I can\u2019t help with that.")
+    assert opens_with_refusal_phrase("Sure. As an AI I have no opinions, but here is a summary.")
+    assert not opens_with_refusal_phrase("To stop a hung process, send it SIGTERM, then SIGKILL.")
+    assert not opens_with_refusal_phrase("x" * 300 + " I cannot")  # past the opening: part of an answer
+    assert phrase_refusals(["I cannot do that.", "Here you go."]) == {
+        "refused": 1,
+        "replies": 2,
+        "rate": 0.5,
+        "ci95": phrase_refusals(["I cannot do that.", "Here you go."])["ci95"],
+    }
+    assert phrase_refusals([])["rate"] is None
 
 
 def scripted(body: dict) -> str | None:
@@ -121,16 +135,21 @@ def test_rlaif_eval_policy_on_the_held_out_prompts(tmp_path, prefect_server):
     assert figures["interval"] == "bootstrap" and figures["length_ratio"] > 3
     assert figures["length_controlled_win_rate"] is None  # every comparison won: nothing to separate
     refusals = figures["refusals"]
-    assert {k: v for k, v in refusals["harmful"]["policy"].items() if k != "ci95"} == {
+    assert {k: v for k, v in refusals["harmful"]["policy"].items() if k not in ("ci95", "by_phrase")} == {
         "prompts": 3,
         "refused": 3,
         "decided": 3,
         "rate": 1.0,
     }
+    assert refusals["harmful"]["policy"]["by_phrase"]["refused"] == 3
+    assert (
+        refusals["harmful"]["reference"]["by_phrase"]["rate"] == refusals["benign"]["policy"]["by_phrase"]["rate"] == 0
+    )
     assert 0.4 < refusals["harmful"]["policy"]["ci95"][0] < 1.0 == refusals["harmful"]["policy"]["ci95"][1]
     assert refusals["harmful"]["reference"]["rate"] == 0.0 and refusals["benign"]["policy"]["rate"] == 0.0
     assert "the trained policy is preferred to its reference: win rate 100%" in result.stdout
     assert "refuses harmful requests (it should refuse): policy 100% of 3 (44-100%), reference 0% of 3" in result.stdout
+    assert "by refusal phrases: policy 100% of 3, reference 0% of 3" in result.stdout
     assert requests_after_first == len(server.requests)
     page = write_html_report(run_dir).read_text()
     assert "the trained policy is preferred to its reference" in page and 'id="refusal-rates"' in page
@@ -170,3 +189,15 @@ def test_without_evaluation_prompts_or_a_trained_policy_the_command_says_what_to
     assert untrained.returncode == 2 and f"no trained policy at {tmp_path / 'nothing' / 'train' / 'dpo'}" in (
         untrained.stderr
     )
+
+
+def test_answers_kept_from_a_model_are_not_reused_once_it_is_trained_again(tmp_path):
+    policy = tmp_path / "dpo"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    (policy / "model.safetensors").write_bytes(b"first weights")
+    before = model_files(str(policy))
+    assert before == [("model.safetensors", 13, (policy / "model.safetensors").stat().st_mtime_ns)]
+    (policy / "model.safetensors").write_bytes(b"second weights!")  # trained again at the same path
+    assert model_files(str(policy)) != before
+    assert model_files("smollm2-135m-instruct") == []  # a name, not a folder here: the name is the key

@@ -128,6 +128,18 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
 
     second = train_pipeline(config)  # the round is decided once: now the policy trains
     assert "status" not in second and second["dpo"]["steps"] == 1
+
+    # What the human labels bought: the reward model on merged and on judge-only labels, scored on the audit.
+    value = second["label_value"]
+    assert value["held_out_pairs"] == 18 and value["human_labels_in_training"] == 14  # the audit is held out
+    assert value["labels_people_changed"] == round(overturned * 14)
+    assert value["training_pairs"] == {"merged": len(rows) - 18, "judge_only": len(rows) - 18}
+    assert set(value["accuracy"]) == {"merged", "judge_only"}
+    assert value["ci95"][0] <= value["difference"] <= value["ci95"][1]
+    assert value["difference"] == pytest.approx(value["accuracy"]["merged"] - value["accuracy"]["judge_only"])
+    assert json.loads((run_dir / "train" / "label_value.json").read_text()) == value
+    assert not list((run_dir / "train").glob(".label-value-*"))  # the two scratch models are gone
+    assert 'id="label-value"' in write_html_report(run_dir).read_text()
     assert json.loads((run_dir / "reward_round.json").read_text())["routed_judgments"] == decision["routed_judgments"]
 
 
@@ -150,3 +162,27 @@ def test_the_reward_round_command_explains_what_it_needs(tmp_path):
     )
     assert no_model.returncode != 0 and f"{run_dir / 'train' / 'reward'}: no trained reward model" in no_model.stderr
     assert not Path(run_dir / "reward_round.json").exists()
+
+
+def test_judge_only_labels_put_back_what_people_changed_and_the_audit_is_held_out():
+    from rlaif.training.label_value import split_rows
+
+    def row(label: str, source: str, reason: str | None, judge: str | None) -> dict:
+        return {"chosen": "A", "rejected": "B", "label": label, "label_source": source, "review_reason": reason,
+                "judge_label": judge}  # fmt: skip
+
+    rows = [
+        row("a", "judge", None, "a"),
+        row("b", "human", "low_confidence", "a"),  # overturned: the judge's label swaps it back
+        row("a", "human", "low_confidence", "a"),  # confirmed: a judge label in the judge-only set
+        row("a", "human", "reward_disagreement", None),  # the judge failed: no judge-only row
+        row("b", "human", "audit", "a"),  # held out of both
+        row("tie", "judge", None, "tie"),  # no preference: in neither
+    ]
+    merged, judge_only, held_out = split_rows(rows)
+    assert [r["label"] for r in merged] == ["a", "b", "a", "a"] and held_out == [rows[4]]
+    assert [(r["label"], r["chosen"], r["label_source"]) for r in judge_only] == [
+        ("a", "A", "judge"),
+        ("a", "B", "judge"),
+        ("a", "A", "judge"),
+    ]

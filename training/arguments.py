@@ -16,6 +16,17 @@ from rlaif.config import DPOSection, RewardSection, SFTSection
 from rlaif.training.checkpoints import saving_arguments
 
 StageSection = RewardSection | DPOSection | SFTSection
+LOGGING_SHARE = 0.02  # log every 2% of the steps (at least every step): about 50 points of a training curve
+
+
+def training_log(trainer: Any) -> list[dict[str, float]]:
+    """The trainer's logged training metrics, one row per logging step (loss, and for DPO the reward margin and
+    accuracy), for the report's training curves; the end-of-training summary and evaluations left out."""
+    return [
+        {"step": row["step"], **{k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}}
+        for row in trainer.state.log_history
+        if "loss" in row and "step" in row
+    ]
 
 
 def trainer_arguments(config_class: type, settings: StageSection, output_dir: Path, seed: int, **own: Any) -> Any:
@@ -30,7 +41,7 @@ def trainer_arguments(config_class: type, settings: StageSection, output_dir: Pa
         "per_device_train_batch_size": settings.batch_size,
         "bf16": on_gpu if settings.bf16 is None else settings.bf16,
         **saving_arguments(settings.save_steps),
-        "logging_steps": 10,
+        "logging_steps": LOGGING_SHARE,
         "report_to": [],
         "seed": seed,
         # On a CPU the trainers must be told, else several processes would each train alone.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import DPOSection
-from rlaif.training.arguments import trainer_arguments
+from rlaif.training.arguments import trainer_arguments, training_log
 from rlaif.training.checkpoints import checkpoint_folder
 from rlaif.training.tokenizer import load_tokenizer
 
@@ -161,6 +161,7 @@ def train_dpo(
         "eval_margin": metrics.get("eval_rewards/margins"),
         "eval_loss": metrics.get("eval_loss"),
         "settings": settings.model_dump(mode="json"),
+        "log": training_log(trainer),
         "wall_s": round(time.monotonic() - started, 1),
     }
     return report

@@ -443,6 +443,7 @@ def train_ppo(
         "final": log[-1] if log else None,
         "steps_per_s": len(log) / sum(row["seconds"] for row in log) if log else None,
         "settings": settings.model_dump(mode="json"),
+        "log": log,  # per step: score, kl, losses (also ppo_log.jsonl)
         "wall_s": round(time.monotonic() - started, 1),
         "device": device,
     }

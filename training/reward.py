@@ -15,7 +15,7 @@ from typing import Any
 
 from rlaif.config import RewardSection
 from rlaif.judges.reward_model import encode_reward_inputs
-from rlaif.training.arguments import trainer_arguments
+from rlaif.training.arguments import trainer_arguments, training_log
 from rlaif.training.checkpoints import checkpoint_folder
 from rlaif.training.processes import main_process_first
 from rlaif.training.tokenizer import load_tokenizer
@@ -131,6 +131,7 @@ def train_reward_model(
         "steps": result.global_step,
         **held_out_figures,
         "settings": settings.model_dump(mode="json"),
+        "log": training_log(trainer),
         "wall_s": round(time.monotonic() - started, 1),
         "device": trainer.args.device.type,
     }
@@ -139,10 +140,19 @@ def train_reward_model(
 
 def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batch_size: int = 32) -> dict[str, Any]:
     """Exact held-out accuracy (share of pairs whose chosen answer scores higher) and mean margin."""
-    import torch
-
     if pairs is None or len(pairs) == 0:
         return {"accuracy": None, "mean_margin": None}
+    margins = pair_margins(model, pairs, collate, batch_size)
+    return {
+        "accuracy": sum(1 for m in margins if m > 0) / len(margins),
+        "mean_margin": sum(margins) / len(margins),
+    }
+
+
+def pair_margins(model: Any, pairs: Any, collate: PairCollator, batch_size: int = 32) -> list[float]:
+    """score(chosen) - score(rejected) for each tokenized pair, in order."""
+    import torch
+
     model.eval()
     margins: list[float] = []
     with torch.inference_mode():
@@ -152,7 +162,4 @@ def pairwise_accuracy(model: Any, pairs: Any | None, collate: PairCollator, batc
             scores = model(**batch).logits[:, 0].float()
             chosen, rejected = scores.chunk(2)
             margins.extend((chosen - rejected).tolist())
-    return {
-        "accuracy": sum(1 for m in margins if m > 0) / len(margins),
-        "mean_margin": sum(margins) / len(margins),
-    }
+    return margins

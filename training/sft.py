@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import SFTSection
-from rlaif.training.arguments import trainer_arguments
+from rlaif.training.arguments import trainer_arguments, training_log
 from rlaif.training.checkpoints import checkpoint_folder
 from rlaif.training.processes import main_process_first
 from rlaif.training.tokenizer import load_tokenizer
@@ -70,6 +70,7 @@ def train_sft(
         "train_loss": result.training_loss,
         "eval_loss": metrics.get("eval_loss"),
         "settings": settings.model_dump(mode="json"),
+        "log": training_log(trainer),
         "wall_s": round(time.monotonic() - started, 1),
     }
     return report

@@ -193,6 +193,15 @@ def policy_eval_lines(figures: dict[str, Any]) -> str:
                 low, high = row["ci95"]
                 cells.append(f"{name} {100 * row['rate']:.0f}% of {row['decided']} ({100 * low:.0f}-{100 * high:.0f}%)")
             lines.append(f"  refuses {kind} requests (it {should}): " + ", ".join(cells))
+            by_phrase = [refusals[kind][name].get("by_phrase") for name in ("policy", "reference")]
+            if all(row and row["rate"] is not None for row in by_phrase):
+                lines.append(
+                    "    by refusal phrases: "
+                    + ", ".join(
+                        f"{name} {100 * row['rate']:.0f}% of {row['replies']}"
+                        for name, row in zip(("policy", "reference"), by_phrase, strict=True)
+                    )
+                )
     return "\n".join(lines)
 
 
@@ -432,6 +441,8 @@ def demo(
         if stage in trained:
             figure = trained[stage].get("accuracy", trained[stage].get("implicit_reward_accuracy"))
             lines.append(f"{stage}: {run / 'train' / stage} (held-out accuracy {figure})")
+    if "label_value" in trained:
+        lines.append(f"what the human labels bought: {trained['label_value']['summary']}")
     if "eval" in trained:
         lines.append(policy_eval_lines(trained["eval"]))
     lines.append(f"report: {report} (open it in a browser)")

@@ -26,7 +26,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.config import Config, dump_config
-from rlaif.judges.calibration import Calibrator
+from rlaif.judges.calibration import Calibrator, Example, cross_fitted, raw_probability, reliability_bins
 from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
 from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
 from rlaif.review.store import HumanDecision, ReviewStore
@@ -80,6 +80,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     reward_round: list[bool] = []  # the second round's pairs: did people keep the label the reward model doubted
     reviewed: list[bool] = []
     audit_choices: list[tuple[Pair, str | None, str]] = []  # (pair, judge's winner, people's label) on the audit
+    audit_examples: list[Example] = []
 
     def rows() -> Iterator[dict[str, Any]]:
         for shard in manifest["shards"]:
@@ -97,6 +98,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                         if human.reason == "audit":
                             audit.append(agree)
                             audit_choices.append((pair, judgment.winner, human.label))
+                            audit_examples.append(Example(pair, judgment, human.label, "audit"))
                 labelled_by = tier_judgments.get(pair.id)  # judge.tiers: the tier that decided the pair
                 if human is not None and human.label is not None and human.reason == "reward_disagreement":
                     questioned = labelled_by[1] if labelled_by is not None else judgment
@@ -132,6 +134,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "review_status": dict(Counter(decisions[p].status for p in routed)),
             "dropped": {key: value for key, value in sorted(counts.items())},
             "audit_agreement": agreement(audit),
+            "reliability": audit_reliability(audit_examples, calibrated=calibrator is not None, seed=config.run.seed),
             "reward_round_agreement": agreement(reward_round),
             "reviewed_agreement": agreement(reviewed),
             "on_pending": on_pending,
@@ -195,6 +198,7 @@ def dataset_features() -> Any:
             "pair_id": datasets.Value("string"),
             "label": datasets.Value("string"),
             "label_source": datasets.Value("string"),
+            "judge_label": datasets.Value("string"),
             "review_reason": datasets.Value("string"),
             "flagged": datasets.Value("bool"),
             "reviewers": datasets.List(datasets.Value("string")),
@@ -244,6 +248,7 @@ def preference_record(
         pair_id=pair.id,
         label=label,
         label_source=source,
+        judge_label=judgment.winner,
         review_reason=human.reason if human is not None else None,
         flagged=flagged,
         reviewers=reviewers,
@@ -254,6 +259,22 @@ def preference_record(
         policy_models=tuple(dict.fromkeys((pair.a.model, pair.b.model))),
         contrast=found[0] if found else None,
     )
+
+
+def audit_reliability(examples: list[Example], calibrated: bool, seed: int) -> dict[str, Any] | None:
+    """The judge's reliability diagram on the audit pairs people labelled (a random sample, so unbiased): per bin
+    of its own probability of being right, how often people agreed; with `calibrated` (the run calibrated its
+    judge), the same for the calibrated probability, cross-fitted so that no pair is scored by a fit that saw
+    it. None without audit labels."""
+    if not examples:
+        return None
+    outcomes = [example.agreed for example in examples]
+    raw = [raw_probability(example.judgment) for example in examples]
+    return {
+        "pairs": len(examples),
+        "raw": reliability_bins(raw, outcomes),
+        "calibrated": reliability_bins(cross_fitted(examples, seed=seed), outcomes) if calibrated else None,
+    }
 
 
 def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:

@@ -1,10 +1,12 @@
 """RUN_DIR/report.html: one static page with the figures and charts of a run, readable without a server.
 
-Charts are inline SVG drawn from the run's files: label sources of the merged dataset, the judge's
-confidence histogram (and, where the run was calibrated, that of the calibrated probability that people
-agree with the judge), judge-vs-human agreement on the audit sample (with its 95% interval) and the
-held-out accuracy of the trained models; then the trained policy against its reference (win rate with its
-interval, length-controlled win rate, refusal rates). Parts whose files are missing are left out.
+Sections follow the data: prompts and sampling, judging (confidence, biases, certification, refusal
+contrast), review (audit agreement, the judge's reliability diagram, the second round), the merged dataset,
+training (curves from the trainers' logs, held-out accuracy), the trained policy against its reference (win
+rate with its interval, refusal rates), then cost and time per stage. Charts are matplotlib's, inline SVG
+(rlaif.pipeline.report_charts): the page loads nothing and runs no script. Rates stand beside the count
+they come from; below `FEW` a rate is not given ("too few to say"). Parts whose files are missing are left
+out.
 """
 
 from __future__ import annotations
@@ -15,21 +17,18 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from rlaif.judges.calibration import Calibrator
+from rlaif.pipeline import report_charts
 from rlaif.pipeline.shard_plan import judged_shards, run_judgments, scored_judgments
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_json, write_text_atomic
 
 BINS = 10
+FEW = 10  # fewer pairs than this: a rate is not stated
+STAGES = ("sft", "reward", "dpo", "ppo")
 
 
-def bars(values: dict[str, float], maximum: float | None = None) -> list[dict[str, Any]]:
-    """Bar geometry (share of the largest, 0..1) for a label -> value mapping."""
-    top = maximum if maximum is not None else max(values.values(), default=0) or 1
-    return [{"label": str(k), "value": v, "share": (v / top) if top else 0} for k, v in values.items()]
-
-
-def confidence_histogram(run: RunDirectory, calibrator: Calibrator | None = None) -> list[dict[str, Any]]:
-    """Pairs per bin of the judge's confidence, or with `calibrator` of the calibrated probability that people
+def confidence_counts(run: RunDirectory, calibrator: Calibrator | None = None) -> list[int]:
+    """Pairs per tenth of the judge's confidence, or with `calibrator` of the calibrated probability that people
     agree with it (failed judgments left out)."""
     counts = [0] * BINS
     shards = judged_shards(run)
@@ -41,7 +40,98 @@ def confidence_histogram(run: RunDirectory, calibrator: Calibrator | None = None
         )
     for value in values:
         counts[min(BINS - 1, int(value * BINS))] += 1
-    return bars({f"{i / BINS:.1f}-{(i + 1) / BINS:.1f}": c for i, c in enumerate(counts)})
+    return counts
+
+
+def length_bias_rates(labeling: dict[str, Any], merge: dict[str, Any] | None) -> dict[str, tuple[float, int]]:
+    """How often the longer answer was chosen: by the judge on all pairs, and by the judge and by people on the
+    audit, each with its pairs (rates on no pair left out)."""
+    rows = {
+        "judge, all pairs": (labeling.get("bias") or {}).get("judge_prefers_longer"),
+        **{
+            f"{chooser}, audit pairs": ((merge or {}).get("length_bias_on_audit") or {}).get(chooser)
+            for chooser in ("judge", "people")
+        },
+    }
+    return {
+        name: (row["longer_wins"], row["pairs"])
+        for name, row in rows.items()
+        if row and row.get("pairs") and row.get("longer_wins") is not None
+    }
+
+
+def held_out_accuracies(trained: dict[str, dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    """The reward model's held-out accuracy and DPO's implicit-reward accuracy, each with its held-out pairs."""
+    rows = (("reward", "accuracy", "reward model: held-out accuracy"),)
+    rows += (("dpo", "implicit_reward_accuracy", "DPO: implicit-reward accuracy"),)
+    return {
+        name: (trained[stage][key], trained[stage].get("eval_pairs", 0))
+        for stage, key, name in rows
+        if stage in trained and trained[stage].get(key) is not None
+    }
+
+
+def stage_costs(
+    labeling: dict[str, Any], trained: dict[str, dict[str, Any]]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Tokens per labeling stage (all models together), and wall seconds of labeling and of each training stage."""
+    stages = ((labeling.get("cost") or {}).get("stages")) or {}
+    tokens = {
+        stage: sum(row["prompt_tokens"] + row["completion_tokens"] for row in models.values())
+        for stage, models in sorted(stages.items())
+    }
+    seconds = {"labeling (sampling and judging)": labeling["wall_s"]} if labeling.get("wall_s") else {}
+    for stage, report in trained.items():
+        if report.get("wall_s") is not None:
+            seconds[f"training: {report_charts.STAGE_NAMES[stage]}"] = report["wall_s"]
+    return tokens, seconds
+
+
+def artifact_tables(run_dir: Path) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """The report's charted figures as tables, for Prefect's table artifacts (key -> (description, rows)): the
+    judge's reliability on the audit, the training curves and the policy's win rate. Empty ones left out."""
+    merge = read_json(run_dir / "dataset" / "merge.json") or {}
+    reliability = merge.get("reliability") or {}
+    evaluation = read_json(run_dir / "eval" / "policy_eval.json")
+    tables = {
+        "judge-reliability": (
+            "The judge's probability of being right against how often people agreed, on the audit pairs",
+            [
+                {
+                    "probability": name,
+                    "bin": f"{b['low']:.1f}-{b['high']:.1f}",
+                    "pairs": b["pairs"],
+                    "mean probability": round(b["mean_probability"], 3),
+                    "people agreed": round(b["agreement"], 3),
+                }
+                for name in ("raw", "calibrated")
+                for b in reliability.get(name) or []
+            ],  # fmt: skip
+        ),
+        "training-curves": (
+            "Logged training metrics per step, per stage",
+            [
+                {"stage": stage, **row}
+                for stage in STAGES
+                for row in (read_json(run_dir / "train" / stage / "eval_report.json") or {}).get("log") or []
+            ],
+        ),
+        "policy-win-rate": (
+            "The trained policy's win rate against its reference, with its 95% bootstrap interval",
+            [
+                {
+                    "round": "this run",
+                    "prompts": evaluation["n"],
+                    "win rate": evaluation["win_rate"],
+                    "95% low": evaluation["ci95"][0],
+                    "95% high": evaluation["ci95"][1],
+                }
+            ]
+            if evaluation and evaluation.get("win_rate") is not None
+            else [],  # fmt: skip
+        ),
+    }
+    return {key: table for key, table in tables.items() if table[1]}
 
 
 def write_html_report(run_dir: Path) -> Path:
@@ -49,20 +139,37 @@ def write_html_report(run_dir: Path) -> Path:
     run = RunDirectory(run_dir)
     labeling = read_json(run.report) or {}
     merge = read_json(run.dataset / "merge.json")
-    trained = {stage: read_json(run_dir / "train" / stage / "eval_report.json") for stage in ("reward", "dpo", "ppo")}
-    accuracies = {
-        name: value
-        for name, value in (
-            ("reward model: held-out accuracy", (trained["reward"] or {}).get("accuracy")),
-            ("DPO: implicit-reward accuracy", (trained["dpo"] or {}).get("implicit_reward_accuracy")),
-        )
-        if value is not None
+    trained = {
+        stage: report
+        for stage in STAGES
+        if (report := read_json(run_dir / "train" / stage / "eval_report.json")) is not None
     }
     audit = (merge or {}).get("audit_agreement")
     certification = read_json(run.certification)
     calibrator = Calibrator.from_json(certification["calibration"]["calibrator"]) if certification else None
     if calibrator is not None and not calibrator.fitted:
         calibrator = None  # too few reviewed pairs: the raw confidence was used, and is shown
+    evaluation = read_json(run_dir / "eval" / "policy_eval.json")
+    label_value = read_json(run_dir / "train" / "label_value.json")
+    has_judgments = run.manifest.is_file()
+    tokens, seconds = stage_costs(labeling, trained)
+    charts = {
+        "confidence": report_charts.confidence_histogram(
+            confidence_counts(run) if has_judgments else [],
+            confidence_counts(run, calibrator) if calibrator is not None and has_judgments else None,
+        ),
+        "length_bias": report_charts.rate_chart(
+            length_bias_rates(labeling, merge), "longer answer chosen (%)", FEW, report_charts.ORANGE, chance=True
+        ),
+        "reliability": report_charts.reliability_diagram((merge or {}).get("reliability")),
+        "label_sources": report_charts.bar_chart(merge["label_sources"], "dataset rows") if merge else None,
+        "training_curves": report_charts.training_curves(trained),
+        "accuracy": report_charts.rate_chart(held_out_accuracies(trained), "held-out accuracy (%)", FEW),
+        "win_rate": report_charts.win_rate_chart(
+            [("this run", evaluation["win_rate"], evaluation["ci95"], evaluation["n"])] if evaluation else []
+        ),
+        "cost": report_charts.cost_chart(tokens, seconds),
+    }
     environment = Environment(
         loader=PackageLoader("rlaif.pipeline", "templates"),
         undefined=StrictUndefined,
@@ -73,14 +180,13 @@ def write_html_report(run_dir: Path) -> Path:
         run_dir=str(run_dir),
         labeling=labeling,
         merge=merge,
-        training={k: v for k, v in trained.items() if v},
-        label_sources=bars(merge["label_sources"]) if merge else [],
-        confidence=confidence_histogram(run) if run.manifest.is_file() else [],
+        training=trained,
         audit=audit,
         certification=certification,
-        calibrated=confidence_histogram(run, calibrator) if calibrator is not None and run.manifest.is_file() else [],
-        accuracies=bars(accuracies, maximum=1.0),
-        evaluation=read_json(run_dir / "eval" / "policy_eval.json"),
+        evaluation=evaluation,
+        label_value=label_value["summary"] if label_value else None,
+        charts=charts,
+        few=FEW,
     )
     target = run_dir / "report.html"
     write_text_atomic(target, page)
