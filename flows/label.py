@@ -39,7 +39,7 @@ from rlaif.pipeline.cost_ledger import BudgetReached, Spending, ledger_totals
 from rlaif.pipeline.enqueue import enqueue_routed
 from rlaif.pipeline.judge_step import judge_shard
 from rlaif.pipeline.pair import pair_shard
-from rlaif.pipeline.prompt_sources import PromptCounts, hold_out_prompts, iter_configured_prompts
+from rlaif.pipeline.prompt_sources import PromptCounts, run_prompts
 from rlaif.pipeline.refusal_contrast import classifier_section
 from rlaif.pipeline.report import write_report
 from rlaif.pipeline.route import route_run, routing_totals
@@ -54,9 +54,7 @@ def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardP
     """The run's shards, and what reading its prompts left out or truncated."""
     run = RunDirectory(config.run.directory())
     counts = PromptCounts()
-    prompts = iter_configured_prompts(config.prompts, counts)
-    if config.eval.held_out_fraction:  # prompts for evaluating the trained policy: no stage sees them
-        prompts = hold_out_prompts(prompts, config.eval.held_out_fraction, config.run.seed, run.eval_prompts)
+    prompts = run_prompts(config, counts)  # less the prompts held out for evaluating the trained policy
     return run, plan_shards(run, config, prompts, judge.identity()), counts
 
 

@@ -201,3 +201,17 @@ def test_answers_kept_from_a_model_are_not_reused_once_it_is_trained_again(tmp_p
     (policy / "model.safetensors").write_bytes(b"second weights!")  # trained again at the same path
     assert model_files(str(policy)) != before
     assert model_files("smollm2-135m-instruct") == []  # a name, not a folder here: the name is the key
+
+
+def test_rlaif_sample_leaves_the_held_out_prompts_out(tmp_path):
+    with ScriptedOpenAIServer(reply=scripted) as server:
+        overrides = scripted_overrides(
+            server, prompts_file(tmp_path, 20), tmp_path / "run", "eval.held_out_fraction=0.5"
+        )
+        command = [RLAIF, "sample", *[part for item in overrides for part in ("--set", item)]]
+        result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "run"
+    held_out = {json.loads(line)["id"] for line in (run_dir / "eval_prompts.jsonl").read_text().splitlines()}
+    sampled = {json.loads(line)["prompt_id"] for line in (run_dir / "candidates.jsonl").read_text().splitlines()}
+    assert 0 < len(held_out) < 20 and len(sampled) == 20 - len(held_out) and not sampled & held_out

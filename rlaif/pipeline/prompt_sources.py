@@ -22,8 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rlaif.config import PromptsSection
+from rlaif.config import Config, PromptsSection
 from rlaif.pipeline.refusal_contrast import SHOULD_REFUSE_FIELD
+from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_jsonl, write_jsonl_atomic
 from rlaif.schema import PromptItem, content_id
 
@@ -139,6 +140,17 @@ def iter_configured_prompts(section: PromptsSection, counts: PromptCounts | None
         too_long=section.too_long,
         counts=counts,
     )
+
+
+def run_prompts(config: Config, counts: PromptCounts | None = None) -> Iterator[PromptItem]:
+    """The prompts a run samples and labels: the configured ones less, with `eval.held_out_fraction`, those held
+    out for evaluating the trained policy (written to RUN_DIR/eval_prompts.jsonl); every command that samples
+    for a run reads them here, so none of them sees a held-out prompt."""
+    prompts = iter_configured_prompts(config.prompts, counts)
+    if not config.eval.held_out_fraction:
+        return prompts
+    held_out = RunDirectory(config.run.directory()).eval_prompts
+    return hold_out_prompts(prompts, config.eval.held_out_fraction, config.run.seed, held_out)
 
 
 def hold_out_prompts(prompts: Iterable[PromptItem], fraction: float, seed: int, held_out: Path) -> Iterator[PromptItem]:

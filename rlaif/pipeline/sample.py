@@ -19,7 +19,7 @@ from pathlib import Path
 from rlaif.config import Config, SamplingSection
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import BackendError, GenerationBackend, GenerationRequest, Progress
-from rlaif.pipeline.prompt_sources import load_configured_prompts
+from rlaif.pipeline.prompt_sources import run_prompts
 from rlaif.pipeline.refusal_contrast import (
     SHOULD_REFUSE_FIELD,
     classify_prompts,
@@ -166,7 +166,7 @@ async def sample_to_file(
     The candidates of the prompts that succeeded are written even when others failed: the caller
     decides what a failure means.
     """
-    prompts = load_configured_prompts(config.prompts)
+    prompts = list(run_prompts(config))  # less those held out for the evaluation (eval.held_out_fraction)
     say(f"sampling {config.sampling.n} answers for each of {len(prompts)} prompts from {config.policy.model}")
     async with open_backend(config.policy, where="policy", say=say) as backend:
         result = await sample_candidates(
