@@ -76,11 +76,9 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
         )
     counts: Counter[str] = Counter()
     contrast: Counter[tuple[str, str]] = Counter()  # (kind, outcome) of the refusal-contrast rows
-    audit: list[bool] = []
+    audit: list[Example] = []  # the audit pairs people labelled a, b or tie, with the judge's verdict
     reward_round: list[bool] = []  # the second round's pairs: did people keep the label the reward model doubted
     reviewed: list[bool] = []
-    audit_choices: list[tuple[Pair, str | None, str]] = []  # (pair, judge's winner, people's label) on the audit
-    audit_examples: list[Example] = []
 
     def rows() -> Iterator[dict[str, Any]]:
         for shard in manifest["shards"]:
@@ -96,9 +94,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                     if human.label != "both_bad":
                         reviewed.append(agree)
                         if human.reason == "audit":
-                            audit.append(agree)
-                            audit_choices.append((pair, judgment.winner, human.label))
-                            audit_examples.append(Example(pair, judgment, human.label, "audit"))
+                            audit.append(Example(pair, judgment, human.label, "audit"))
                 labelled_by = tier_judgments.get(pair.id)  # judge.tiers: the tier that decided the pair
                 if human is not None and human.label is not None and human.reason == "reward_disagreement":
                     questioned = labelled_by[1] if labelled_by is not None else judgment
@@ -133,8 +129,8 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "routed": len(routed),
             "review_status": dict(Counter(decisions[p].status for p in routed)),
             "dropped": {key: value for key, value in sorted(counts.items())},
-            "audit_agreement": agreement(audit),
-            "reliability": audit_reliability(audit_examples, calibrated=calibrator is not None, seed=config.run.seed),
+            "audit_agreement": agreement([example.agreed for example in audit]),
+            "reliability": audit_reliability(audit, calibrated=calibrator is not None, seed=config.run.seed),
             "reward_round_agreement": agreement(reward_round),
             "reviewed_agreement": agreement(reviewed),
             "on_pending": on_pending,
@@ -143,8 +139,8 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "certification": _certification_summary(certification),
             "self_preference_warning": self_preference_warning(config.policy.model, config.judge),
             "length_bias_on_audit": {
-                "judge": longer_wins_rate((pair, judge) for pair, judge, _ in audit_choices),
-                "people": longer_wins_rate((pair, people) for pair, _, people in audit_choices),
+                "judge": longer_wins_rate((example.pair, example.judgment.winner) for example in audit),
+                "people": longer_wins_rate((example.pair, example.human) for example in audit),
             },
         }
         del dataset

@@ -20,7 +20,13 @@ from matplotlib.ticker import MaxNLocator
 
 BLUE, GREEN, GREY, ORANGE = "#0969da", "#1a7f37", "#8c959f", "#bc4c00"
 WIDTH = 7.5  # inches; the page is about 1000 px wide
-STYLE = {"svg.fonttype": "none", "svg.hashsalt": "rlaif-report", "font.size": 10, "axes.spines.top": False}
+STYLE = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "rlaif-report",
+    "font.size": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 STAGE_NAMES = {"sft": "SFT", "reward": "reward model", "dpo": "DPO", "ppo": "PPO"}
 CURVES = {  # per stage: the logged metrics drawn, with the names a person reads
     "sft": {"loss": "training loss"},
@@ -33,7 +39,7 @@ CURVES = {  # per stage: the logged metrics drawn, with the names a person reads
 def as_svg(figure: Figure) -> Markup:
     """The figure as an inline <svg> element (no XML prologue), safe to place in the page."""
     buffer = io.StringIO()
-    with matplotlib.rc_context(STYLE | {"axes.spines.right": False}):
+    with matplotlib.rc_context(STYLE):
         figure.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
     text = buffer.getvalue()
     return Markup(text[text.index("<svg") :])
@@ -44,11 +50,17 @@ def plain(label: object) -> str:
     return str(label).replace("$", r"\$")
 
 
-def new_figure(height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
-    with matplotlib.rc_context(STYLE | {"axes.spines.right": False}):
+def figure_grid(height: float, rows: int, columns: int) -> tuple[Figure, Any]:
+    """A page-wide figure of `rows` x `columns` panels (a 2-D array of axes) in the report's style."""
+    with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(WIDTH, height), layout="constrained")
-        axes = figure.subplots(1, columns, squeeze=False)[0]
-    return figure, list(axes)
+        return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def new_figure(height: float, columns: int = 1) -> tuple[Figure, list[Any]]:
+    """A page-wide figure of one row of `columns` panels."""
+    figure, grid = figure_grid(height, 1, columns)
+    return figure, list(grid[0])
 
 
 def bar_chart(values: Mapping[str, float], axis_label: str) -> Markup | None:
@@ -140,9 +152,7 @@ def training_curves(trained: Mapping[str, Mapping[str, Any]]) -> Markup | None:
     if not rows:
         return None
     columns = max(len(metrics) for _, metrics in rows)
-    with matplotlib.rc_context(STYLE | {"axes.spines.right": False}):
-        figure = Figure(figsize=(WIDTH, 2.2 * len(rows)), layout="constrained")
-        grid = figure.subplots(len(rows), columns, squeeze=False)
+    figure, grid = figure_grid(2.2 * len(rows), len(rows), columns)
     for (stage, metrics), panels in zip(rows, grid, strict=True):
         log = trained[stage]["log"]
         for axes, (key, name) in zip(panels, metrics, strict=False):
