@@ -1,6 +1,8 @@
 """`rlaif deploy`: the four flows as deployments served from this process, with the config's schedules.
 
-    rlaif-pipeline/<name>   label, review, merge, train            (schedules from deploy.schedules)
+    rlaif-pipeline/<name>   label, review, merge, train            (schedules from deploy.schedules; with
+                                                                   run.rounds, also started when a round's
+                                                                   review queue empties)
     rlaif-label/<name>      label and route to review
     rlaif-merge/<name>      merge; also started by the review service's queue-emptied event for the run
     rlaif-train/<name>      reward model, then DPO or PPO
@@ -61,6 +63,15 @@ def build_deployments(config_path: str | None, overrides: list[str], config: Con
     deployments = []
     for flow_name, flow in FLOWS.items():
         triggers = []
+        if flow_name == "rlaif-pipeline" and config.run.rounds > 1:  # one round per trigger
+            triggers.append(
+                DeploymentEventTrigger(
+                    name=f"continue {config.run.name} when a round's review queue empties",
+                    expect={QUEUE_EMPTIED},
+                    match={"rlaif.run": f"{config.run.name}-round-*"},
+                    parameters=base,
+                )
+            )
         if flow_name == "rlaif-merge":
             triggers.append(
                 DeploymentEventTrigger(

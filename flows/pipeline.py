@@ -25,8 +25,10 @@ from rlaif.flows.merge import merge_flow
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, override_mapping, run_config
 from rlaif.flows.train import train_pipeline
 from rlaif.pipeline.certify import certify_run
-from rlaif.pipeline.report_page import artifact_tables, write_html_report
+from rlaif.pipeline.report_page import artifact_tables, write_html_report, write_rounds_report
+from rlaif.pipeline.rounds import finished_round, read_rounds, round_config, start_model, write_rounds
 from rlaif.review.store import ReviewStore
+from rlaif.training.stages import stage_output
 
 DEMO_REVIEWER = "demo-auto-reviewer"
 
@@ -84,6 +86,16 @@ async def rlaif_pipeline(
     """
     given = {"config": config, "overrides": override_mapping(overrides)}  # before the config is resolved
     config = run_config(config, overrides, judge)
+    if config.run.rounds > 1:
+        return await pipeline_rounds(config, auto_review, judge)
+    return await pipeline_round(config, auto_review, judge, given)
+
+
+async def pipeline_round(
+    config: Config, auto_review: bool, judge: Any, given: dict[str, Any] | None, next_step: str | None = None
+) -> dict[str, Any]:
+    """One run of the pipeline (rlaif_pipeline's, or one of its rounds'); `given`: the flow run's own parameters,
+    for the deadline merge; `next_step`: what to do once people are done, when not `rlaif merge RUN_DIR`."""
     logger = get_run_logger()
     report = await label_pipeline(config, judge=judge)
     if report.get("status") == "stopped_by_budget":
@@ -112,7 +124,7 @@ async def rlaif_pipeline(
                 result["open_review_items"] = result["train"]["reward_round"]["open_items"]
         result["report"] = await publish_report(config, result["status"])
         return result
-    deadline = await schedule_deadline_merge(config, given)
+    deadline = await schedule_deadline_merge(config, given) if given is not None else None
     run_dir = config.run.directory()
     logger.info(
         f"{waiting} review items of run {config.run.name!r} wait for people: serve them with "
@@ -121,7 +133,7 @@ async def rlaif_pipeline(
             f"The merge deployment starts when the queue empties, or at {deadline.isoformat(timespec='minutes')} "
             f"(review.on_deadline={config.review.on_deadline})."
             if deadline
-            else f"Then run `rlaif merge {run_dir}`."
+            else next_step or f"Then run `rlaif merge {run_dir}`."
         )
     )
     return {
@@ -131,6 +143,51 @@ async def rlaif_pipeline(
         "label": report,
         "report": await publish_report(config, "waiting_for_review"),
     }
+
+
+async def pipeline_rounds(config: Config, auto_review: bool, judge: Any) -> dict[str, Any]:
+    """run.rounds: round after round (rlaif.pipeline.rounds), each from the policy the one before kept; the finished
+    rounds are read from RUN_DIR/rounds.json and not computed again. Stops where a round waits for people or for
+    budget (running the flow again continues it), or where a round kept the previous policy."""
+    logger = get_run_logger()
+    run_dir = config.run.directory()
+    finished = read_rounds(run_dir)
+    policy = finished[-1]["kept"] if finished else start_model(config)
+    for record in finished:
+        logger.info(f"round {record['round']}: finished earlier, not computed again ({record['reason']})")
+    result: dict[str, Any] = {}
+    for k in range(len(finished) + 1, config.run.rounds + 1):
+        if finished and not finished[-1]["promoted"]:
+            logger.info(
+                f"round {k} is not run: round {k - 1} kept the previous policy, and round {k} would sample it "
+                "again with the same seeds"
+            )
+            break
+        this_round = round_config(config, k, policy)
+        logger.info(f"round {k} of {config.run.rounds}: from {policy}, in {this_round.run.directory()}")
+        again = (
+            "Then run the pipeline again (same command or deployment): it keeps finished rounds, continues this one."
+        )
+        result = await pipeline_round(this_round, auto_review, judge, given=None, next_step=again)
+        if result["status"] != "trained":  # waiting for people or stopped by the budget: the next run continues
+            return {**result, "round": k, "rounds": finished, "report": await publish_rounds_report(config, finished)}
+        trained_policy = str(stage_output(this_round, config.train.method))
+        finished.append(finished_round(this_round, k, policy, trained_policy, result["train"]))
+        write_rounds(run_dir, finished)
+        logger.info(f"round {k}: {finished[-1]['reason']}")
+        policy = finished[-1]["kept"]
+    report = await publish_rounds_report(config, finished)
+    return {**result, "status": "trained", "rounds": finished, "policy": policy, "report": report}
+
+
+async def publish_rounds_report(config: Config, finished: list[dict[str, Any]]) -> str:
+    """RUN_DIR/report.html with the rounds side by side, and a markdown artifact of them."""
+    page = write_rounds_report(config.run.directory(), config.run.name, config.run.rounds)
+    lines = [f"# Run `{config.run.name}`: {len(finished)} of {config.run.rounds} rounds finished", ""]
+    lines += [f"- round {r['round']}: {r['reason']} (`{r['run_dir']}`)" for r in finished]
+    lines.append(f"- the rounds side by side: `{page}`")
+    await acreate_markdown_artifact(key="pipeline-rounds", markdown="\n".join(lines))
+    return str(page)
 
 
 async def publish_report(config: Config, status: str) -> str:

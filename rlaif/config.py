@@ -42,6 +42,18 @@ class RunSection(Section):
         description="Prompts per shard: one Prefect task samples a shard, one pairs and judges it; a shard is "
         "also what a rerun after a crash does again. Smaller for slow in-process models.",
     )
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="Iterative rounds of rlaif-pipeline: round k (in RUN_DIR/round-k, run name <name>-round-k) samples "
+        "from the policy kept after round k-1, labels, reviews, merges, trains from it and evaluates the result "
+        "against it; the result is kept when it clears eval.promote_above. 1: one run in RUN_DIR.",
+    )
+    round_reference: Literal["previous", "original"] = Field(
+        "previous",
+        description="rounds > 1: the frozen reference of each round's DPO/PPO: the policy the round trains from "
+        "(`previous`) or the model the first round started from (`original`).",
+    )
 
     def directory(self) -> Path:
         return Path(self.dir) if self.dir else Path("runs") / self.name
@@ -381,6 +393,9 @@ class DPOSection(Section):
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
     save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+    reference: str | None = Field(
+        None, description="The frozen reference of the DPO loss (a path or prepared name); default: `model`."
+    )
     lora: LoraSection = Field(default_factory=LoraSection)
 
 
@@ -389,6 +404,7 @@ class PPOSection(Section):
 
     model: str = Field("smollm2-135m-instruct", description="Policy to optimise.")
     reward_model: str | None = Field(None, description="Reward model folder; default: the reward stage's output.")
+    reference: str | None = Field(None, description="The frozen reference of the KL penalty; default: `model`.")
     steps: int = Field(20, ge=1, description="PPO iterations (each: a batch of rollouts, then updates).")
     batch_size: int = Field(8, ge=1, description="Prompts sampled per iteration.")
     mini_batch_size: int = Field(4, ge=1)
@@ -496,6 +512,13 @@ class EvalSection(Section):
     after_training: bool = Field(
         True, description="rlaif-train evaluates the policy it trained (when there are evaluation prompts)."
     )
+    promote_above: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="run.rounds > 1: a round's policy is kept for the next round when the lower end of its win "
+        "rate's 95% interval against the previous policy is at least this (0: every round's policy is kept).",
+    )
 
 
 class ScheduleSection(Section):
@@ -565,7 +588,31 @@ class Config(Section):
             )
         if any(tier.tiers for tier in self.judge.tiers):
             raise ValueError("judge.tiers: a tier has no tiers of its own (list every tier in judge.tiers)")
+        if self.run.rounds > 1:
+            self._check_rounds()
         return self
+
+    def _check_rounds(self) -> None:
+        """What iterative rounds need: each round trains and evaluates the run's own data, and samples from a
+        policy that exists only as a local folder once trained."""
+        needs = [
+            ("train.data is set: rounds train on their own labels (unset it)", self.train.data is not None),
+            ("train.in_pipeline is false: each round trains", not self.train.in_pipeline),
+            ("eval.after_training is false: each round's policy is evaluated to decide its promotion",
+             not self.eval.after_training),
+            ("no evaluation prompts: set eval.held_out_fraction (e.g. 0.1) or eval.prompts",
+             not (self.eval.held_out_fraction or self.eval.prompts)),
+            ("eval.policy / eval.reference are set: each round compares its own policy with the previous one",
+             bool(self.eval.policy or self.eval.reference)),
+            ("policy.backend openai without policy.server.launch: a round samples from the previous round's trained "
+             "folder, which only an in-process policy or a launched server can load",
+             self.policy.backend == "openai" and self.policy.server.launch is None),
+            ("review.deadline_hours is set: a round waiting for people continues when rlaif-pipeline runs again",
+             self.review.deadline_hours is not None),
+        ]  # fmt: skip
+        problems = [problem for problem, found in needs if found]
+        if problems:
+            raise ValueError(f"run.rounds={self.run.rounds}: " + "; ".join(problems))
 
     def review_db(self) -> str:
         """The review database URL: `review.db`, or a SQLite file beside the run directory."""

@@ -6,7 +6,8 @@ the reference log-probs are computed once before training instead of in every st
 (`precompute_ref_log_probs`), pairs of similar length are batched together so little of each batch is
 padding (`length_grouped_order`; TRL 1.16 has padding-free DPO switched off), bf16 on a GPU, and
 gradient checkpointing as a switch for memory. TRL builds the reference model from the
-policy's path, so the policy is always given as a saved folder.
+policy's path, so the policy is always given as a saved folder; another reference (`reference`, as in
+iterative rounds that keep the original model as the reference) is loaded here and handed to TRL.
 """
 
 from __future__ import annotations
@@ -102,10 +103,12 @@ def build_dpo_trainer(
     out: Path,
     seed: int = 0,
     arguments: Any | None = None,
+    reference_path: str | None = None,
 ) -> Any:
     """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here).
 
-    `arguments` replaces the DPOConfig made from `settings` (the benchmarks change one field at a time).
+    `arguments` replaces the DPOConfig made from `settings` (the benchmarks change one field at a time);
+    `reference_path`: the frozen reference's folder, when it is not the policy at `model_path`.
     """
     from rlaif.training.dpo_tokenization import BatchedTokenizationDPOTrainer
     from rlaif.training.shared_prompt import SharedPromptDPOTrainer
@@ -123,7 +126,15 @@ def build_dpo_trainer(
         eval_dataset=held_out.select_columns(columns) if held_out is not None else None,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
+        ref_model=load_reference(reference_path) if reference_path and reference_path != model_path else None,
     )
+
+
+def load_reference(path: str) -> Any:
+    """A frozen reference model from its folder (TRL's own default loads the policy's folder again)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
 
 
 def train_dpo(
@@ -134,11 +145,13 @@ def train_dpo(
     out: Path,
     seed: int = 0,
     resume_from: Path | None = None,
+    reference_path: str | None = None,
 ) -> dict[str, Any]:
-    """Align the policy at `model_path` on prompt/chosen/rejected pairs (continuing from the checkpoint
-    `resume_from`, when given); save it (LoRA merged) to `out`; returns its report."""
+    """Align the policy at `model_path` on prompt/chosen/rejected pairs against the reference at `reference_path`
+    (default: the policy's start), continuing from the checkpoint `resume_from` when given; save it (LoRA merged)
+    to `out`; returns its report."""
     started = time.monotonic()
-    trainer = build_dpo_trainer(train, held_out, settings, model_path, out, seed)
+    trainer = build_dpo_trainer(train, held_out, settings, model_path, out, seed, reference_path=reference_path)
     tokenizer = trainer.processing_class
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
@@ -153,6 +166,7 @@ def train_dpo(
     report = {
         "stage": "dpo",
         "model": model_path,
+        "reference": reference_path or model_path,
         "train_pairs": len(train),
         "eval_pairs": len(held_out) if held_out is not None else 0,
         "steps": result.global_step,

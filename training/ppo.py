@@ -377,9 +377,11 @@ def train_ppo(
     seed: int = 0,
     say: Callable[[str], None] = print,
     resume_from: Path | None = None,
+    reference_path: str | None = None,
 ) -> dict[str, Any]:
-    """PPO on the prompts of a preference dataset, rewarded by a reward model (continuing from the
-    checkpoint `resume_from`, when given); saves the policy and its log to `out`; returns its report."""
+    """PPO on the prompts of a preference dataset, rewarded by a reward model, with the KL penalty towards the
+    model at `reference_path` (default: the policy's start), continuing from the checkpoint `resume_from` when
+    given; saves the policy and its log to `out`; returns its report."""
     from transformers import AutoModelForCausalLM
 
     from rlaif.judges.reward_model import RewardModelScorer
@@ -388,7 +390,7 @@ def train_ppo(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(model_path)
     policy = AutoModelForCausalLM.from_pretrained(model_path).to(device)
-    reference = AutoModelForCausalLM.from_pretrained(model_path).to(device)
+    reference = AutoModelForCausalLM.from_pretrained(reference_path or model_path).to(device)
     value_model = ValueModel.from_pretrained(model_path).to(device)
     scorer = RewardModelScorer(reward_model_path, device=device)
 
@@ -435,6 +437,7 @@ def train_ppo(
     report = {
         "stage": "ppo",
         "model": model_path,
+        "reference": reference_path or model_path,
         "reward_model": reward_model_path,
         "prompts": len(prompts),
         "steps": settings.steps,

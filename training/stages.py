@@ -92,6 +92,8 @@ def run_stage(
             f"PPO needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
             "or set train.ppo.reward_model)"
         )
+    reference = getattr(settings, "reference", None)  # DPO's and PPO's frozen reference, when not the start
+    reference_path = str(resolve_model(reference, say=say)) if reference else None
     identity = stage_identity(stage, model_path, train, settings, seed, reward_model)
     # The main process decides and clears, then the others find the same.
     with processes.main_process_first():
@@ -115,7 +117,7 @@ def run_stage(
     elif stage == "dpo":
         from rlaif.training.dpo import train_dpo
 
-        report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from)
+        report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from, reference_path)
     elif stage == "sft":
         from rlaif.training.sft import train_sft
 
@@ -123,7 +125,9 @@ def run_stage(
     else:
         from rlaif.training.ppo import train_ppo
 
-        report = train_ppo(train, held_out, settings, model_path, reward_model, out, seed, say, resume_from)
+        report = train_ppo(
+            train, held_out, settings, model_path, reward_model, out, seed, say, resume_from, reference_path
+        )
     # The report is written after the model (so a report means a whole model), then the checkpoints go;
     # by the main process, once every process is done with them.
     report = {**report, "resumed_from_step": checkpoint_step(resume_from) if resume_from else None}

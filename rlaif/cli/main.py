@@ -408,28 +408,21 @@ def demo(
     if result["status"] == "stopped_by_budget":
         typer.echo(result["label"]["message"], err=True)
         raise typer.Exit(2)
+    if "rounds" in result:  # run.rounds
+        typer.echo("\n".join(_rounds_lines(cfg, result)))
+        return
     run = cfg.run.directory()
     _show_examples(run)
     typer.echo(_report_lines(cfg, result["label"]))
     report = result["report"]
     if result["status"] == "waiting_for_review":
-        from rlaif.review.store import ReviewStore
-
-        with ReviewStore.open(cfg.review_db()) as store:
-            token = store.add_reviewer("demo-reviewer")
-        typer.echo(
-            "\n".join(
-                [
-                    f"review: {result['open_review_items']} pairs wait for people. Serve the review page with",
-                    f"  rlaif review serve --db {cfg.review_db()}",
-                    "then open http://127.0.0.1:8000/ and sign in with this token (reviewer demo-reviewer):",
-                    f"  {token}",
-                    "When the queue is done, run the same `rlaif demo` command again: it reuses the labelled",
-                    "shards and goes on with the merge and training (`--auto-review` answers the queue itself).",
-                    f"report so far: {report}",
-                ]
-            )
-        )
+        lines = _review_instructions(cfg, result["open_review_items"])
+        lines += [
+            "When the queue is done, run the same `rlaif demo` command again: it reuses the labelled",
+            "shards and goes on with the merge and training (`--auto-review` answers the queue itself).",
+            f"report so far: {report}",
+        ]
+        typer.echo("\n".join(lines))
         return
     merge = result["merge"]
     lines = [
@@ -447,6 +440,35 @@ def demo(
         lines.append(policy_eval_lines(trained["eval"]))
     lines.append(f"report: {report} (open it in a browser)")
     typer.echo("\n".join(lines))
+
+
+def _review_instructions(cfg: Config, open_items: int) -> list[str]:
+    """How to serve the review page for the demo, with a new reviewer's token."""
+    from rlaif.review.store import ReviewStore
+
+    with ReviewStore.open(cfg.review_db()) as store:
+        token = store.add_reviewer("demo-reviewer")
+    return [
+        f"review: {open_items} pairs wait for people. Serve the review page with",
+        f"  rlaif review serve --db {cfg.review_db()}",
+        "then open http://127.0.0.1:8000/ and sign in with this token (reviewer demo-reviewer):",
+        f"  {token}",
+    ]
+
+
+def _rounds_lines(cfg: Config, result: dict[str, Any]) -> list[str]:
+    """The end of a demo of several rounds: what each finished round decided, then what comes next."""
+    lines = [f"round {r['round']}: {r['reason']} ({r['run_dir']}/report.html)" for r in result["rounds"]]
+    if result["status"] == "waiting_for_review":
+        lines += _review_instructions(cfg, result["open_review_items"])
+        lines.append(
+            f"When the queue is done, run the same `rlaif demo` command again: it keeps the finished rounds and "
+            f"continues round {result['round']} (`--auto-review` answers the queue itself)."
+        )
+    else:
+        lines.append(f"policy kept after {len(result['rounds'])} of {cfg.run.rounds} rounds: {result['policy']}")
+    lines.append(f"report: {result['report']} (the rounds side by side; open it in a browser)")
+    return lines
 
 
 def _label(cfg: Config, stop_after: str | None = None) -> dict[str, Any]:

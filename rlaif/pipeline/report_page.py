@@ -6,7 +6,8 @@ training (curves from the trainers' logs, held-out accuracy), the trained policy
 rate with its interval, refusal rates), then cost and time per stage. Charts are matplotlib's, inline SVG
 (rlaif.pipeline.report_charts): the page loads nothing and runs no script. Rates stand beside the count
 they come from; below `FEW` a rate is not given ("too few to say"). Parts whose files are missing are left
-out.
+out. With `run.rounds`, RUN_DIR/report.html shows the rounds side by side instead (`write_rounds_report`), each
+linking to its own run's page.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from rlaif.judges.calibration import Calibrator
 from rlaif.pipeline import report_charts
+from rlaif.pipeline.rounds import read_rounds
 from rlaif.pipeline.shard_plan import judged_shards, run_judgments, scored_judgments
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_json, write_text_atomic
@@ -170,24 +172,75 @@ def write_html_report(run_dir: Path) -> Path:
         ),
         "cost": report_charts.cost_chart(tokens, seconds),
     }
-    environment = Environment(
-        loader=PackageLoader("rlaif.pipeline", "templates"),
-        undefined=StrictUndefined,
-        autoescape=select_autoescape(["j2"]),
-    )
-    page = environment.get_template("report.html.j2").render(
-        run=labeling.get("run", run_dir.name),
-        run_dir=str(run_dir),
-        labeling=labeling,
-        merge=merge,
-        training=trained,
-        audit=audit,
-        certification=certification,
-        evaluation=evaluation,
-        label_value=label_value["summary"] if label_value else None,
-        charts=charts,
-        few=FEW,
+    page = (
+        templates()
+        .get_template("report.html.j2")
+        .render(
+            run=labeling.get("run", run_dir.name),
+            run_dir=str(run_dir),
+            labeling=labeling,
+            merge=merge,
+            training=trained,
+            audit=audit,
+            certification=certification,
+            evaluation=evaluation,
+            label_value=label_value["summary"] if label_value else None,
+            charts=charts,
+            few=FEW,
+        )
     )
     target = run_dir / "report.html"
     write_text_atomic(target, page)
     return target
+
+
+def write_rounds_report(run_dir: Path, name: str, wanted: int) -> Path:
+    """Render RUN_DIR/report.html for run `name` of `wanted` rounds: the finished ones side by side (rounds.json),
+    with each round's dataset and a link to its own page."""
+    finished = {record["round"]: record for record in read_rounds(run_dir)}
+    policies = {record["policy"]: f"round {k}'s policy" for k, record in finished.items()}  # short names for paths
+    rows = [
+        {
+            "round": k,
+            "record": finished.get(k),
+            "trained_from": policies.get(finished[k]["trained_from"]) if k in finished else None,
+            "reference": policies.get(finished[k]["reference"]) if k in finished else None,
+            "merge": read_json(run_dir / f"round-{k}" / "dataset" / "merge.json"),
+            "report": f"round-{k}/report.html" if (run_dir / f"round-{k}" / "report.html").is_file() else None,
+        }
+        for k in range(1, max(wanted, len(finished)) + 1)
+    ]
+    charts = {
+        "win_rate": report_charts.win_rate_chart(
+            [
+                (f"round {k}", e["win_rate"], e["ci95"], e["n"])
+                for k, record in finished.items()
+                if (e := record["evaluation"]) is not None
+            ]
+        )
+    }
+    page = (
+        templates()
+        .get_template("rounds.html.j2")
+        .render(
+            run=name,
+            run_dir=str(run_dir),
+            rounds=list(finished.values()),
+            wanted=wanted,
+            rows=rows,
+            charts=charts,
+            few=FEW,
+        )
+    )
+    target = run_dir / "report.html"
+    write_text_atomic(target, page)
+    return target
+
+
+def templates() -> Environment:
+    """The report pages' templates, every value escaped."""
+    return Environment(
+        loader=PackageLoader("rlaif.pipeline", "templates"),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(["j2"]),
+    )
