@@ -28,7 +28,7 @@ from rlaif.pipeline.certify import certify_run
 from rlaif.pipeline.report_page import artifact_tables, write_html_report, write_rounds_report
 from rlaif.pipeline.rounds import finished_round, read_rounds, round_config, start_model, write_rounds
 from rlaif.review.store import ReviewStore
-from rlaif.training.stages import stage_output
+from rlaif.training.stages import STAGES, stage_output
 
 DEMO_REVIEWER = "demo-auto-reviewer"
 
@@ -199,7 +199,7 @@ async def publish_report(config: Config, status: str) -> str:
         lines.append(f"- dataset: `{run_dir / 'dataset'}` (card: README.md)")
     lines += [
         f"- {stage} model: `{run_dir / 'train' / stage}`"
-        for stage in ("reward", "dpo", "ppo", "sft")
+        for stage in STAGES
         if (run_dir / "train" / stage / "eval_report.json").is_file()
     ]
     lines.append(f"- report with charts: `{page}`")

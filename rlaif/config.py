@@ -347,7 +347,11 @@ SAVE_STEPS = (
 class RewardSection(Section):
     """`rlaif train reward`: TRL's RewardTrainer on a sequence-classification model (one output)."""
 
-    model: str = Field("all-minilm-l6-v2", description="Backbone: a path, a prepared name or a hub id.")
+    model: str = Field(
+        "all-minilm-l6-v2",
+        description="Backbone: a path, a prepared name or a hub id; `policy`: the model the policy stage starts from "
+        "(train.<method>.model), so that the reward model shares the policy's base and tokenizer.",
+    )
     max_length: int = Field(256, ge=16, description="Tokens per (prompt, answer); the prompt is cut from the left.")
     epochs: float = Field(2.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
@@ -396,7 +400,30 @@ class DPOSection(Section):
     reference: str | None = Field(
         None, description="The frozen reference of the DPO loss (a path or prepared name); default: `model`."
     )
+    loss_type: str | list[str] = Field(
+        "sigmoid",
+        description="TRL's DPO loss, or a list of them combined with `loss_weights` (sigmoid, ipo, hinge, robust, "
+        "apo_zero, ...: checked against the installed TRL when training starts). Shared-prompt rows implement "
+        "sigmoid only; any other trains on TRL's own rows.",
+    )
+    loss_weights: list[float] | None = Field(None, description="Weights of the losses in `loss_type` (default 1 each).")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="The assumed share of wrong labels (robust, exo_pair, sigmoid); 0: none."
+    )
     lora: LoraSection = Field(default_factory=LoraSection)
+
+    @model_validator(mode="after")
+    def _weights_match_losses(self) -> DPOSection:
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        if not losses:
+            raise ValueError("loss_type: give at least one loss")
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(f"loss_weights: {len(self.loss_weights)} weights for {len(losses)} losses in loss_type")
+        return self
+
+    def losses(self) -> list[str]:
+        """`loss_type` as a list."""
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
 
 
 class PPOSection(Section):
@@ -429,6 +456,78 @@ class PPOSection(Section):
     bf16: bool | None = Field(None, description="bfloat16 autocast; default on a GPU.")
 
 
+class KTOSection(Section):
+    """`rlaif train kto`: TRL's KTOTrainer on answers made desirable or undesirable by training/kto.py's rule."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to align: a path, a prepared name or a hub id.")
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(8, ge=2, description="Answers per device per step (KTO's KL estimate needs 2 or more).")
+    max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer ones are truncated.")
+    min_confidence: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="A judge-labelled pair gives KTO answers only when its label's (calibrated) confidence is at "
+        "least this; people's labels count as 1.",
+    )
+    use_reward_model: bool = Field(
+        True,
+        description="Where the reward stage has trained a model, a chosen answer is desirable only when it scores "
+        "above the median answer, a rejected one undesirable only below it.",
+    )
+    desirable_weight: float = Field(1.0, gt=0, description="Loss weight of desirable answers.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of undesirable answers.")
+    reference: str | None = Field(None, description="The frozen reference of the KTO loss; default: `model`.")
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+
+
+class ORPOSection(Section):
+    """`rlaif train orpo`: TRL's ORPOTrainer (trl.experimental): SFT plus an odds-ratio term, no reference model."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to align: a path, a prepared name or a hub id.")
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (the paper's lambda).")
+    learning_rate: float = Field(8e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(8, ge=1, description="Pairs per device per step.")
+    max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+
+
+class OnlineRLSection(Section):
+    """`rlaif train grpo|rloo`: TRL's GRPOTrainer / RLOOTrainer on the run's prompts, rewarded by the reward model."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to optimise.")
+    reward_model: str | None = Field(None, description="Reward model folder; default: the reward stage's output.")
+    num_generations: int = Field(4, ge=2, description="Answers sampled per prompt: the group each is compared with.")
+    max_completion_length: int = Field(64, ge=1, description="Longest sampled answer, in tokens.")
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.05, ge=0, description="Weight of the KL penalty towards the starting model (0: none).")
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(50, description="Optimizer steps (-1: the epochs over the prompts).")
+    batch_size: int = Field(8, ge=2, description="Sampled answers per device per step: a multiple of num_generations.")
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(50, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> OnlineRLSection:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations}): "
+                "a step holds whole groups of answers to one prompt"
+            )
+        return self
+
+
 class SFTSection(Section):
     """`rlaif train sft`: TRL's SFTTrainer on the chosen answers (the optional warm start)."""
 
@@ -453,7 +552,9 @@ class TrainSection(Section):
     eval_size: int | None = Field(None, ge=1, description="The last N pairs are held out for evaluation.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share when eval_size is not set.")
     out: str | None = Field(None, description="Folder of the stages' outputs (<out>/<stage>); default RUN_DIR/train.")
-    method: Literal["dpo", "ppo"] = Field("dpo", description="What train_pipeline runs after the reward model.")
+    method: Literal["dpo", "ppo", "kto", "orpo", "grpo", "rloo"] = Field(
+        "dpo", description="The policy stage train_pipeline runs after the reward model."
+    )
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
     in_pipeline: bool = Field(True, description="rlaif-pipeline trains (rlaif-train) after the merge.")
     label_value: bool = Field(
@@ -465,6 +566,10 @@ class TrainSection(Section):
     reward: RewardSection = Field(default_factory=RewardSection)
     dpo: DPOSection = Field(default_factory=DPOSection)
     ppo: PPOSection = Field(default_factory=PPOSection)
+    kto: KTOSection = Field(default_factory=KTOSection)
+    orpo: ORPOSection = Field(default_factory=ORPOSection)
+    grpo: OnlineRLSection = Field(default_factory=OnlineRLSection)
+    rloo: OnlineRLSection = Field(default_factory=OnlineRLSection)
     sft: SFTSection = Field(default_factory=SFTSection)
 
 
@@ -609,6 +714,8 @@ class Config(Section):
              self.policy.backend == "openai" and self.policy.server.launch is None),
             ("review.deadline_hours is set: a round waiting for people continues when rlaif-pipeline runs again",
              self.review.deadline_hours is not None),
+            (f"run.round_reference is original, but train.method {self.train.method} takes no reference of its own",
+             self.run.round_reference == "original" and self.train.method not in ("dpo", "ppo", "kto")),
         ]  # fmt: skip
         problems = [problem for problem, found in needs if found]
         if problems:

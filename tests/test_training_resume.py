@@ -28,14 +28,22 @@ from rlaif.training.stages import run_stage
 from tests.review_fixtures import RLAIF
 from tests.test_training import file_names
 
-# Per stage: settings for a run of 10-12 optimizer steps (PPO: 4 iterations) that saves every step or
+# Per stage: settings for a run of 8-12 optimizer steps (PPO: 4 iterations) that saves every step or
 # two, and the step after whose checkpoint the first run is stopped (reward: an epoch's last step).
 STAGES = {
     "dpo": (["train.dpo.max_steps=-1", "train.dpo.epochs=2", "train.dpo.max_length=64"], 6),
     "sft": (["train.sft.max_steps=-1", "train.sft.epochs=2", "train.sft.max_length=64"], 4),
     "reward": (["train.reward.epochs=2"], 6),
     "ppo": (["train.ppo.steps=4", "train.ppo.mini_batch_size=1", "train.ppo.max_new_tokens=6"], 2),
+    "kto": (["train.kto.max_steps=10", "train.kto.max_length=64"], 6),
+    "orpo": (
+        ["train.orpo.max_steps=-1", "train.orpo.epochs=2", "train.orpo.max_length=64"],
+        6,
+    ),
+    "grpo": (["train.grpo.max_steps=8", "train.grpo.num_generations=2", "train.grpo.max_completion_length=6"], 4),
+    "rloo": (["train.rloo.max_steps=8", "train.rloo.num_generations=2", "train.rloo.max_completion_length=6"], 4),
 }
+REWARDED = ("ppo", "grpo", "rloo")  # trained after a reward model
 
 
 class Stopped(Exception):
@@ -83,8 +91,8 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
     import rlaif.training.ppo
 
     config = load_config(None, tiny_run(tmp_path, tiny_qwen2, stage))
-    if stage == "ppo":
-        run_stage(config, "reward")  # PPO's reward model (RUN_DIR/train/reward)
+    if stage in REWARDED:
+        run_stage(config, "reward")  # their reward model (RUN_DIR/train/reward)
     uninterrupted = run_stage(config, stage, out=tmp_path / "uninterrupted")
     stop_at = STAGES[stage][1]
     save = rlaif.training.ppo.save_checkpoint if stage == "ppo" else Trainer._save_checkpoint
@@ -113,6 +121,8 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
     assert resumed["steps"] == uninterrupted["steps"] > stop_at
     if stage == "reward":
         assert resumed["accuracy"] == uninterrupted["accuracy"]
+    if stage == "orpo":  # pairs whose prompt fills max_length (64) are left out: their answers would be empty
+        assert 0 < resumed["train_pairs"] == uninterrupted["train_pairs"] < 12
     if stage == "ppo":
         assert resumed["final"] == {**uninterrupted["final"], "seconds": resumed["final"]["seconds"]}
         assert resumed["held_out_score_before"] == uninterrupted["held_out_score_before"]

@@ -1,9 +1,9 @@
 """The TRL trainer arguments every stage sets the same way, from its config section.
 
-The reward, DPO and SFT stages each add what is theirs (`reward_arguments`, `dpo_arguments`,
-`sft_arguments`); what they share is here, once, so that a setting means the same in every stage
-(bf16 on a GPU unless the section says otherwise, gradient checkpointing off unless asked for,
-checkpoints every `save_steps`, the CPU when there is no GPU).
+Every stage on TRL adds what is its own (`reward_arguments`, `dpo_arguments`, `sft_arguments`,
+`kto_arguments`, `orpo_arguments`, `online_arguments`); what they share is here, once, so that a setting
+means the same in every stage (bf16 on a GPU unless the section says otherwise, gradient checkpointing off
+unless asked for, checkpoints every `save_steps`, the CPU when there is no GPU).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from rlaif.config import DPOSection, RewardSection, SFTSection
+from rlaif.config import DPOSection, KTOSection, OnlineRLSection, ORPOSection, RewardSection, SFTSection
 from rlaif.training.checkpoints import saving_arguments
 
-StageSection = RewardSection | DPOSection | SFTSection
+StageSection = RewardSection | DPOSection | SFTSection | KTOSection | ORPOSection | OnlineRLSection
 LOGGING_SHARE = 0.02  # log every 2% of the steps (at least every step): about 50 points of a training curve
 
 

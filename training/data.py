@@ -32,8 +32,16 @@ def label_confidence(row: dict[str, Any]) -> float:
     return 1.0 if row["confidence"] is None else row["confidence"]
 
 
-def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, work_dir: Path | None = None) -> Any:
-    """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order.
+def load_preferences(
+    path: str | Path,
+    data_format: DataFormat,
+    seed: int = 0,
+    work_dir: Path | None = None,
+    keep_both_bad: bool = False,
+) -> Any:
+    """A `datasets.Dataset` with prompt, chosen, rejected (message lists) and confidence, in source order;
+    with `keep_both_bad` (KTO, which learns from bad answers too), a merged run's both-bad rows as well, marked
+    in a `both_bad` column.
 
     A merged dataset's usable rows are written to a folder in `work_dir` named after the dataset's
     fingerprint (new with every merge), and `datasets` puts every later map's file beside them, instead
@@ -59,8 +67,13 @@ def load_preferences(path: str | Path, data_format: DataFormat, seed: int = 0, w
         if work_dir is not None:
             cache_file = str(merged_data_cache(work_dir, merged._fingerprint) / "preferences.arrow")
         merged = merged.map(lambda row: {"confidence": label_confidence(row)}, cache_file_name=cache_file)
+        usable = ("a", "b", "both_bad") if keep_both_bad else ("a", "b")
         if "label" in merged.column_names:
-            merged = merged.filter(lambda row: row["label"] in ("a", "b"))
+            merged = merged.filter(lambda row: row["label"] in usable)
+        if keep_both_bad:
+            labels = merged["label"] if "label" in merged.column_names else ["a"] * len(merged)
+            merged = merged.add_column("both_bad", [label == "both_bad" for label in labels])
+            return merged.select_columns(["prompt", "chosen", "rejected", "confidence", "both_bad"])
         return merged.select_columns(["prompt", "chosen", "rejected", "confidence"])
     rows = []
     for item in load_labelled(source, data_format, seed=seed):

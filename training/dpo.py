@@ -12,14 +12,18 @@ iterative rounds that keep the original model as the reference) is loaded here a
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlaif.config import DPOSection
+from rlaif.config import ConfigError, DPOSection
 from rlaif.training.arguments import trainer_arguments, training_log
 from rlaif.training.checkpoints import checkpoint_folder
+from rlaif.training.preference_margin import held_out_margins
 from rlaif.training.tokenizer import load_tokenizer
 
 MEGABATCH = 50  # batches per length-sorted window: enough to group lengths, small enough to stay shuffled
@@ -73,12 +77,44 @@ def dpo_arguments(settings: DPOSection, output_dir: Path, seed: int, train_pairs
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length,
         precompute_ref_log_probs=precompute,
+        loss_type=settings.losses(),
+        loss_weights=settings.loss_weights,
+        label_smoothing=settings.label_smoothing,
         # The reference pass goes through the training order at the training batch size, so its batches
         # are the length-grouped ones: a larger batch would join groups of different lengths and pad.
         precompute_ref_batch_size=settings.batch_size,
         train_sampling_strategy="sequential" if settings.group_by_length else "random",
         eval_strategy="no",
     )
+
+
+def installed_losses() -> list[str]:
+    """The DPO losses of the installed TRL, as its DPOConfig documents them (TRL checks a name only at the first
+    step, after the tokenization and the reference pass)."""
+    from trl import DPOConfig
+
+    field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
+    return re.findall(r"`'(\w+)'`", field.metadata["help"])
+
+
+def check_losses(settings: DPOSection) -> None:
+    """A clear error for a loss the installed TRL does not have, before anything is computed."""
+    import trl
+
+    known = installed_losses()
+    for loss in settings.losses():
+        if loss not in known:
+            raise ConfigError(
+                f"train.dpo.loss_type: {loss!r} is not a DPO loss of the installed TRL {trl.__version__}; "
+                f"it has {', '.join(known)}"
+            )
+    if "exo_pair" in settings.losses() and not settings.label_smoothing:
+        raise ConfigError("train.dpo.loss_type exo_pair needs train.dpo.label_smoothing above 0 (e.g. 0.001)")
+
+
+def uses_shared_prompt(settings: DPOSection) -> bool:
+    """Shared-prompt rows implement DPO's plain sigmoid loss only: any other loss trains on TRL's rows."""
+    return settings.shared_prompt and settings.losses() == ["sigmoid"] and not settings.label_smoothing
 
 
 def lora_config(settings: DPOSection) -> Any:
@@ -104,6 +140,7 @@ def build_dpo_trainer(
     seed: int = 0,
     arguments: Any | None = None,
     reference_path: str | None = None,
+    say: Callable[[str], None] = print,
 ) -> Any:
     """A DPOTrainer over prompt/chosen/rejected pairs with our defaults (the reference pass runs here).
 
@@ -113,12 +150,16 @@ def build_dpo_trainer(
     from rlaif.training.dpo_tokenization import BatchedTokenizationDPOTrainer
     from rlaif.training.shared_prompt import SharedPromptDPOTrainer
 
+    check_losses(settings)
+    shared = uses_shared_prompt(settings)
+    if settings.shared_prompt and not shared:
+        say(f"train dpo: shared-prompt rows implement the sigmoid loss only; {settings.losses()} trains on TRL's rows")
     tokenizer = load_tokenizer(model_path)
     columns = ["prompt", "chosen", "rejected"]
     train = train.select_columns(columns)
     if settings.group_by_length:
-        train = length_grouped_order(train, settings.batch_size, seed, settings.shared_prompt)
-    trainer_class = SharedPromptDPOTrainer if settings.shared_prompt else BatchedTokenizationDPOTrainer
+        train = length_grouped_order(train, settings.batch_size, seed, shared)
+    trainer_class = SharedPromptDPOTrainer if shared else BatchedTokenizationDPOTrainer
     return trainer_class(
         model=model_path,
         args=arguments or dpo_arguments(settings, checkpoint_folder(out), seed, len(train)),
@@ -146,12 +187,15 @@ def train_dpo(
     seed: int = 0,
     resume_from: Path | None = None,
     reference_path: str | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Align the policy at `model_path` on prompt/chosen/rejected pairs against the reference at `reference_path`
     (default: the policy's start), continuing from the checkpoint `resume_from` when given; save it (LoRA merged)
     to `out`; returns its report."""
     started = time.monotonic()
-    trainer = build_dpo_trainer(train, held_out, settings, model_path, out, seed, reference_path=reference_path)
+    trainer = build_dpo_trainer(
+        train, held_out, settings, model_path, out, seed, reference_path=reference_path, say=say
+    )
     tokenizer = trainer.processing_class
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
@@ -174,6 +218,7 @@ def train_dpo(
         "implicit_reward_accuracy": metrics.get("eval_rewards/accuracies"),
         "eval_margin": metrics.get("eval_rewards/margins"),
         "eval_loss": metrics.get("eval_loss"),
+        "held_out": held_out_margins(trainer, str(out), reference_path or model_path, held_out),
         "settings": settings.model_dump(mode="json"),
         "log": training_log(trainer),
         "wall_s": round(time.monotonic() - started, 1),

@@ -26,7 +26,10 @@ from rlaif.training.checkpoints import (
 )
 from rlaif.training.processes import main_process_first, training_processes
 
-Stage = Literal["reward", "dpo", "ppo", "sft"]
+Stage = Literal["reward", "dpo", "ppo", "sft", "kto", "orpo", "grpo", "rloo"]
+STAGES: tuple[Stage, ...] = ("sft", "reward", "dpo", "ppo", "kto", "orpo", "grpo", "rloo")
+REWARDED: tuple[Stage, ...] = ("ppo", "grpo", "rloo")  # the stages that need the reward model
+POLICY = "policy"  # train.reward.model: the policy stage's starting model
 
 
 def training_folder(config: Config) -> Path:
@@ -78,21 +81,28 @@ def run_stage(
     # Under several processes the main one goes first, as in everything below that writes files: it
     # writes the data cache, the others read it.
     with main_process_first():
-        dataset = load_preferences(data, config.train.format, seed=config.run.seed, work_dir=data_cache(config))
+        dataset = load_preferences(
+            data, config.train.format, seed=config.run.seed, work_dir=data_cache(config), keep_both_bad=stage == "kto"
+        )
     if len(dataset) < 2:
         raise LabelledDataError(f"{data}: {len(dataset)} usable preference pairs; training needs at least 2")
     train, held_out = held_out_split(dataset, config.train.eval_size, config.train.eval_fraction)
     out = out or stage_output(config, stage)
     settings = getattr(config.train, stage)
-    model_path = str(resolve_model(model or settings.model, say=say))
+    start = settings.model
+    if stage == "reward" and start == POLICY:  # the reward model on the policy's base and tokenizer
+        start = getattr(config.train, config.train.method).model
+    model_path = str(resolve_model(model or start, say=say))
     seed = config.run.seed
-    reward_model = (settings.reward_model or str(stage_output(config, "reward"))) if stage == "ppo" else None
+    reward_model = (settings.reward_model or str(stage_output(config, "reward"))) if stage in REWARDED else None
     if reward_model is not None and not (Path(reward_model) / "config.json").is_file():
         raise FileNotFoundError(
-            f"PPO needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
-            "or set train.ppo.reward_model)"
+            f"{stage.upper()} needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
+            f"or set train.{stage}.reward_model)"
         )
-    reference = getattr(settings, "reference", None)  # DPO's and PPO's frozen reference, when not the start
+    if stage == "kto" and settings.use_reward_model and (stage_output(config, "reward") / REPORT_FILE).is_file():
+        reward_model = str(stage_output(config, "reward"))  # KTO's rule reads its scores (training/kto.py)
+    reference = getattr(settings, "reference", None)  # DPO's, KTO's and PPO's frozen reference, when not the start
     reference_path = str(resolve_model(reference, say=say)) if reference else None
     identity = stage_identity(stage, model_path, train, settings, seed, reward_model)
     # The main process decides and clears, then the others find the same.
@@ -117,7 +127,21 @@ def run_stage(
     elif stage == "dpo":
         from rlaif.training.dpo import train_dpo
 
-        report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from, reference_path)
+        report = train_dpo(train, held_out, settings, model_path, out, seed, resume_from, reference_path, say)
+    elif stage == "kto":
+        from rlaif.training.kto import train_kto
+
+        report = train_kto(
+            train, held_out, settings, model_path, out, seed, resume_from, reference_path, reward_model, say
+        )
+    elif stage == "orpo":
+        from rlaif.training.orpo import train_orpo
+
+        report = train_orpo(train, held_out, settings, model_path, out, seed, resume_from, say)
+    elif stage in ("grpo", "rloo"):
+        from rlaif.training.online_rl import train_online
+
+        report = train_online(stage, train, settings, model_path, reward_model, out, seed, resume_from)  # type: ignore[arg-type]
     elif stage == "sft":
         from rlaif.training.sft import train_sft
 

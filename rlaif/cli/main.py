@@ -152,6 +152,20 @@ def eval_policy(
     typer.echo(policy_eval_lines(figures))
 
 
+def stage_figure(report: dict[str, Any]) -> str:
+    """What a trained stage learnt, in a few words: held-out accuracy, margins, or the reward's rise."""
+    if report.get("reward_last") is not None:
+        return f"mean reward {report['reward_first']:.3f} in the first steps, {report['reward_last']:.3f} in the last"
+    figure = report.get("accuracy", report.get("implicit_reward_accuracy"))
+    if figure is None and report.get("held_out"):
+        margins = report["held_out"]
+        return (
+            f"{margins['accuracy']:.0%} of {margins['pairs']} held-out pairs moved towards the preferred answer, "
+            f"mean margin {margins['margin']:.2f}"
+        )
+    return f"held-out accuracy {figure}"
+
+
 def policy_eval_lines(figures: dict[str, Any]) -> str:
     """What a person reads of a policy evaluation: the verdict, then the figures behind it."""
     lc = figures["length_controlled_win_rate"]
@@ -326,7 +340,7 @@ def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
 @app.command()
 @friendly_errors
 def train(
-    stage: Annotated[str, typer.Argument(help="reward, dpo, ppo or sft.")],
+    stage: Annotated[str, typer.Argument(help="reward, dpo, kto, orpo, ppo, grpo, rloo or sft (see above).")],
     config: ConfigArg = None,
     data: Annotated[
         str | None, typer.Option(help="A run directory or merged dataset, or a labelled file (see --format).")
@@ -338,18 +352,26 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Output folder of the stage; default RUN_DIR/train/<stage>.")] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Train one stage on preference data: a reward model, DPO, PPO (needs a reward model) or SFT.
+    """Train one stage on preference data; flags override the config; the report (what it learnt on held-out
+    pairs, and more) is printed and saved as OUT/eval_report.json next to the model.
 
-    Flags override the config; the report (held-out accuracy and more) is printed and saved as
-    OUT/eval_report.json next to the model.
+    \b
+    reward  reward model (Bradley-Terry) on the pairs
+    dpo     DPO against a frozen reference (train.dpo.loss_type)
+    kto     KTO on answers found good or bad in themselves
+    orpo    ORPO: SFT plus an odds-ratio penalty, no reference
+    ppo     PPO with a value model, rewarded by the reward model
+    grpo    GRPO: groups of answers, rewarded by the reward model
+    rloo    RLOO: leave-one-out baseline, rewarded by the reward model
+    sft     fine-tuning on the chosen answers (a warm start)
     """
     import json
 
     from rlaif.training.processes import training_processes
-    from rlaif.training.stages import run_stage
+    from rlaif.training.stages import STAGES, run_stage
 
-    if stage not in ("reward", "dpo", "ppo", "sft"):
-        raise ConfigError(f"stage must be reward, dpo, ppo or sft, not {stage!r}")
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     flags = [f"train.{key}={json.dumps(value)}" for key, value in (("data", data), ("format", data_format)) if value]
     cfg = load_config(config, [*(overrides or []), *flags])
     with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout carries only the report
@@ -430,10 +452,9 @@ def demo(
         f"  card: {Path(merge['dataset']) / 'README.md'}",
     ]
     trained = result.get("train", {})
-    for stage in ("sft", "reward", "dpo", "ppo"):
+    for stage in ("sft", "reward", "dpo", "ppo", "kto", "orpo", "grpo", "rloo"):
         if stage in trained:
-            figure = trained[stage].get("accuracy", trained[stage].get("implicit_reward_accuracy"))
-            lines.append(f"{stage}: {run / 'train' / stage} (held-out accuracy {figure})")
+            lines.append(f"{stage}: {run / 'train' / stage} ({stage_figure(trained[stage])})")
     if "label_value" in trained:
         lines.append(f"what the human labels bought: {trained['label_value']['summary']}")
     if "eval" in trained:

@@ -132,7 +132,7 @@ def compared_models(config: Config) -> tuple[str, str]:
     """(policy, reference): `eval.policy` / `eval.reference`, else the run's trained policy and its start."""
     method = config.train.method
     policy = config.eval.policy or str(stage_output(config, method))
-    reference = config.eval.reference or (config.train.ppo.model if method == "ppo" else config.train.dpo.model)
+    reference = config.eval.reference or getattr(config.train, method).model
     return policy, reference
 
 

@@ -50,7 +50,8 @@ def round_config(config: Config, k: int, policy: str) -> Config:
         data["train"][method]["model"] = policy
         if config.train.sft_first:
             data["train"]["sft"]["model"] = policy
-        data["train"][method]["reference"] = start_model(config) if config.run.round_reference == "original" else None
+        if config.run.round_reference == "original":  # the config refuses it for a stage without a reference
+            data["train"][method]["reference"] = start_model(config)
         data["eval"]["reference"] = policy
     return Config.model_validate(data)
 
