@@ -510,6 +510,11 @@ class OnlineRLSection(Section):
     max_completion_length: int = Field(64, ge=1, description="Longest sampled answer, in tokens.")
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.05, ge=0, description="Weight of the KL penalty towards the starting model (0: none).")
+    use_vllm: bool = Field(
+        False,
+        description="Sample with vLLM inside the training process (TRL's colocate mode; needs vllm and a GPU). "
+        "False: transformers' generate.",
+    )
     learning_rate: float = Field(1e-6, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(50, description="Optimizer steps (-1: the epochs over the prompts).")

@@ -434,6 +434,15 @@ def test_every_stage_takes_the_shared_trainer_arguments_from_its_section(tmp_pat
     assert (arguments.save_steps, arguments.seed, arguments.use_cpu) == (7, 5, True)
 
 
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_the_online_stages_sample_with_vllm_only_when_asked(tmp_path, stage):
+    """use_vllm reaches TRL's config (colocated in the training process); vLLM itself cannot run on this CPU
+    machine, so only the setting is checked here."""
+    assert not stage_arguments(stage, tmp_path, 0).use_vllm
+    arguments = stage_arguments(stage, tmp_path, 0, use_vllm=True)
+    assert arguments.use_vllm and arguments.vllm_mode == "colocate"
+
+
 def test_every_dpo_loss_of_the_installed_trl_trains_and_a_wrong_one_is_named(tiny_qwen2, tmp_path):
     """Each of TRL's DPO losses (and a weighted mix) runs a step; those the shared-prompt rows do not implement
     say so and train on TRL's rows; an unknown loss, or exo_pair without label smoothing, stops before anything

@@ -1,12 +1,12 @@
 """GRPO and RLOO: TRL's online RL trainers, rewarded by the reward model the pipeline trained.
 
 For each of the run's prompts the policy samples `num_generations` answers (TRL's own generation: plain
-`generate` on the CPU, vLLM when TRL is told to use it on a GPU); the reward model scores each (prompt, answer)
-exactly as it scores pairs when judging (`rlaif.judges.reward_model.RewardModelScorer`), and each answer's
-advantage is its reward against the others of its group (GRPO: normalised by the group's spread; RLOO: the
-leave-one-out mean). `beta` weighs the KL penalty towards the starting model (TRL loads it from the policy's
-folder). The report gives the mean reward of the first and of the last logged steps: a stage that learns
-raises it.
+`generate`, or vLLM inside the training process with `use_vllm`, on a GPU); the reward model scores each
+(prompt, answer) exactly as it scores pairs when judging (`rlaif.judges.reward_model.RewardModelScorer`),
+and each answer's advantage is its reward against the others of its group (GRPO: normalised by the group's
+spread; RLOO: the leave-one-out mean). `beta` weighs the KL penalty towards the starting model (TRL loads it
+from the policy's folder). The report gives the mean reward of the first and of the last logged steps: a
+stage that learns raises it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def online_arguments(method: OnlineMethod, settings: OnlineRLSection, output_dir
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
+        use_vllm=settings.use_vllm,
+        vllm_mode="colocate",
     )
 
 
