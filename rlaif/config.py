@@ -51,7 +51,7 @@ class RunSection(Section):
     )
     round_reference: Literal["previous", "original"] = Field(
         "previous",
-        description="rounds > 1: the frozen reference of each round's DPO/PPO: the policy the round trains from "
+        description="rounds > 1: the frozen reference of each round's DPO/KTO/PPO: the policy the round trains from "
         "(`previous`) or the model the first round started from (`original`).",
     )
 
