@@ -183,6 +183,7 @@ def test_two_rounds_killed_in_round_two_continue_without_computing_round_one_aga
     assert page.count('<tr id="round-') == 3 and 'href="round-3/report.html"' in page
     assert "<svg" in page and "below eval.promote_above (60%)" in page and "no: lower end 50% &lt; 60%" in page
     assert "round 2&#39;s policy" in page  # round 3 trained from it
+    assert 'Round 3 of a run of rounds: <a href="../report.html">' in (run / "round-3" / "report.html").read_text()
 
 
 def test_a_deployment_of_rounds_continues_when_a_rounds_review_queue_empties(tmp_path):

@@ -186,6 +186,7 @@ def write_html_report(run_dir: Path) -> Path:
         .render(
             run=labeling.get("run", run_dir.name),
             run_dir=str(run_dir),
+            round_number=round_number(run_dir),
             labeling=labeling,
             merge=merge,
             training=trained,
@@ -200,6 +201,12 @@ def write_html_report(run_dir: Path) -> Path:
     target = run_dir / "report.html"
     write_text_atomic(target, page)
     return target
+
+
+def round_number(run_dir: Path) -> int | None:
+    """k when `run_dir` is RUN_DIR/round-k of a run of rounds (its page links to the rounds side by side)."""
+    prefix, _, number = run_dir.name.partition("round-")
+    return int(number) if not prefix and number.isdigit() else None
 
 
 def write_rounds_report(run_dir: Path, name: str, wanted: int) -> Path:
