@@ -13,7 +13,7 @@ from rlaif.config import ORPOSection
 from rlaif.training.arguments import trainer_arguments, training_log
 from rlaif.training.checkpoints import checkpoint_folder
 from rlaif.training.preference_margin import held_out_margins
-from rlaif.training.tokenizer import load_tokenizer
+from rlaif.training.tokenizer import chat_ids, load_tokenizer
 
 
 def experimental_orpo() -> Any:
@@ -42,8 +42,7 @@ def pairs_with_room(pairs: Any, tokenizer: Any, max_length: int) -> Any:
     answer to nothing otherwise, and the empty answer's mean log-probability (0/0) turns every weight into NaN."""
 
     def prompt_length(pair: dict[str, Any]) -> int:
-        ids = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return len(chat_ids(tokenizer, pair["prompt"], add_generation_prompt=True))
 
     return pairs.filter(lambda pair: prompt_length(pair) < max_length - 1)
 

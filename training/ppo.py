@@ -30,7 +30,7 @@ from torch import nn
 from rlaif.config import PPOSection
 from rlaif.run_files import write_json_atomic
 from rlaif.training.checkpoints import STATE_FILE, checkpoint_folder
-from rlaif.training.tokenizer import load_tokenizer
+from rlaif.training.tokenizer import chat_ids, load_tokenizer
 
 CHECKPOINT_FILE = "ppo_state.pt"
 
@@ -395,8 +395,7 @@ def train_ppo(
     scorer = RewardModelScorer(reward_model_path, device=device)
 
     def encode(conversation: list[dict[str, str]]) -> tuple[int, ...]:
-        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = chat_ids(tokenizer, conversation, add_generation_prompt=True)
         return tuple(ids[-settings.max_prompt_length :])
 
     conversations = {encode(row["prompt"]): row["prompt"] for row in train}

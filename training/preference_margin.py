@@ -19,18 +19,15 @@ def answer_log_probs(model_path: str, pairs: Any, batch_size: int = 8) -> tuple[
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlaif.training.tokenizer import load_tokenizer
+    from rlaif.training.tokenizer import chat_ids, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     sequences: list[tuple[list[int], int]] = []  # token ids, and where the answer starts
     for row in pairs:
-        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
-        prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+        answer_start = len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True))
         for side in ("chosen", "rejected"):
-            full = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True)
-            full = list(full["input_ids"] if hasattr(full, "keys") else full)
-            sequences.append((full, len(prompt_ids)))
+            sequences.append((chat_ids(tokenizer, row["prompt"] + row[side]), answer_start))
     totals: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(sequences), batch_size):

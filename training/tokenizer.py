@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """The token ids of a conversation rendered with the tokenizer's chat template (some tokenizers return a
+    mapping with `input_ids`, others the list itself)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 def load_tokenizer(model_path: str) -> Any:
     """The model's tokenizer; models without a pad token pad with their end-of-sequence token."""
     from transformers import AutoTokenizer

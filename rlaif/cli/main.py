@@ -452,7 +452,9 @@ def demo(
         f"  card: {Path(merge['dataset']) / 'README.md'}",
     ]
     trained = result.get("train", {})
-    for stage in ("sft", "reward", "dpo", "ppo", "kto", "orpo", "grpo", "rloo"):
+    from rlaif.training.stages import STAGES
+
+    for stage in STAGES:
         if stage in trained:
             lines.append(f"{stage}: {run / 'train' / stage} ({stage_figure(trained[stage])})")
     if "label_value" in trained:

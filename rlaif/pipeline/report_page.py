@@ -19,7 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from rlaif.judges.calibration import Calibrator
 from rlaif.pipeline import report_charts
-from rlaif.pipeline.rounds import read_rounds
+from rlaif.pipeline.rounds import read_rounds, round_folder, round_of
 from rlaif.pipeline.shard_plan import judged_shards, run_judgments, scored_judgments
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_json, write_text_atomic
@@ -186,7 +186,7 @@ def write_html_report(run_dir: Path) -> Path:
         .render(
             run=labeling.get("run", run_dir.name),
             run_dir=str(run_dir),
-            round_number=round_number(run_dir),
+            round_number=round_of(run_dir),  # a round's page links to the rounds side by side
             labeling=labeling,
             merge=merge,
             training=trained,
@@ -203,12 +203,6 @@ def write_html_report(run_dir: Path) -> Path:
     return target
 
 
-def round_number(run_dir: Path) -> int | None:
-    """k when `run_dir` is RUN_DIR/round-k of a run of rounds (its page links to the rounds side by side)."""
-    prefix, _, number = run_dir.name.partition("round-")
-    return int(number) if not prefix and number.isdigit() else None
-
-
 def write_rounds_report(run_dir: Path, name: str, wanted: int) -> Path:
     """Render RUN_DIR/report.html for run `name` of `wanted` rounds: the finished ones side by side (rounds.json),
     with each round's dataset and a link to its own page."""
@@ -220,8 +214,10 @@ def write_rounds_report(run_dir: Path, name: str, wanted: int) -> Path:
             "record": finished.get(k),
             "trained_from": policies.get(finished[k]["trained_from"]) if k in finished else None,
             "reference": policies.get(finished[k]["reference"]) if k in finished else None,
-            "merge": read_json(run_dir / f"round-{k}" / "dataset" / "merge.json"),
-            "report": f"round-{k}/report.html" if (run_dir / f"round-{k}" / "report.html").is_file() else None,
+            "merge": read_json(run_dir / round_folder(k) / "dataset" / "merge.json"),
+            "report": f"{round_folder(k)}/report.html"
+            if (run_dir / round_folder(k) / "report.html").is_file()
+            else None,
         }
         for k in range(1, max(wanted, len(finished)) + 1)
     ]

@@ -26,9 +26,20 @@ ROUNDS_FILE = "rounds.json"
 EVALUATION_KEYS = ("win_rate", "ci95", "n", "interval", "length_controlled_win_rate", "length_ratio", "verdict")
 
 
+def round_folder(k: int) -> str:
+    """The name of round k's run directory inside the run's: round-k."""
+    return f"round-{k}"
+
+
+def round_of(run_dir: Path) -> int | None:
+    """k when `run_dir` is a round's run directory (round-k), else None."""
+    prefix, _, number = run_dir.name.partition("round-")
+    return int(number) if not prefix and number.isdigit() else None
+
+
 def round_directory(config: Config, k: int) -> Path:
     """RUN_DIR/round-k: the run directory of round k."""
-    return config.run.directory() / f"round-{k}"
+    return config.run.directory() / round_folder(k)
 
 
 def start_model(config: Config) -> str:
