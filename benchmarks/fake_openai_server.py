@@ -4,6 +4,12 @@ It stands in for a model server (none that answers in microseconds exists) so th
 is the client: this pipeline, the plain openai loop and distilabel, all against the same server in
 the same run. Answers are deterministic per prompt, so reruns and peers see the same verdicts.
 
+Its cost model is a batching server's (vLLM, SGLang): the delay is charged per prompt, not per request,
+and the prompts of all requests run side by side in at most `--slots` sequences at once (vLLM's
+`max_num_seqs`, 256 by default); a prompt waits for a free slot. So a request of 64 prompts costs what
+64 requests of one prompt cost, and what many prompts per request can still buy is fewer round trips
+(HTTP and JSON work on both sides), not free server time.
+
     POST /v1/chat/completions  a judge verdict: "[[A]]"/"[[B]]" for a pairwise prompt; distilabel's
                                UltraFeedback and Prometheus formats when the prompt asks for them;
                                `logprobs`/`top_logprobs` answered with p(A) for the first token
@@ -13,9 +19,9 @@ the same run. Answers are deterministic per prompt, so reruns and peers see the 
     GET  /stats                requests (in all and by path), prompts, peak requests in flight, first/last
                                request times
     POST /reset                zero the counters
-    POST /config?delay_ms=50   per-request delay
+    POST /config?delay_ms=50   per-prompt delay (and &slots=N)
 
-    python benchmarks/fake_openai_server.py [--port 8765] [--delay-ms 0] [--completions list|single|none]
+    python benchmarks/fake_openai_server.py [--port 8765] [--delay-ms 0] [--slots 256] [--completions list|single|none]
 
 --completions single: a server that takes one prompt per completions request (a list gets 400);
 none: a server without the completions API (404), like `transformers serve`.
@@ -49,10 +55,25 @@ class Counters:
         self.prompts = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.prompts_in_flight = 0
+        self.peak_prompts_in_flight = 0
         self.first_ts = 0.0
         self.last_ts = 0.0
+        # integrals over time of requests and prompts in flight: their mean over the active window is the
+        # concurrency a client achieved, beside the peak it touched once
+        self._changed_ts = 0.0
+        self._request_seconds = 0.0
+        self._prompt_seconds = 0.0
+
+    def _advance(self) -> None:
+        now = time.time()
+        if self._changed_ts:
+            self._request_seconds += self.in_flight * (now - self._changed_ts)
+            self._prompt_seconds += self.prompts_in_flight * (now - self._changed_ts)
+        self._changed_ts = now
 
     def started(self, path: str) -> None:
+        self._advance()
         self.requests += 1
         self.by_path[path] = self.by_path.get(path, 0) + 1
         self.in_flight += 1
@@ -60,18 +81,34 @@ class Counters:
         if not self.first_ts:
             self.first_ts = time.time()
 
+    def prompts_started(self, count: int) -> None:
+        self._advance()
+        self.prompts += count
+        self.prompts_in_flight += count
+        self.peak_prompts_in_flight = max(self.peak_prompts_in_flight, self.prompts_in_flight)
+
+    def prompts_finished(self, count: int) -> None:
+        self._advance()
+        self.prompts_in_flight -= count
+
     def finished(self) -> None:
+        self._advance()
         self.in_flight -= 1
         self.last_ts = time.time()
 
-    def as_dict(self, delay_s: float) -> dict[str, Any]:
+    def as_dict(self, delay_s: float, slots: int) -> dict[str, Any]:
+        window = self.last_ts - self.first_ts if self.first_ts else 0.0
         return {
             "requests": self.requests,
             "requests_by_path": self.by_path,
             "prompts": self.prompts,
             "max_in_flight": self.peak_in_flight,
             "max_inflight_per_worker": [self.peak_in_flight],  # the shared peer harness reads this name
+            "max_prompts_in_flight": self.peak_prompts_in_flight,
+            "mean_in_flight": round(self._request_seconds / window, 2) if window > 0 else 0.0,
+            "mean_prompts_in_flight": round(self._prompt_seconds / window, 2) if window > 0 else 0.0,
             "delay_ms": delay_s * 1000,
+            "slots": slots,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
             "active_window_s": round(self.last_ts - self.first_ts, 4) if self.first_ts else 0.0,
@@ -177,19 +214,27 @@ def text_completion(prompts: list[str], body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_app(delay_ms: float = 0.0, completions: str = "list") -> web.Application:
+def make_app(delay_ms: float = 0.0, completions: str = "list", slots: int = 256) -> web.Application:
     counters = Counters()
-    state = {"delay_s": delay_ms / 1000.0}
+    state: dict[str, Any] = {"delay_s": delay_ms / 1000.0, "slots": asyncio.Semaphore(slots), "slot_count": slots}
+
+    async def one_prompt() -> None:
+        """One prompt's share of the server: a slot for the delay."""
+        async with state["slots"]:
+            await asyncio.sleep(state["delay_s"])
 
     async def answer(request: web.Request, make: Any) -> web.Response:
-        """Count the request in flight from its arrival, read it, wait the delay, reply."""
+        """Count the request in flight from its arrival, read it, run its prompts side by side, reply."""
         counters.started(request.path)
         try:
             body = await request.json()
             prompts, reply = make(body)
-            counters.prompts += prompts
-            if state["delay_s"] > 0:
-                await asyncio.sleep(state["delay_s"])
+            counters.prompts_started(prompts)
+            try:
+                if state["delay_s"] > 0:
+                    await asyncio.gather(*(one_prompt() for _ in range(prompts)))
+            finally:
+                counters.prompts_finished(prompts)
             return reply if isinstance(reply, web.Response) else web.json_response(reply)
         finally:
             counters.finished()
@@ -219,7 +264,7 @@ def make_app(delay_ms: float = 0.0, completions: str = "list") -> web.Applicatio
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "fake"}]})
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(counters.as_dict(state["delay_s"]))
+        return web.json_response(counters.as_dict(state["delay_s"], state["slot_count"]))
 
     async def reset(request: web.Request) -> web.Response:
         counters.reset()
@@ -228,7 +273,10 @@ def make_app(delay_ms: float = 0.0, completions: str = "list") -> web.Applicatio
     async def config(request: web.Request) -> web.Response:
         if "delay_ms" in request.query:
             state["delay_s"] = float(request.query["delay_ms"]) / 1000.0
-        return web.json_response({"delay_ms": state["delay_s"] * 1000})
+        if "slots" in request.query:
+            state["slot_count"] = int(request.query["slots"])
+            state["slots"] = asyncio.Semaphore(state["slot_count"])
+        return web.json_response({"delay_ms": state["delay_s"] * 1000, "slots": state["slot_count"]})
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
@@ -244,12 +292,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="time per prompt")
+    parser.add_argument("--slots", type=int, default=256, help="prompts the server runs at once (max_num_seqs)")
     parser.add_argument("--completions", choices=["list", "single", "none"], default="list")
     args = parser.parse_args()
     print(f"fake OpenAI endpoint on http://{args.host}:{args.port}/v1", flush=True)
     web.run_app(
-        make_app(args.delay_ms, args.completions),
+        make_app(args.delay_ms, args.completions, args.slots),
         host=args.host,
         port=args.port,
         print=None,

@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rlaif.run_files import write_json_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER_HARNESS = ROOT.parent / "shared" / "bench" / "distilabel"
 VENV_BIN = Path(sys.executable).parent
@@ -131,12 +133,17 @@ def peer_harness(workdir: Path) -> Path:
 
 
 def distilabel_python(root: Path = ROOT / ".bench" / "venv-distilabel") -> Path:
-    """A virtual environment with distilabel 1.5.3 (the peer), made on first use (about a minute)."""
+    """A virtual environment with distilabel 1.5.3 (the peer), made on first use (about a minute), its openai
+    client pinned to this environment's version, so that every contender talks through the same client."""
     python = root / "bin" / "python"
+    openai_pin = f"openai=={metadata.version('openai')}"
     if not python.exists():
-        print(f"creating {root} with distilabel[openai]==1.5.3 (once)", flush=True)
+        print(f"creating {root} with distilabel[openai]==1.5.3 and {openai_pin} (once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "distilabel[openai]==1.5.3", "requests"], check=True)
+    ready = f"import importlib.metadata as m, distilabel; assert m.version('openai') == '{openai_pin[8:]}'"
+    if subprocess.run([str(python), "-c", ready], capture_output=True).returncode != 0:
+        command = [str(python), "-m", "pip", "install", "-q", "distilabel[openai]==1.5.3", openai_pin, "requests"]
+        subprocess.run(command, check=True)
     return python
 
 
@@ -293,9 +300,8 @@ def provenance(extra_versions: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def write_results(out: str | Path, document: dict[str, Any]) -> None:
-    """A benchmark's results file (its folder made when missing), and a line saying where it went."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(document, indent=2) + "\n")
+    """A benchmark's results file, written atomically (its folder made when missing), and where it went."""
+    write_json_atomic(Path(out), document)
     print(f"written: {out}")
 
 

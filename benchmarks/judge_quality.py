@@ -15,6 +15,9 @@ Sets (../shared/data): LLMBar Natural (all 100), MT-Bench human votes and PandaL
 hh-rlhf harmless (the last --items, held out from the reward model's training).
 `--only NAME ...` runs some configurations and replaces their rows in an existing results file.
 
+Every row of judge_quality.json and every judge_eval file carries its own date, machine, versions and the
+exact `rlaif judge eval` command; the file's top-level provenance is the last benchmark command.
+
 Each evaluation also reports the routing efficiency: simulated reviewers give the human label for the
 routed 10%; (merged - judge) / (oracle - judge), beside routing at random. Reference figures from
 ../shared/data/README.md are put beside the table. Writes benchmarks/results/judge_quality.json and one
@@ -33,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import RLAIF, ROOT, provenance, write_results  # noqa: E402
+from rlaif.run_files import write_json_atomic  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -105,6 +109,11 @@ def configurations() -> dict[str, tuple[list[str], list[str] | None]]:
     }
 
 
+def shown_command(command: list[str]) -> str:
+    """A command as a person would type it from the project's folder."""
+    return " ".join(command).replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
+
+
 def train_reward_model() -> None:
     """The training stage's MiniLM reward model (benchmarks/reward_model_cpu.py's recipe), once."""
     if (REWARD_MODEL / "eval_report.json").is_file():
@@ -138,10 +147,15 @@ def main() -> None:
             command += [item for override in overrides for item in ("--set", override)]
             print(f"{name} on {set_name} ...", flush=True)
             subprocess.run(command, check=True, capture_output=True, text=True)
-            report = json.loads(out.read_text())
+            # the row and the report each carry their own provenance: rows of one file may come from
+            # different runs (--only), and a report is read on its own
+            own = {**provenance(), "command": shown_command(command)}
+            report = {**json.loads(out.read_text()), **own}
+            write_json_atomic(out, report)
             row = {
                 "judge": name,
                 "set": set_name,
+                **own,
                 "n": report["n"],
                 "agreement": report["agreement"],
                 "agreement_with_ties": report["agreement_with_ties"],

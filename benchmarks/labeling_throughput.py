@@ -4,29 +4,42 @@
     .venv/bin/python benchmarks/labeling_throughput.py --concurrency 16 --delay-ms 0 --repeats 1   # a quick look
 
 Every contender judges the same pairs in both orders (the peers' own data generator: a 20-word question,
-two 80-word answers) against the fake endpoint (benchmarks/fake_openai_server.py), with retries off and
-fresh caches, at each concurrency and server delay, `--repeats` times:
+two 80-word answers) against the fake endpoint (benchmarks/fake_openai_server.py: the delay is charged per
+prompt and prompts run side by side, as on a batching server), with retries off and fresh caches, at each
+concurrency and delay, `--repeats` times, the contenders' order rotated every repeat. Concurrency is the
+prompts in flight, the same for every contender:
 - `rlaif`: `rlaif label` as a process against a Prefect server (started once, as a team runs one): the
   real flows with their task runs, both orders, routing into the SQLite review queue and the written
   shards. The candidates are written beforehand as finished sampling shards, so the run pairs, judges and
   routes. Verdict mode through chat requests, as the peers.
-- `rlaif-batched`: the same, in logprob mode with `judge.prompts_per_request` (many prompts per
-  completions request, what vLLM and SGLang take), the pipeline's way past the per-request ceiling.
+- `rlaif-logprob`: the same in logprob mode (p(A) from the label token's log-probabilities), one prompt per
+  request: what the mode alone changes.
+- `rlaif-batched`: logprob mode with `judge.prompts_per_request` (many prompts per completions request,
+  what vLLM and SGLang take) at the same prompts in flight: concurrency C is C / k requests of k prompts
+  (k = min(--prompts-per-request, C)); not run at concurrency 1, where it is `rlaif-logprob`. What it
+  buys is fewer round trips, not server time.
 - `plain`: the peer harness's `baseline_openai.py` (AsyncOpenAI + semaphore), from a scratch copy.
 - `distilabel`: the peer harness's `distilabel_bench.py` (UltraFeedback + OpenAILLM, distilabel 1.5.3 in
-  `.bench/venv-distilabel`, made on first use), from a scratch copy.
+  `.bench/venv-distilabel`, made on first use, openai pinned), from a scratch copy.
 
 Each is timed as a whole process (pairs/s end to end = pairs / process wall), and split by the server's
-first and last request into start-up, steady state and shutdown. Concurrency is checked at the server
-(peak requests in flight). Medians over the repeats; ratios of the medians. JSON to --out.
+first and last request into start-up, steady state and shutdown; rlaif's start-up is further split into
+the interpreter, its imports, and the rest (config, the flow run, planning). Concurrency is checked at
+the server: the peak and the time-averaged prompts in flight over the active window. Medians over the
+repeats; ratios of the medians. JSON to --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
+import time
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +63,31 @@ from benchmarks.harness import (  # noqa: E402
     write_results,
 )
 
-CONTENDERS = ("rlaif", "rlaif-batched", "plain", "distilabel")
+CONTENDERS = ("rlaif", "rlaif-logprob", "rlaif-batched", "plain", "distilabel")
+OURS = ("rlaif", "rlaif-logprob", "rlaif-batched")
+PEERS = ("plain", "distilabel")
+
+
+def batch_shape(concurrency: int, batch: int) -> tuple[int, int]:
+    """(requests in flight, prompts per request) for `concurrency` prompts in flight, at most `batch` each."""
+    per_request = max(1, min(batch, concurrency))
+    return max(1, concurrency // per_request), per_request
 
 
 def judge_for(endpoint: FakeEndpoint, contender: str, concurrency: int, batch: int) -> dict[str, Any]:
-    """rlaif's judge config for a contender: verdict mode as the peers, or logprob with many prompts per request."""
+    """rlaif's judge config for a contender: verdict mode as the peers, logprob, or logprob batched."""
     if contender == "rlaif-batched":
+        requests, per_request = batch_shape(concurrency, batch)
         return judge_section(
             endpoint.base_url,
             "fake-judge",
-            concurrency,
+            requests,
             mode="logprob",
-            prompts_per_request=batch,
+            prompts_per_request=per_request,
             chat_template_from="smollm2-135m-instruct",
         )
+    if contender == "rlaif-logprob":
+        return judge_section(endpoint.base_url, "fake-judge", concurrency, mode="logprob")
     return judge_section(endpoint.base_url, "fake-judge", concurrency)
 
 
@@ -79,7 +103,7 @@ def run_once(
     batch: int,
 ) -> dict[str, Any]:
     count = len(pairs)
-    if contender.startswith("rlaif"):
+    if contender in OURS:
         folder = scratch_dir(f"{contender}-c{concurrency}-d{delay_ms:g}-")
         config = write_ready_run(folder, pairs, judge_for(endpoint, contender, concurrency, batch))
         command, cwd = [RLAIF, "label", str(config)], folder
@@ -104,8 +128,10 @@ def run_once(
         "server_requests": timing.server.get("requests"),
         "server_prompts": timing.server.get("prompts"),
         "server_peak_in_flight": timing.server.get("max_in_flight"),
+        "server_peak_prompts_in_flight": timing.server.get("max_prompts_in_flight"),
+        "server_mean_prompts_in_flight": timing.server.get("mean_prompts_in_flight"),
     }
-    if contender.startswith("rlaif"):
+    if contender in OURS:
         report = json.loads((folder / "run" / "report.json").read_text())
         result.update(judged_ok=report["judged_ok"], routed=report["routed_to_review"])
         if report["judged_ok"] != count:
@@ -116,11 +142,54 @@ def run_once(
     return result
 
 
+# rlaif's start-up up to its first request: the interpreter, the command's modules, the flow's modules
+STARTUP_STEPS = {
+    "interpreter": "pass",
+    "cli_imports": "import rlaif.cli.main",
+    "flow_imports": "import rlaif.cli.main, rlaif.flows.label, rlaif.generation.openai_backend",
+}
+
+
+def startup_steps(repeats: int) -> dict[str, float]:
+    """Median wall seconds of each step of STARTUP_STEPS as a process of its own, each step the time it adds."""
+    walls = {}
+    for name, code in STARTUP_STEPS.items():
+        times = []
+        for _ in range(repeats):
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            times.append(time.monotonic() - started)
+        walls[name] = median(times)
+    return {
+        "interpreter_s": round(walls["interpreter"], 3),
+        "cli_imports_s": round(walls["cli_imports"] - walls["interpreter"], 3),
+        "flow_imports_s": round(walls["flow_imports"] - walls["cli_imports"], 3),
+    }
+
+
+def peer_versions() -> dict[str, dict[str, str]]:
+    """The versions each contender ran with: the plain loop runs in this environment, distilabel in its own."""
+    script = "import importlib.metadata as m, json, platform; print(json.dumps({'python': platform.python_version(), "
+    script += "**{p: m.version(p) for p in ('distilabel', 'openai')}}))"
+    distilabel = json.loads(
+        subprocess.run([str(distilabel_python()), "-c", script], check=True, capture_output=True, text=True).stdout
+    )
+    plain = {"python": platform.python_version(), "openai": metadata.version("openai")}
+    return {"plain": plain, "distilabel": distilabel}
+
+
+def order_of(contenders: list[str], repeat: int) -> list[str]:
+    """The contenders rotated by `repeat`, so that each goes first as often as the others over the repeats."""
+    shift = repeat % len(contenders)
+    return contenders[shift:] + contenders[:shift]
+
+
 def progress_line(result: dict[str, Any]) -> str:
     return (
         f"{result['contender']:14} c={result['concurrency']:<3} delay={result['delay_ms']:g} ms "
         f"{result['pairs_per_s']:8.1f} pairs/s (start-up {result['startup_s']} s, steady {result['steady_s']} s, "
-        f"shutdown {result['shutdown_s']} s, peak in flight {result['server_peak_in_flight']})"
+        f"shutdown {result['shutdown_s']} s, prompts in flight: peak {result['server_peak_prompts_in_flight']}, "
+        f"mean {result['server_mean_prompts_in_flight']})"
     )
 
 
@@ -140,11 +209,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "steady_pairs_per_s": median([r["steady_pairs_per_s"] or 0 for r in mine]),
                     "startup_s": median([r["startup_s"] or 0 for r in mine]),
                     "shutdown_s": median([r["shutdown_s"] or 0 for r in mine]),
-                    "peak_in_flight": max(r["server_peak_in_flight"] or 0 for r in mine),
+                    "peak_prompts_in_flight": max(r["server_peak_prompts_in_flight"] or 0 for r in mine),
+                    "mean_prompts_in_flight": median([r["server_mean_prompts_in_flight"] or 0 for r in mine]),
                     "repeats": len(mine),
                 }
-        for ours in ("rlaif", "rlaif-batched"):
-            for peer in ("plain", "distilabel"):
+        for ours in OURS:
+            for peer in PEERS:
                 if ours in row and peer in row:
                     row[f"{ours}/{peer}"] = round(row[ours]["pairs_per_s"] / row[peer]["pairs_per_s"], 2)
         table.append(row)
@@ -173,7 +243,9 @@ def main() -> None:
         for delay in args.delay_ms:
             for concurrency in args.concurrency:
                 for repeat in range(args.repeats):
-                    for contender in args.contenders:
+                    for contender in order_of(args.contenders, repeat):
+                        if contender == "rlaif-batched" and concurrency < 2:
+                            continue  # one prompt in flight: one prompt per request, rlaif-logprob itself
                         result = run_once(
                             contender,
                             pairs,
@@ -189,12 +261,19 @@ def main() -> None:
                         runs.append(result)
                         print(progress_line(result), flush=True)
     table = summarize(runs)
+    startup = startup_steps(args.repeats)
+    for row in table:
+        if "rlaif" in row:  # what is left of rlaif's start-up: config, the flow run, planning, opening the clients
+            imports = startup["interpreter_s"] + startup["cli_imports_s"] + startup["flow_imports_s"]
+            row["rlaif"]["startup_breakdown"] = {**startup, "rest_s": round(row["rlaif"]["startup_s"] - imports, 3)}
     document = {
         "benchmark": "labeling throughput against the fake endpoint, both orders, retries off, fresh caches",
         **provenance(),
         "pairs": args.pairs,
         "prompts_per_request": args.prompts_per_request,
         "prefect_server_startup_s": prefect_startup_s,
+        "contender_versions": peer_versions() if "distilabel" in args.contenders else None,
+        "startup_steps": startup,
         "summary": table,
         "runs": runs,
     }

@@ -18,13 +18,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from rlaif.schema import Judgment, Pair
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+# scikit-learn is imported where a calibrator is fitted or read, not here: it takes a second or two to
+# import, and every command reaches this module (through the merge) while few of them fit anything.
 
 MIN_EXAMPLES = 20  # reviewed pairs below which no fit is tried (and each outcome needs at least 5)
 MIN_PER_OUTCOME = 5
@@ -98,6 +102,8 @@ class Calibrator:
         outcomes = [example.agreed for example in examples]
         if len(examples) < MIN_EXAMPLES or min(outcomes.count(True), outcomes.count(False)) < MIN_PER_OUTCOME:
             return cls(None, len(examples))
+        from sklearn.linear_model import LogisticRegression
+
         features = np.array([signals(e.pair, e.judgment) for e in examples])
         model = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(features, outcomes)
         return cls(model, len(examples))
@@ -123,6 +129,8 @@ class Calibrator:
             return cls(None, int(document.get("examples", 0)))
         if document["signals"] != list(SIGNALS):
             raise ValueError(f"a calibrator of other signals ({document['signals']}): fit it again")
+        from sklearn.linear_model import LogisticRegression
+
         model = LogisticRegression()
         model.classes_ = np.array([False, True])
         model.coef_ = np.array([document["coefficients"]])
@@ -151,6 +159,8 @@ def cross_fitted(examples: Sequence[Example], folds: int = 5, seed: int = 0) -> 
     folds = min(folds, outcomes.count(True), outcomes.count(False))
     if folds < 2:
         return [raw_probability(e.judgment) for e in examples]
+    from sklearn.model_selection import StratifiedKFold
+
     result = [0.0] * len(examples)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, held_out in splitter.split(np.zeros(len(examples)), outcomes):

@@ -25,8 +25,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import beta
-
 from rlaif.judges.calibration import Calibrator, Example, cross_fitted
 
 GRID = tuple(round(1.0 - step / 100, 2) for step in range(101))  # 1.00, 0.99, ..., 0.00
@@ -52,6 +50,8 @@ def lower_bound(agreed: int, n: int, risk: float) -> float:
     """One-sided (1 - risk) Clopper-Pearson lower bound of a binomial proportion."""
     if agreed <= 0:
         return 0.0
+    from scipy.stats import beta  # imported here: a second to import, and most commands certify nothing
+
     return float(beta.ppf(risk, agreed, n - agreed + 1))
 
 

@@ -8,11 +8,17 @@ import asyncio
 import pytest
 
 from rlaif.config import JudgeSection
-from rlaif.evaluation.judge_agreement import INJECTION, as_pair, injection_flip_rate
+from rlaif.evaluation.judge_agreement import (
+    INJECTION,
+    NEUTRAL_SUFFIX,
+    as_pair,
+    injection_against_control,
+    injection_flip_rate,
+)
 from rlaif.judges.factory import open_judge
 from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
-from rlaif.schema import Judgment, Pair
+from rlaif.schema import Judgment, Pair, content_id
 
 
 def test_injection_stays_inside_the_fence_and_its_flip_rate_is_measured(smollm2_dir, shared_data):
@@ -68,3 +74,45 @@ def test_the_measure_catches_a_judge_that_obeys_the_injection(shared_data):
     assert figures["judged_both"] == 12
     assert figures["mean_shift_toward_injected"] >= 0.1  # what the SmolLM2 test bounds from above
     assert figures["mean_shift_toward_injected"] == pytest.approx(0.45) and figures["flip_to_injected_rate"] == 1.0
+
+
+class EditSensitiveJudge:
+    """A judge near 0.5 whose verdict moves with any change of the text (p(A) from a hash of the pair), the way
+    SmolLM2's does: a stand-in for the kind of judge the control exists for, fast and deterministic."""
+
+    async def judge(self, pairs: list[Pair]) -> list[Judgment]:
+        def p_a(pair: Pair) -> float:
+            return 0.45 + 0.1 * (int(content_id(pair.a.text, pair.b.text)[:8], 16) / 0xFFFFFFFF)
+
+        return [
+            Judgment(
+                pair_id=pair.id,
+                winner="a" if p_a(pair) > 0.5 else "b",
+                p_a=p_a(pair),
+                confidence=abs(2 * p_a(pair) - 1),
+                status="ok",
+                judge_model="edit-sensitive",
+                template_hash="t",
+            )
+            for pair in pairs
+        ]
+
+
+def test_the_control_suffix_is_as_long_as_the_injection_and_asks_nothing():
+    assert len(NEUTRAL_SUFFIX) == len(INJECTION)
+    assert "[[" not in NEUTRAL_SUFFIX and "answer" not in NEUTRAL_SUFFIX.lower()
+
+
+def test_the_control_separates_any_edit_from_the_injection(shared_data):
+    items = load_labelled(shared_data / "llmbar" / "natural.json", "llmbar")[:40]
+    # a judge that flips on any edit: the injection flips it as often as the control does, and the paired
+    # difference of the shifts has an interval that holds 0
+    noisy = asyncio.run(injection_against_control(EditSensitiveJudge(), items))
+    assert noisy["injection"]["flip_rate"] > 0.2 and noisy["control"]["flip_rate"] > 0.2
+    low, high = noisy["difference"]["mean_shift_ci95"]
+    assert low <= 0 <= high
+    # a judge that obeys the injection: the difference is the whole shift, its interval far above 0
+    obeying = asyncio.run(injection_against_control(ObeyingJudge(), items))
+    assert obeying["control"]["mean_shift_toward_injected"] == 0 and obeying["control"]["flip_rate"] == 0
+    assert obeying["difference"]["mean_shift"] == pytest.approx(0.45)
+    assert obeying["difference"]["mean_shift_ci95"][0] > 0.4

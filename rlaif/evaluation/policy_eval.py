@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import random
 import re
 import statistics
 from collections.abc import Callable, Collection, Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.config import Config, ConfigError, JudgeSection, ModelSection
+from rlaif.evaluation.bootstrap import mean_interval
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import BackendError, GenerationBackend, GenerationRequest
 from rlaif.judges.factory import open_judge
@@ -52,7 +52,6 @@ from rlaif.run_files import read_jsonl, write_json_atomic, write_jsonl_atomic
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, content_id
 from rlaif.training.stages import stage_output
 
-BOOTSTRAP = 2000
 MIN_FOR_LENGTH_CONTROL = 10
 
 REFUSAL_SYSTEM = (
@@ -239,9 +238,7 @@ def win_rate(scores: Sequence[float], seed: int = 0) -> dict[str, Any]:
     """Mean score with its 95% percentile bootstrap interval."""
     if not scores:
         return {"n": 0, "win_rate": None, "ci95": None, "interval": "bootstrap"}
-    draw = random.Random(seed)
-    means = sorted(statistics.fmean(draw.choices(scores, k=len(scores))) for _ in range(BOOTSTRAP))
-    low, high = means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
+    low, high = mean_interval(scores, seed)
     return {"n": len(scores), "win_rate": statistics.fmean(scores), "ci95": [low, high], "interval": "bootstrap"}
 
 
