@@ -24,9 +24,10 @@ demo: $(STAMP)
 
 # One worker process per logical CPU (most tests wait on subprocesses and servers; serially the suite
 # kept one of two cores busy); --dist loadfile keeps a file's tests, and so its module fixtures, in one
-# worker.
+# worker; --no-loadscope-reorder hands the files out in collection order, the longest first
+# (tests/conftest.py: LONGEST_FILES), instead of by number of tests.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n logical --dist loadfile --durations=15  # the slowest tests, to keep CI within its time
+	$(BIN)/python -m pytest -n logical --dist loadfile --no-loadscope-reorder --durations=15  # the slowest tests, to keep CI within its time
 
 # The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
 # 60 s); `make test` runs its short variants. It writes benchmarks/results/reliability.json (the README's

@@ -55,46 +55,31 @@ class Counters:
         self.prompts = 0
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.prompts_in_flight = 0
-        self.peak_prompts_in_flight = 0
         self.first_ts = 0.0
         self.last_ts = 0.0
-        # integrals over time of requests and prompts in flight: their mean over the active window is the
-        # concurrency a client achieved, beside the peak it touched once
-        self._changed_ts = 0.0
+        # requests and prompts in flight integrated over time (each request's time from arrival to reply,
+        # once and times its prompts): over the active window, the concurrency a client achieved on average,
+        # beside the peak it touched once
         self._request_seconds = 0.0
         self._prompt_seconds = 0.0
 
-    def _advance(self) -> None:
-        now = time.time()
-        if self._changed_ts:
-            self._request_seconds += self.in_flight * (now - self._changed_ts)
-            self._prompt_seconds += self.prompts_in_flight * (now - self._changed_ts)
-        self._changed_ts = now
-
-    def started(self, path: str) -> None:
-        self._advance()
+    def started(self, path: str) -> float:
+        """Count a request in flight from its arrival; returns the arrival time."""
         self.requests += 1
         self.by_path[path] = self.by_path.get(path, 0) + 1
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        now = time.time()
         if not self.first_ts:
-            self.first_ts = time.time()
+            self.first_ts = now
+        return now
 
-    def prompts_started(self, count: int) -> None:
-        self._advance()
-        self.prompts += count
-        self.prompts_in_flight += count
-        self.peak_prompts_in_flight = max(self.peak_prompts_in_flight, self.prompts_in_flight)
-
-    def prompts_finished(self, count: int) -> None:
-        self._advance()
-        self.prompts_in_flight -= count
-
-    def finished(self) -> None:
-        self._advance()
+    def finished(self, arrived: float, prompts: int) -> None:
         self.in_flight -= 1
+        self.prompts += prompts
         self.last_ts = time.time()
+        self._request_seconds += self.last_ts - arrived
+        self._prompt_seconds += prompts * (self.last_ts - arrived)
 
     def as_dict(self, delay_s: float, slots: int) -> dict[str, Any]:
         window = self.last_ts - self.first_ts if self.first_ts else 0.0
@@ -104,7 +89,6 @@ class Counters:
             "prompts": self.prompts,
             "max_in_flight": self.peak_in_flight,
             "max_inflight_per_worker": [self.peak_in_flight],  # the shared peer harness reads this name
-            "max_prompts_in_flight": self.peak_prompts_in_flight,
             "mean_in_flight": round(self._request_seconds / window, 2) if window > 0 else 0.0,
             "mean_prompts_in_flight": round(self._prompt_seconds / window, 2) if window > 0 else 0.0,
             "delay_ms": delay_s * 1000,
@@ -225,19 +209,16 @@ def make_app(delay_ms: float = 0.0, completions: str = "list", slots: int = 256)
 
     async def answer(request: web.Request, make: Any) -> web.Response:
         """Count the request in flight from its arrival, read it, run its prompts side by side, reply."""
-        counters.started(request.path)
+        arrived = counters.started(request.path)
+        prompts = 0
         try:
             body = await request.json()
             prompts, reply = make(body)
-            counters.prompts_started(prompts)
-            try:
-                if state["delay_s"] > 0:
-                    await asyncio.gather(*(one_prompt() for _ in range(prompts)))
-            finally:
-                counters.prompts_finished(prompts)
+            if state["delay_s"] > 0:
+                await asyncio.gather(*(one_prompt() for _ in range(prompts)))
             return reply if isinstance(reply, web.Response) else web.json_response(reply)
         finally:
-            counters.finished()
+            counters.finished(arrived, prompts)
 
     def chat_reply_of(body: dict[str, Any]) -> tuple[int, Any]:
         return 1, chat_completion(body)

@@ -271,6 +271,33 @@ def timed_process(command: list[str], endpoint: FakeEndpoint | None, env: dict[s
     )
 
 
+# rlaif's start-up up to its first request: the interpreter, the command's modules, the flow's modules
+# (imported with the garbage collector paused, as `rlaif label` imports them)
+STARTUP_STEPS = {
+    "interpreter": "pass",
+    "cli_imports": "import rlaif.cli.main",
+    "flow_imports": "import gc, rlaif.cli.main; gc.disable(); "
+    "import rlaif.flows.label, rlaif.generation.openai_backend",
+}
+
+
+def startup_steps(repeats: int) -> dict[str, float]:
+    """Median wall seconds of each step of STARTUP_STEPS as a process of its own, each step the time it adds."""
+    walls = {}
+    for name, code in STARTUP_STEPS.items():
+        times = []
+        for _ in range(repeats):
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            times.append(time.monotonic() - started)
+        walls[name] = median(times)
+    return {
+        "interpreter_s": round(walls["interpreter"], 3),
+        "cli_imports_s": round(walls["cli_imports"] - walls["interpreter"], 3),
+        "flow_imports_s": round(walls["flow_imports"] - walls["cli_imports"], 3),
+    }
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -281,10 +308,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def provenance(extra_versions: dict[str, str] | None = None) -> dict[str, Any]:
-    """Machine, versions, date and the exact command, for every results file."""
+def provenance(extra_versions: dict[str, str] | None = None, accelerator: str = "CPU only") -> dict[str, Any]:
+    """Machine, versions, date and the exact command, for every results file (`accelerator`: the GPU, if one ran it)."""
     versions = {"python": platform.python_version()}
-    for package in ("rlaif-pipeline", "openai", "prefect", "pydantic", "httpx2", "aiohttp"):
+    for package in (
+        "rlaif-pipeline",
+        "openai",
+        "prefect",
+        "pydantic",
+        "httpx2",
+        "aiohttp",
+        "torch",
+        "transformers",
+        "trl",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -293,7 +330,7 @@ def provenance(extra_versions: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), "
-        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, CPU only",
+        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {accelerator}",
         "versions": versions,
         "command": " ".join(["python", *[str(a) for a in sys.argv]]).replace(str(ROOT) + "/", ""),
     }

@@ -1,6 +1,6 @@
 """Labeling throughput: this pipeline against the plain openai loop and distilabel, same endpoint, same run.
 
-    .venv/bin/python benchmarks/labeling_throughput.py                     # the whole matrix (about 25 min)
+    .venv/bin/python benchmarks/labeling_throughput.py                     # 1,000 pairs, 16 and 64 in flight (~15 min)
     .venv/bin/python benchmarks/labeling_throughput.py --concurrency 16 --delay-ms 0 --repeats 1   # a quick look
 
 Every contender judges the same pairs in both orders (the peers' own data generator: a 20-word question,
@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +55,7 @@ from benchmarks.harness import (  # noqa: E402
     prefect_server,
     provenance,
     scratch_dir,
+    startup_steps,
     synthetic_pairs,
     timed_process,
     write_ready_run,
@@ -128,7 +127,6 @@ def run_once(
         "server_requests": timing.server.get("requests"),
         "server_prompts": timing.server.get("prompts"),
         "server_peak_in_flight": timing.server.get("max_in_flight"),
-        "server_peak_prompts_in_flight": timing.server.get("max_prompts_in_flight"),
         "server_mean_prompts_in_flight": timing.server.get("mean_prompts_in_flight"),
     }
     if contender in OURS:
@@ -140,31 +138,6 @@ def run_once(
         own = json.loads(timing.stdout.strip().splitlines()[-1])
         result.update(parsed=own.get("parsed"))
     return result
-
-
-# rlaif's start-up up to its first request: the interpreter, the command's modules, the flow's modules
-STARTUP_STEPS = {
-    "interpreter": "pass",
-    "cli_imports": "import rlaif.cli.main",
-    "flow_imports": "import rlaif.cli.main, rlaif.flows.label, rlaif.generation.openai_backend",
-}
-
-
-def startup_steps(repeats: int) -> dict[str, float]:
-    """Median wall seconds of each step of STARTUP_STEPS as a process of its own, each step the time it adds."""
-    walls = {}
-    for name, code in STARTUP_STEPS.items():
-        times = []
-        for _ in range(repeats):
-            started = time.monotonic()
-            subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            times.append(time.monotonic() - started)
-        walls[name] = median(times)
-    return {
-        "interpreter_s": round(walls["interpreter"], 3),
-        "cli_imports_s": round(walls["cli_imports"] - walls["interpreter"], 3),
-        "flow_imports_s": round(walls["flow_imports"] - walls["cli_imports"], 3),
-    }
 
 
 def peer_versions() -> dict[str, dict[str, str]]:
@@ -188,8 +161,8 @@ def progress_line(result: dict[str, Any]) -> str:
     return (
         f"{result['contender']:14} c={result['concurrency']:<3} delay={result['delay_ms']:g} ms "
         f"{result['pairs_per_s']:8.1f} pairs/s (start-up {result['startup_s']} s, steady {result['steady_s']} s, "
-        f"shutdown {result['shutdown_s']} s, prompts in flight: peak {result['server_peak_prompts_in_flight']}, "
-        f"mean {result['server_mean_prompts_in_flight']})"
+        f"shutdown {result['shutdown_s']} s, requests in flight: peak {result['server_peak_in_flight']}, "
+        f"prompts in flight: mean {result['server_mean_prompts_in_flight']})"
     )
 
 
@@ -209,7 +182,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "steady_pairs_per_s": median([r["steady_pairs_per_s"] or 0 for r in mine]),
                     "startup_s": median([r["startup_s"] or 0 for r in mine]),
                     "shutdown_s": median([r["shutdown_s"] or 0 for r in mine]),
-                    "peak_prompts_in_flight": max(r["server_peak_prompts_in_flight"] or 0 for r in mine),
+                    "peak_in_flight": max(r["server_peak_in_flight"] or 0 for r in mine),
                     "mean_prompts_in_flight": median([r["server_mean_prompts_in_flight"] or 0 for r in mine]),
                     "repeats": len(mine),
                 }
@@ -224,7 +197,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--delay-ms", type=float, nargs="+", default=[0.0, 50.0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))

@@ -37,13 +37,15 @@ def _runs(repeats: int) -> str:
 
 
 def throughput_table(document: dict[str, Any]) -> str:
+    """Pairs/s end to end per contender at equal prompts in flight, the ratios, and the concurrency achieved."""
     lines = [
         f"{document['pairs']:,} pairs, both orders; {_runs(document['summary'][0]['rlaif']['repeats'])}; "
         f"{document['machine']}; {document['date']}",
         "",
-        "| concurrency | delay ms | rlaif | rlaif-batched | plain | distilabel | rlaif / plain | rlaif / distilabel "
-        "| batched / plain | rlaif steady | plain steady | rlaif start-up + shutdown |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompts in flight | delay ms per prompt | rlaif | rlaif-logprob | rlaif-batched | plain | distilabel "
+        "| rlaif / plain | rlaif / distilabel | batched / plain | steady: rlaif, batched, plain "
+        "| mean in flight: rlaif, plain, distilabel | rlaif start-up + shutdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in document["summary"]:
 
@@ -51,12 +53,36 @@ def throughput_table(document: dict[str, Any]) -> str:
             return _cell(row[contender][key]) if contender in row else "n/a"
 
         overhead = f"{row['rlaif']['startup_s']:.1f} + {row['rlaif']['shutdown_s']:.1f} s" if "rlaif" in row else "n/a"
+        steady = ", ".join(rate(c, "steady_pairs_per_s") for c in ("rlaif", "rlaif-batched", "plain"))
+        in_flight = ", ".join(rate(c, "mean_prompts_in_flight") for c in ("rlaif", "plain", "distilabel"))
         lines.append(
-            f"| {row['concurrency']} | {row['delay_ms']:g} | {rate('rlaif')} | {rate('rlaif-batched')} | "
-            f"{rate('plain')} | {rate('distilabel')} | {_cell(row.get('rlaif/plain'), 2)} | "
-            f"{_cell(row.get('rlaif/distilabel'), 2)} | {_cell(row.get('rlaif-batched/plain'), 2)} | "
-            f"{rate('rlaif', 'steady_pairs_per_s')} | {rate('plain', 'steady_pairs_per_s')} | {overhead} |"
+            f"| {row['concurrency']} | {row['delay_ms']:g} | {rate('rlaif')} | {rate('rlaif-logprob')} | "
+            f"{rate('rlaif-batched')} | {rate('plain')} | {rate('distilabel')} | {_cell(row.get('rlaif/plain'), 2)} | "
+            f"{_cell(row.get('rlaif/distilabel'), 2)} | {_cell(row.get('rlaif-batched/plain'), 2)} | {steady} | "
+            f"{in_flight} | {overhead} |"
         )
+    return "\n".join(lines)
+
+
+def startup_table(document: dict[str, Any]) -> str:
+    """rlaif label's time to its first request in each setting, and the steps it is made of."""
+    steps = document["steps_s"]
+    first = document["first_request_s"]
+    lines = [
+        f"{document['pairs']} pairs; medians of {document['repeats']} runs; {document['machine']}; {document['date']}",
+        "",
+        "| `rlaif label` to its first request | seconds |",
+        "|---|---|",
+        f"| with a running Prefect server | {first['running server']:.2f} |",
+        f"| - the interpreter | {steps['interpreter_s']:.2f} |",
+        f"| - the command's imports (config, review store, merge) | {steps['cli_imports_s']:.2f} |",
+        f"| - the flow's imports (Prefect, openai) | {steps['flow_imports_s']:.2f} |",
+        f"| - the rest (flow run, planning, clients) | {steps['rest_with_running_server_s']:.2f} |",
+        f"| with a temporary Prefect server (PREFECT_API_URL unset) | {first['temporary server']:.2f} |",
+        f"| - the temporary server's start, measured alone | {steps['temporary_server_start_s']:.2f} |",
+        f"| with a temporary server, the first time (new database) | {first['temporary server, first use']:.2f} |",
+        f"| - its first start, measured alone | {steps['temporary_server_first_start_s']:.2f} |",
+    ]
     return "\n".join(lines)
 
 
@@ -380,10 +406,39 @@ def refusal_contrast_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scale_memory_text(document: dict[str, Any]) -> str:
+    """The README's claim that labeling memory stays flat, from the scale benchmark's peak RSS."""
+    rows = document["rows"]
+    peaks = [row["peak_rss_mib"] for row in rows]
+    return f"{min(peaks):.0f}-{max(peaks):.0f} MiB from {rows[0]['pairs']:,} to {rows[-1]['pairs']:,} pairs"
+
+
+def startup_text(document: dict[str, Any]) -> str:
+    """A temporary Prefect server's cost to a command, from startup_cost.py."""
+    first = document["first_request_s"]
+    return (
+        f"{first['running server']:.1f} s to the first request with a running server, "
+        f"{first['temporary server']:.1f} s with a temporary one, "
+        f"{first['temporary server, first use']:.1f} s the first time (new database)"
+    )
+
+
+# Figures the README states in its text, each made from a results file: the test finds each in the README.
+TEXT_FIGURES = (
+    ("labeling_scale_fake.json", scale_memory_text),
+    ("startup_cost.json", startup_text),
+)
+
+
+def text_figures() -> list[str]:
+    """The README's figures in running text, from the results files that exist."""
+    return [render(document) for name, render in TEXT_FIGURES if (document := _load(name))]
+
+
 def main() -> None:
     for name, render in (
         ("labeling_throughput_fake.json", throughput_table),
-        ("labeling_throughput_fake_10k.json", throughput_table),
+        ("startup_cost.json", startup_table),
         ("labeling_scale_fake.json", scale_table),
         ("labeling_real_server_smollm2.json", real_server_table),
         ("judge_quality.json", quality_table),
@@ -397,6 +452,9 @@ def main() -> None:
         document = _load(name)
         if document:
             print(f"### {name}\n\n{render(document)}\n\n`{document['command']}`\n")
+    print("### figures in the README's text\n")
+    for figure in text_figures():
+        print(f"`{figure}`")
 
 
 if __name__ == "__main__":

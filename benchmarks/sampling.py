@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import median_runs  # noqa: E402
+from benchmarks.harness import median_runs, provenance, write_results  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.8, 0.95  # every run samples with these (the pipeline's defaults)
 
@@ -182,7 +179,6 @@ def main() -> None:
             lambda: backend(model_path, texts, args, in_calling_thread=True),
         ]
     runs = median_runs(contenders, args.repeats)
-    import transformers
 
     results = {
         "benchmark": "sampling, in-process transformers backend vs plain generate loop",
@@ -196,15 +192,10 @@ def main() -> None:
         "repeats": args.repeats,
         "runs": runs,
         "ratio_backend_vs_plain": round(runs[1]["tokens_per_s"] / runs[0]["tokens_per_s"], 3),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "command": " ".join(["python", *sys.argv]),
+        **provenance(accelerator=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"),
     }
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

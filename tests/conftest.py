@@ -20,7 +20,8 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never reach a model hub: every model they use is local (subprocesses inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Prefect reads its settings when imported: give the tests their own home and a temporary server.
+# Prefect reads its settings when imported: give the tests their own home and a temporary server
+# (started once per process and shared with the commands the tests start: see the fixture below).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rlaif-tests-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry calls from the test servers
@@ -29,6 +30,45 @@ from rlaif.models import prepare_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+# The test files that take minutes, longest first (from `make test`'s per-file times). pytest-xdist hands
+# out whole files (--dist loadfile) in collection order (--no-loadscope-reorder, see the Makefile): begun
+# first, they no longer leave one worker running a long file alone at the end while the other idles.
+LONGEST_FILES = (
+    "test_training.py",
+    "test_training_resume.py",
+    "test_reward_round.py",
+    "test_stage_learning.py",
+    "test_cli.py",
+    "test_rounds.py",
+    "test_deployments.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of LONGEST_FILES first, in that order; the rest as collected."""
+    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_prefect_server_per_test_process() -> Iterator[str]:
+    """Prefect's temporary server, started once per test process and shared with the commands it starts.
+
+    Flows run in the test process use Prefect's temporary server (one per process, as for any user
+    without PREFECT_API_URL); the `rlaif` commands the tests start would each start another, seconds
+    apiece. Setting PREFECT_API_URL to this one points them at it. The in-process flows read their
+    settings at import and keep using the same server, which Prefect keeps one of per process.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=180)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    yield server.api_url
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop()  # here, while pytest still captures its log line, rather than at exit
 
 
 @pytest.fixture(scope="session")
