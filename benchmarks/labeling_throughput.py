@@ -25,7 +25,8 @@ prompts in flight, the same for every contender:
 Each is timed as a whole process (pairs/s end to end = pairs / process wall), and split by the server's
 first and last request into start-up, steady state and shutdown; rlaif's start-up is further split into
 the interpreter, its imports, and the rest (config, the flow run, planning). Concurrency is checked at
-the server: the peak and the time-averaged prompts in flight over the active window. Medians over the
+the server: the peak requests in flight, and the prompts in flight averaged over the active window (how
+much of the nominal concurrency a client achieved). Medians over the
 repeats; ratios of the medians. JSON to --out.
 """
 

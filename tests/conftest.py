@@ -32,17 +32,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
-# The test files that take minutes, longest first (from `make test`'s per-file times). pytest-xdist hands
-# out whole files (--dist loadfile) in collection order (--no-loadscope-reorder, see the Makefile): begun
-# first, they no longer leave one worker running a long file alone at the end while the other idles.
+# The test files that take a minute or more, longest first (per-file sums of a `make test` run's times).
+# pytest-xdist hands out whole files (--dist loadfile) in collection order (--no-loadscope-reorder, see the
+# Makefile), not by number of tests: begun first, the long files with few tests no longer come last and
+# leave one worker running alone at the end.
 LONGEST_FILES = (
-    "test_training.py",
     "test_training_resume.py",
+    "test_training.py",
     "test_reward_round.py",
     "test_stage_learning.py",
-    "test_cli.py",
-    "test_rounds.py",
     "test_deployments.py",
+    "test_cli.py",
+    "test_labeling_flow.py",
+    "test_crash_resume.py",
+    "test_rounds.py",
 )
 
 
@@ -67,8 +70,17 @@ def one_prefect_server_per_test_process() -> Iterator[str]:
     server.start(timeout=180)
     os.environ["PREFECT_API_URL"] = server.api_url
     yield server.api_url
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)  # the flows' last log lines reach the server before it stops
     os.environ.pop("PREFECT_API_URL", None)
     server.stop()  # here, while pytest still captures its log line, rather than at exit
+
+
+@pytest.fixture(scope="session")
+def prefect_server(one_prefect_server_per_test_process: str) -> str:
+    """The Prefect API the flows a test runs in-process report to (the test process's server)."""
+    return one_prefect_server_per_test_process
 
 
 @pytest.fixture(scope="session")

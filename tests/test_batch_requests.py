@@ -21,14 +21,6 @@ from tests.scripted_openai_server import ScriptedOpenAIServer
 from tests.test_labeling_flow import fake_judge_or_policy, judgments_of, prompts_file, scripted_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def sets(overrides: list[str]) -> list[str]:
     return [part for override in overrides for part in ("--set", override)]
 

@@ -30,14 +30,6 @@ from tests.test_labeling_flow import prompts_file, scripted_overrides
 ANSWER = re.compile(r"<answer_(a|b)>\s*(.*?)\s*</answer_\1>", re.S)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def sure_or_unsure_judge(body: dict) -> str | None:
     """A judge that is consistent in both orders on about 60% of the pairs (it prefers the answer whose hash is
     smaller) and answers by position on the rest (the orders disagree: a tie, confidence 0)."""

@@ -17,14 +17,6 @@ from tests.scripted_openai_server import ScriptedOpenAIServer
 from tests.test_labeling_flow import fake_judge_or_policy, prompts_file, scripted_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def counted(requests: list[dict], model: str) -> int:
     """Tokens the scripted server reported for a model's requests: 10 prompt + 3 per choice each."""
     return sum(10 + 3 * int(r.get("n") or 1) for r in requests if r.get("model") == model)

@@ -20,14 +20,6 @@ from tests.test_labeling_flow import judgments_of, prompts_file, scripted_overri
 from tests.test_merge import pairs_of
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def pair(question: str, first: str, second: str) -> Pair:
     prompt = PromptItem(messages=[{"role": "user", "content": question}])
     return Pair(

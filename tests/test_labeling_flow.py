@@ -25,15 +25,6 @@ from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    """One temporary Prefect server for the flows this module runs in-process, stopped cleanly at the end."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def prompts_file(tmp_path: Path, count: int) -> Path:
     path = tmp_path / "prompts.jsonl"
     path.write_text(

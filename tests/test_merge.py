@@ -24,14 +24,6 @@ from tests.scripted_openai_server import ScriptedOpenAIServer
 from tests.test_labeling_flow import fake_judge_or_policy, prompts_file, scripted_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def labelled_run(tmp_path: Path, *extra: str) -> Config:
     """A real labeling run (scripted OpenAI-compatible endpoint): 12 prompts, 36 pairs, 9 routed to review."""
     with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
@@ -170,10 +162,11 @@ def test_agreement_has_a_wilson_interval():
     assert agreement([]) is None
 
 
-def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_the_rerun_merges(tmp_path):
+def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_the_rerun_merges(
+    tmp_path, prefect_server
+):
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
-    from prefect.settings import PREFECT_API_URL
 
     from rlaif.flows.pipeline import rlaif_pipeline
 
@@ -196,7 +189,7 @@ def test_the_pipeline_waits_for_review_then_the_emptied_queue_is_announced_and_t
             [RLAIF, "review", "token", "add", "bob", "--db", config.review_db()], capture_output=True, text=True
         ).stdout.splitlines()[-1]
         with (
-            ReviewServer(config.review_db(), prefect_api_url=PREFECT_API_URL.value()) as review,
+            ReviewServer(config.review_db(), prefect_api_url=prefect_server) as review,
             httpx.Client(base_url=review.url, headers={"Authorization": f"Bearer {token_line}"}) as client,
         ):
             while (response := client.post("/api/runs/waiting/next")).status_code == 200:

@@ -11,8 +11,6 @@ import json
 import random
 import subprocess
 
-import pytest
-
 from rlaif.config import load_config
 from rlaif.evaluation.policy_eval import (
     comparison_scores,
@@ -31,14 +29,6 @@ from tests.review_fixtures import RLAIF, label_every_item
 from tests.scripted_openai_server import ScriptedOpenAIServer, judge_prompt
 from tests.test_certified_review import ANSWER
 from tests.test_labeling_flow import prompts_file, scripted_overrides
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_the_interval_decides_what_the_verdict_may_claim():

@@ -32,14 +32,6 @@ from tests.test_labeling_flow import prompts_file, scripted_overrides
 ANSWER = re.compile(r"<answer_(a|b)>\s*(.*?)\s*</answer_\1>", re.S)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def digest(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 

@@ -179,15 +179,12 @@ def test_the_reward_model_can_share_the_policys_base_and_tokenizer(marker_run):
 def test_the_train_flow_runs_the_configured_policy_stage_after_the_reward_model(marker_run):
     """rlaif-train with train.method orpo: the reward stage already trained on the same data is kept, then ORPO
     trains; the report page's held-out figure for it is the margins' share."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from rlaif.flows.train import train_pipeline
     from rlaif.pipeline.report_page import held_out_accuracies
 
     folder, tiny, reward = marker_run
     config = stage_config(folder, tiny, "train.method=orpo", "eval.after_training=false", f"run.dir={folder}")
-    with prefect_test_harness(server_startup_timeout=120):
-        reports = train_pipeline(config)
+    reports = train_pipeline(config)  # on the test process's Prefect server (tests/conftest.py)
     assert set(reports) == {"reward", "orpo"} and reports["reward"]["wall_s"] == reward["wall_s"]  # kept, not retrained
     assert reports["orpo"]["held_out"]["accuracy"] >= 0.9
     figures = held_out_accuracies(reports)

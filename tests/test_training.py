@@ -258,14 +258,6 @@ def test_gae_with_gamma_and_lambda_one_is_the_reward_to_go():
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def merged_run(tmp_path_factory, prefect_server):
     """A run the pipeline labelled (scripted endpoint) and merged with the judge's labels for review items."""
     from rlaif.pipeline.merge import merge_run

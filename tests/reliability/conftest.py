@@ -12,15 +12,6 @@ import pytest
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "reliability.json"
 
 
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """A temporary Prefect server for the flows a module runs in-process."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture(scope="session")
 def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """What the reliability checks measured, by check (each test adds its own). A session that ran the long

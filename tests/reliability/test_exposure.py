@@ -47,9 +47,7 @@ async def prefect_records() -> str:
 
 
 def test_a_canary_api_key_never_appears_in_logs_files_reports_cards_or_prefect(tmp_path, prefect_server):
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "RLAIF_CANARY_KEY": CANARY, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env = {**os.environ, "RLAIF_CANARY_KEY": CANARY, "PREFECT_API_URL": prefect_server}
     run = tmp_path / "run"
     outputs = []
     with ScriptedOpenAIServer(reply=fake_judge_or_policy) as upstream:
