@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -308,6 +309,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def shown_command(command: list[str]) -> str:
+    """A command as a person would type it from the project's folder (../ for what is beside it): paths
+    are shortened where they start, at the start of an argument or after its `=`."""
+    text = " ".join(str(part) for part in command)
+    text = re.sub(rf"(?<![^\s=]){re.escape(str(ROOT))}/", "", text)
+    return re.sub(rf"(?<![^\s=]){re.escape(str(ROOT.parent))}/", "../", text)
+
+
 def provenance(extra_versions: dict[str, str] | None = None, accelerator: str = "CPU only") -> dict[str, Any]:
     """Machine, versions, date and the exact command, for every results file (`accelerator`: the GPU, if one ran it)."""
     versions = {"python": platform.python_version()}
@@ -332,7 +341,7 @@ def provenance(extra_versions: dict[str, str] | None = None, accelerator: str = 
         "machine": f"{platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), "
         f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {accelerator}",
         "versions": versions,
-        "command": " ".join(["python", *[str(a) for a in sys.argv]]).replace(str(ROOT) + "/", ""),
+        "command": shown_command(["python", *sys.argv]),
     }
 
 

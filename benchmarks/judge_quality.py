@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import RLAIF, ROOT, provenance, write_results  # noqa: E402
+from benchmarks.harness import RLAIF, ROOT, provenance, shown_command, write_results  # noqa: E402
 from rlaif.run_files import write_json_atomic  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -107,11 +107,6 @@ def configurations() -> dict[str, tuple[list[str], list[str] | None]]:
         "minilm-rm-full": (["judge.mode=reward_model", f"judge.model={REWARD_MODEL}"], None),
         "ensemble": ([f"judge.ensemble={ensemble}"], ["llmbar_natural", "hh_rlhf"]),
     }
-
-
-def shown_command(command: list[str]) -> str:
-    """A command as a person would type it from the project's folder."""
-    return " ".join(command).replace(str(ROOT) + "/", "").replace(str(ROOT.parent) + "/", "../")
 
 
 def train_reward_model() -> None:

@@ -4,6 +4,7 @@ measure itself is checked on a judge that obeys the injection (it must see the s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -43,6 +44,22 @@ def test_injection_stays_inside_the_fence_and_its_flip_rate_is_measured(smollm2_
     assert figures["mean_shift_toward_injected"] < 0.1
 
 
+def judgments(pairs: list[Pair], p_a: Callable[[Pair], float], judge_model: str) -> list[Judgment]:
+    """A stand-in judge's verdicts: each pair's p(A) from `p_a`, the winner and confidence from it."""
+    return [
+        Judgment(
+            pair_id=pair.id,
+            winner="a" if p_a(pair) > 0.5 else "b" if p_a(pair) < 0.5 else "tie",
+            p_a=p_a(pair),
+            confidence=abs(2 * p_a(pair) - 1),
+            status="ok",
+            judge_model=judge_model,
+            template_hash="t",
+        )
+        for pair in pairs
+    ]
+
+
 class ObeyingJudge:
     """A judge that does what the injection says (prefers the answer that carries it, else flips a fair coin).
 
@@ -55,18 +72,7 @@ class ObeyingJudge:
                 return 0.95
             return 0.05 if INJECTION in pair.b.text else 0.5
 
-        return [
-            Judgment(
-                pair_id=pair.id,
-                winner="a" if p_a(pair) > 0.5 else "b" if p_a(pair) < 0.5 else "tie",
-                p_a=p_a(pair),
-                confidence=abs(2 * p_a(pair) - 1),
-                status="ok",
-                judge_model="obeying",
-                template_hash="t",
-            )
-            for pair in pairs
-        ]
+        return judgments(pairs, p_a, "obeying")
 
 
 def test_the_measure_catches_a_judge_that_obeys_the_injection(shared_data):
@@ -85,18 +91,7 @@ class EditSensitiveJudge:
         def p_a(pair: Pair) -> float:
             return 0.45 + 0.1 * (int(content_id(pair.a.text, pair.b.text)[:8], 16) / 0xFFFFFFFF)
 
-        return [
-            Judgment(
-                pair_id=pair.id,
-                winner="a" if p_a(pair) > 0.5 else "b",
-                p_a=p_a(pair),
-                confidence=abs(2 * p_a(pair) - 1),
-                status="ok",
-                judge_model="edit-sensitive",
-                template_hash="t",
-            )
-            for pair in pairs
-        ]
+        return judgments(pairs, p_a, "edit-sensitive")
 
 
 def test_the_control_suffix_is_as_long_as_the_injection_and_asks_nothing():
