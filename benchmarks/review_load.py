@@ -1,13 +1,14 @@
 """The review service under load: reviewers labelling side by side against `rlaif review serve`.
 
-    python benchmarks/review_load.py [--reviewers 50] [--seconds 60] [--items 20000] [--db URL]
+    python benchmarks/review_load.py [--reviewers 50] [--seconds 60] [--items 20000] [--workers 1 2] [--db URL]
 
 Each reviewer is a closed loop (ask for the next item, label it, again), so at most `--reviewers`
-requests are in flight: the load is bounded. Without --db a new database is made on the PostgreSQL
-server on loopback (postgresql://root@127.0.0.1:5432) and dropped afterwards. Prints and writes
-benchmarks/results/review_load.json: latency p50/p95/p99 per kind of request, requests per second,
-errors by status, and labels lost, i.e. labels the service acknowledged (200) that the database does
-not hold afterwards. A 503 (the database away for a moment) is retried after its Retry-After and
+requests are in flight: the load is bounded. The service runs once per `--workers` count (its server
+processes), each time on a new database: without --db a new database on the PostgreSQL server on
+loopback (postgresql://root@127.0.0.1:5432), dropped afterwards. Prints and writes
+benchmarks/results/review_load.json: per worker count, latency p50/p95/p99 per kind of request,
+requests per second, errors by status, and labels lost, i.e. labels the service acknowledged (200) that
+the database does not hold afterwards. A 503 (the database away for a moment) is retried after its Retry-After and
 counted apart; it is not an error unless a test injected no fault.
 """
 
@@ -177,10 +178,10 @@ def prepare(db_url: str, run_id: str, items: int, reviewers: int) -> dict[str, s
 
 
 @contextmanager
-def review_service(db_url: str, port: int) -> Iterator[str]:
-    """`rlaif review serve` as its own process; yields its base URL."""
+def review_service(db_url: str, port: int, workers: int = 1) -> Iterator[str]:
+    """`rlaif review serve` as its own process (with `workers` server processes); yields its base URL."""
     process = subprocess.Popen(
-        [RLAIF, "review", "serve", "--db", db_url, "--port", str(port)],
+        [RLAIF, "review", "serve", "--db", db_url, "--port", str(port), "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -216,13 +217,14 @@ def fresh_postgres_database(prefix: str = "rlaif_load") -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def measure(db_url: str, reviewers: int, seconds: float, items: int) -> dict[str, Any]:
+def measure(db_url: str, reviewers: int, seconds: float, items: int, workers: int) -> dict[str, Any]:
     names = prepare(db_url, "load", items, reviewers)
-    with review_service(db_url, free_port()) as base:
+    with review_service(db_url, free_port(), workers) as base:
         started = time.monotonic()
         record = asyncio.run(run_load(base, list(names), "load", seconds))
         elapsed = time.monotonic() - started
     return {
+        "workers": workers,
         "reviewers": reviewers,
         "seconds": round(elapsed, 1),
         "items": items,
@@ -236,15 +238,20 @@ def main() -> None:
     parser.add_argument("--reviewers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes, one run each")
     parser.add_argument("--db", help="review database URL (default: a new database on the local PostgreSQL)")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results" / "review_load.json")
     args = parser.parse_args()
-    if args.db:
-        result = measure(args.db, args.reviewers, args.seconds, args.items)
-    else:
-        with fresh_postgres_database() as db_url:
-            result = measure(db_url, args.reviewers, args.seconds, args.items)
-    result = {**result, "database": "postgresql" if not args.db else args.db.split(":")[0], **provenance()}
+    if args.db and len(args.workers) > 1:
+        parser.error("--db takes one --workers count: each run needs a database of its own")
+    runs = []
+    for workers in args.workers:
+        if args.db:
+            runs.append(measure(args.db, args.reviewers, args.seconds, args.items, workers))
+        else:
+            with fresh_postgres_database() as db_url:
+                runs.append(measure(db_url, args.reviewers, args.seconds, args.items, workers))
+    result = {"runs": runs, "database": "postgresql" if not args.db else args.db.split(":")[0], **provenance()}
     print(json.dumps(result, indent=2))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

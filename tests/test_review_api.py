@@ -4,6 +4,7 @@ concurrent claims, tokens on every route, cross-site requests, and a kill -9 in 
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 from collections import Counter
 
@@ -18,8 +19,6 @@ from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
 
 def add_reviewer(db_url: str, name: str) -> str:
     """A token made by the real command: the token is alone on the last line of stdout."""
-    import subprocess
-
     result = subprocess.run(
         [RLAIF, "review", "token", "add", name, "--db", db_url], capture_output=True, text=True, check=True
     )
@@ -43,11 +42,14 @@ def label_until_empty(base: str, token: str, run: str, acknowledged: list[tuple[
 
 
 def test_eight_concurrent_clients_label_every_item_exactly_once(db_url):
+    """Against a service of two server processes (`--workers 2`), each with its own database connections."""
     with ReviewStore.open(db_url) as store:
         store.enqueue("big", queue_entries("big", 200))
     tokens = [add_reviewer(db_url, f"reviewer{i}") for i in range(8)]
     acknowledged: list[tuple[str, str]] = []
-    with ReviewServer(db_url) as server:
+    with ReviewServer(db_url, "--workers", "2") as server:
+        workers = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
+        assert len(workers.split()) >= 2
         threads = [
             threading.Thread(target=label_until_empty, args=(server.url, token, "big", acknowledged))
             for token in tokens

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect as sqlalchemy_inspect
@@ -83,6 +86,57 @@ def test_overlap_gives_each_item_to_k_reviewers_and_measures_agreement(store):
     assert stats["done"] == 2 and stats["labels"] == 4
     assert stats["inter_annotator_agreement"] == {"pairs": 2, "agreement": 0.5}
     assert sorted(d.label for d in store.decisions("run").values()) == ["a", "tie"]  # a split vote is a tie
+
+
+def test_a_claim_passes_over_an_item_another_transaction_holds(store, db_url):
+    """PostgreSQL: claiming takes the first item nobody is working on (SKIP LOCKED) instead of waiting for the
+    transaction that holds the first one (SQLite serialises every write, so there is nothing to pass over)."""
+    if not store.is_postgres:
+        pytest.skip("SQLite has one writer at a time")
+    entries = queue_entries("run", 3)
+    store.enqueue("run", entries)
+    first_item = store.claim_next("run", "alice").item.id
+    store.submit(first_item, "alice", "a")  # (so that the held row below is the queue's first open item)
+    second = entries[1][0].id
+    claimed: list[Any] = []
+    with store.engine.connect() as holder:
+        transaction = holder.begin()
+        holder.execute(text("SELECT id FROM review_items WHERE id = :id FOR UPDATE"), {"id": second})
+        worker = threading.Thread(target=lambda: claimed.append(store.claim_next("run", "bob")))
+        worker.start()
+        worker.join(10)
+        waited = worker.is_alive()
+        transaction.rollback()
+    worker.join(10)
+    assert not waited, "claiming waited for another transaction's item"
+    assert claimed[0].item.id == entries[2][0].id
+
+
+def test_reviewers_claiming_side_by_side_fill_every_slot_once_and_empty_the_queue_once(store):
+    """Six reviewers, each in two tabs at once, on items that want two labels: every item gets two labels from two
+    different people, nobody holds two items, no label is refused, and the queue-emptied event fires once."""
+    store.enqueue("run", queue_entries("run", 24), labels_needed=2)
+    outcomes: list[Any] = []
+    failures: list[BaseException] = []
+
+    def tab(reviewer: str, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while (queued := store.claim_next("run", reviewer)) is not None:
+                outcomes.append((reviewer, store.submit(queued.item.id, reviewer, rng.choice(["a", "b", "tie"]))))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    tabs = [threading.Thread(target=tab, args=(f"r{i % 6}", i)) for i in range(12)]
+    for thread in tabs:
+        thread.start()
+    for thread in tabs:
+        thread.join(120)
+    assert not failures, failures
+    decisions = store.decisions("run").values()
+    assert all(len({reviewer for reviewer, _ in d.labels}) == len(d.labels) == 2 for d in decisions)
+    assert sum(result.queue_emptied for _, result in outcomes) == 1
+    assert store.stats("run")["done"] == 24
 
 
 def test_skips_set_an_item_aside_after_max_skips(store):

@@ -1,8 +1,12 @@
 """The human-review queue: items, claims with leases, labels and reviewer tokens, in SQLite or PostgreSQL.
 
-One database holds the queues of many runs. Every write that hands out or completes an item runs in a
-transaction serialised per run (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-level advisory
-lock on the run), so two reviewers never hold the same slot of an item and each slot is labelled once.
+One database holds the queues of many runs. Two reviewers never hold the same slot of an item and each
+slot is labelled once. SQLite serialises every write (`BEGIN IMMEDIATE`). PostgreSQL lets reviewers work
+side by side, with the database's own queue idiom: an item's claims, labels and status change only while
+its row is locked; claiming takes the first free item with `SELECT ... FOR UPDATE SKIP LOCKED` (an item
+someone else is claiming or labelling is passed over, not waited for), and only the moment that may empty
+a run's queue is serialised per run (a transaction-level advisory lock), so the queue-emptied event fires
+once. (A lock on the whole run for every claim and label held 50 reviewers to 130 requests/s, p95 481 ms.)
 A label is acknowledged only after its transaction commits (SQLite in WAL mode with synchronous=FULL),
 so a process killed mid-submit loses nothing it answered for.
 
@@ -39,7 +43,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from rlaif.message_text import redact_url
-from rlaif.review.tables import SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
+from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
 from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
 
 LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
@@ -147,6 +151,9 @@ class ReviewStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
+        # Single reads need no transaction: on PostgreSQL that saves a BEGIN and a ROLLBACK round trip each.
+        # (SQLite's connections begin their own way, below.)
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
 
     @classmethod
     def open(cls, url: str) -> ReviewStore:
@@ -223,9 +230,15 @@ class ReviewStore:
     def _transaction(self, run_id: str | None = None) -> Iterator[Connection]:
         """A write transaction; with `run_id`, serialised against every other one on that run."""
         with self.engine.begin() as conn:
-            if run_id is not None and self.is_postgres:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(run_id)})
+            if run_id is not None:
+                self._serialise(conn, run_id)
             yield conn
+
+    def _serialise(self, conn: Connection, *key: str) -> None:
+        """Hold, until the transaction ends, a lock on `key` (a run, or a run and a reviewer). PostgreSQL only:
+        SQLite's write transactions are serialised already."""
+        if self.is_postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(*key)})
 
     # -- reviewers ------------------------------------------------------------------------------------
 
@@ -252,7 +265,7 @@ class ReviewStore:
 
     def reviewers(self) -> list[tuple[str, datetime, bool]]:
         """(name, created, active) of every reviewer."""
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             rows = conn.execute(
                 select(ReviewerRow.name, ReviewerRow.created_at, ReviewerRow.revoked_at).order_by(ReviewerRow.name)
             ).all()
@@ -262,7 +275,7 @@ class ReviewStore:
         """The reviewer whose token this is, or None (unknown or revoked)."""
         if not token:
             return None
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             return conn.execute(
                 select(ReviewerRow.name).where(
                     ReviewerRow.token_hash == hash_token(token), ReviewerRow.revoked_at.is_(None)
@@ -320,62 +333,79 @@ class ReviewStore:
     def claim_next(
         self, run_id: str, reviewer: str, lease_s: float = 900.0, release: str | None = None
     ) -> QueuedItem | None:
-        """The reviewer's next item, claimed for `lease_s` seconds; the one they already hold, if any.
+        """The reviewer's next item, claimed for `lease_s` seconds; the one they already hold, if any. None when
+        no item is free for them; ItemNotFound when the run has no queue.
 
         `release`: an item the reviewer holds and gives back ("show me another"): it stays open for everyone,
         and the reviewer gets a different item when there is one (else that one again).
         """
         stamp = now()
         expires = stamp + timedelta(seconds=lease_s)
-        with self._transaction(run_id) as conn:
+        with self.engine.begin() as conn:
+            self._serialise(conn, run_id, reviewer)  # one claim per reviewer and run, even from two tabs at once
             self._expire_claims(conn, run_id, stamp)
             if release is not None:
+                self._lock_item(conn, release)
                 conn.execute(delete(ClaimRow).where(ClaimRow.item_id == release, ClaimRow.reviewer == reviewer))
                 self._update_status(conn, release, stamp)
             held = conn.execute(
-                select(ClaimRow.item_id).where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer)
+                update(ClaimRow)
+                .where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer)
+                .values(expires_at=expires)
+                .returning(ClaimRow.item_id)
             ).scalar()
-            if held is None:
-                held = conn.execute(self._next_free_item(run_id, reviewer, avoid=release)).scalar()
-                if held is None:
-                    return None
-                conn.execute(
-                    ClaimRow.__table__.insert().values(
-                        item_id=held, reviewer=reviewer, run_id=run_id, expires_at=expires
-                    )
-                )
-            else:
-                conn.execute(
-                    update(ClaimRow)
-                    .where(ClaimRow.item_id == held, ClaimRow.reviewer == reviewer)
-                    .values(expires_at=expires)
-                )
-            conn.execute(update(ItemRow).where(ItemRow.id == held).values(status="claimed", updated_at=stamp))
-            row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
+            if held is not None:
+                row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
+                return _queued(row, lease_expires_at=expires)
+            row = self._lock_free_item(conn, run_id, reviewer, avoid=release)
+            if row is None:
+                if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
+                    raise ItemNotFound(f"no review queue for run {run_id!r}")
+                return None
+            conn.execute(
+                ClaimRow.__table__.insert().values(item_id=row.id, reviewer=reviewer, run_id=run_id, expires_at=expires)
+            )
+            conn.execute(update(ItemRow).where(ItemRow.id == row.id).values(status="claimed", updated_at=stamp))
         return _queued(row, lease_expires_at=expires)
+
+    def _lock_free_item(self, conn: Connection, run_id: str, reviewer: str, avoid: str | None) -> Any:
+        """Lock and return the first item with a free slot the reviewer has not labelled, in queue order (`avoid`
+        last), passing over items another transaction holds (SKIP LOCKED). Each one locked is checked again:
+        the query's snapshot may predate a claim committed just before the lock was taken."""
+        passed: list[str] = []
+        while True:
+            query = self._next_free_item(run_id, reviewer, avoid)
+            if passed:
+                query = query.where(ItemRow.id.not_in(passed))
+            row = conn.execute(query.with_for_update(skip_locked=True, of=ItemRow)).first()
+            if row is None:
+                return None
+            now_seen = self._occupancy(conn, row.id, reviewer)
+            if now_seen.labels_needed - now_seen.labelled - now_seen.claimed > 0 and not now_seen.by_reviewer:
+                return row
+            passed.append(row.id)
 
     def renew(self, item_id: str, reviewer: str, lease_s: float = 900.0) -> datetime:
         """Extend the reviewer's claim on an item by `lease_s` seconds from now (the page does this while the item
         is open and visible); returns the new expiry. ClaimConflict when the claim is gone (expired and taken, or
         the item finished)."""
-        run_id = self._run_of(item_id)
         stamp = now()
         expires = stamp + timedelta(seconds=lease_s)
-        with self._transaction(run_id) as conn:
-            self._expire_claims(conn, run_id, stamp)
+        with self.engine.begin() as conn:
             renewed = conn.execute(
                 update(ClaimRow)
-                .where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
+                .where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer, ClaimRow.expires_at >= stamp)
                 .values(expires_at=expires)
             ).rowcount
         if not renewed:
+            self._run_of(item_id)  # ItemNotFound for an unknown item
             raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired or the item is finished")
         return expires
 
     def held_item(self, run_id: str, reviewer: str) -> QueuedItem | None:
         """The item the reviewer holds an unexpired claim on in this run, if any. Reads only: showing a page
         never claims anything (claims come from POSTs)."""
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             row = conn.execute(
                 select(ItemRow, ClaimRow.expires_at)
                 .join(ClaimRow, ClaimRow.item_id == ItemRow.id)
@@ -390,10 +420,10 @@ class ReviewStore:
         claimed = select(func.count()).where(ClaimRow.item_id == ItemRow.id)
         mine = select(LabelRow.item_id).where(LabelRow.item_id == ItemRow.id, LabelRow.reviewer == reviewer)
         return (
-            select(ItemRow.id)
+            select(ItemRow)
             .where(
                 ItemRow.run_id == run_id,
-                ItemRow.status.in_(("pending", "claimed")),
+                OPEN,
                 ~mine.exists(),
                 labelled.scalar_subquery() + claimed.scalar_subquery() < ItemRow.labels_needed,
             )
@@ -401,11 +431,29 @@ class ReviewStore:
             .limit(1)
         )
 
+    @staticmethod
+    def _lock_item(conn: Connection, item_id: str) -> Any:
+        """The item's row, locked until the transaction ends (waiting for another holder); ItemNotFound if none."""
+        row = conn.execute(select(ItemRow).where(ItemRow.id == item_id).with_for_update()).first()
+        if row is None:
+            raise ItemNotFound(f"no review item {item_id!r}")
+        return row
+
     def _expire_claims(self, conn: Connection, run_id: str, stamp: datetime) -> None:
-        expired = conn.execute(
-            delete(ClaimRow).where(ClaimRow.run_id == run_id, ClaimRow.expires_at < stamp).returning(ClaimRow.item_id)
-        ).scalars()
-        for item_id in set(expired):
+        """Take back the run's expired claims, of the items no other transaction holds (those are taken back
+        by a later call): their slots open again."""
+        lapsed = select(ClaimRow.item_id).where(ClaimRow.run_id == run_id, ClaimRow.expires_at < stamp)
+        items = (
+            conn.execute(
+                select(ItemRow.id).where(ItemRow.id.in_(lapsed)).order_by(ItemRow.id).with_for_update(skip_locked=True)
+            )
+            .scalars()
+            .all()
+        )
+        if not items:
+            return
+        conn.execute(delete(ClaimRow).where(ClaimRow.item_id.in_(items), ClaimRow.expires_at < stamp))
+        for item_id in items:
             self._update_status(conn, item_id, stamp)
 
     def submit(self, item_id: str, reviewer: str, label: ReviewLabel | None, comment: str | None = None) -> Submission:
@@ -413,16 +461,19 @@ class ReviewStore:
 
         Accepted when the reviewer holds a claim on the item, or holds none but the item still has a
         free slot; a reviewer may change their own label. Refused (ClaimConflict) when the item went
-        to others meanwhile.
+        to others meanwhile; ItemNotFound for an unknown item.
         """
         if label is not None and label not in LABELS:
             raise ReviewStoreError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
         comment = (comment or "").strip() or None
-        run_id = self._run_of(item_id)
         stamp = now()
-        with self._transaction(run_id) as conn:
+        with self.engine.begin() as conn:
+            item = self._lock_item(conn, item_id)
+            run_id = item.run_id
             self._expire_claims(conn, run_id, stamp)
-            item = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).one()
+            holds = conn.execute(
+                delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
+            ).rowcount
             mine = conn.execute(
                 select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
             ).first()
@@ -435,10 +486,7 @@ class ReviewStore:
                     .values(label=label, comment=comment, updated_at=stamp)
                 )
             else:
-                holds = conn.execute(
-                    delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
-                ).rowcount
-                if not holds and (item.status not in ("pending", "claimed") or self._slots_left(conn, item) <= 0):
+                if not holds and (item.status not in ("pending", "claimed") or self._slots_left(conn, item_id) <= 0):
                     raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
                 conn.execute(
                     LabelRow.__table__.insert().values(
@@ -451,42 +499,53 @@ class ReviewStore:
                         updated_at=stamp,
                     )
                 )
-            conn.execute(delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer))
             status = self._update_status(conn, item_id, stamp)
-            emptied = self._mark_if_emptied(conn, run_id, stamp)
+        emptied = status in ("done", "skipped") and self._mark_if_emptied(run_id)
         return Submission(item_id, run_id, status, emptied)
 
     def _run_of(self, item_id: str) -> str:
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             run_id = conn.execute(select(ItemRow.run_id).where(ItemRow.id == item_id)).scalar()
         if run_id is None:
             raise ItemNotFound(f"no review item {item_id!r}")
         return run_id
 
     @staticmethod
-    def _slots_left(conn: Connection, item: Any) -> int:
-        labelled = conn.execute(
-            select(func.count()).where(LabelRow.item_id == item.id, LabelRow.label.is_not(None))
-        ).scalar_one()
-        claimed = conn.execute(select(func.count()).where(ClaimRow.item_id == item.id)).scalar_one()
-        return item.labels_needed - labelled - claimed
+    def _occupancy(conn: Connection, item_id: str, reviewer: str = "") -> Any:
+        """An item's row with its counts, in one query: `labelled` (labels given), `skipped` (set-asides),
+        `claimed` (claims held) and `by_reviewer` (whether `reviewer` labelled or set it aside)."""
+        count = func.count()
+        return conn.execute(
+            select(
+                ItemRow,
+                select(count)
+                .where(LabelRow.item_id == item_id, LabelRow.label.is_not(None))
+                .scalar_subquery()
+                .label("labelled"),
+                select(count)
+                .where(LabelRow.item_id == item_id, LabelRow.label.is_(None))
+                .scalar_subquery()
+                .label("skipped"),
+                select(count).where(ClaimRow.item_id == item_id).scalar_subquery().label("claimed"),
+                select(LabelRow.item_id)
+                .where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
+                .exists()
+                .label("by_reviewer"),
+            ).where(ItemRow.id == item_id)
+        ).one()
 
-    @staticmethod
-    def _update_status(conn: Connection, item_id: str, stamp: datetime) -> ReviewStatus:
-        item = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).one()
-        labelled = conn.execute(
-            select(func.count()).where(LabelRow.item_id == item_id, LabelRow.label.is_not(None))
-        ).scalar_one()
-        skipped = conn.execute(
-            select(func.count()).where(LabelRow.item_id == item_id, LabelRow.label.is_(None))
-        ).scalar_one()
-        claimed = conn.execute(select(func.count()).where(ClaimRow.item_id == item_id)).scalar_one()
+    def _slots_left(self, conn: Connection, item_id: str) -> int:
+        found = self._occupancy(conn, item_id)
+        return found.labels_needed - found.labelled - found.claimed
+
+    def _update_status(self, conn: Connection, item_id: str, stamp: datetime) -> ReviewStatus:
+        item = self._occupancy(conn, item_id)
         status: ReviewStatus
-        if labelled >= item.labels_needed:
+        if item.labelled >= item.labels_needed:
             status = "done"
-        elif claimed:
+        elif item.claimed:
             status = "claimed"
-        elif skipped >= item.max_skips:
+        elif item.skipped >= item.max_skips:
             status = "skipped"
         else:
             status = "pending"
@@ -494,32 +553,36 @@ class ReviewStore:
             conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
         return status
 
-    @staticmethod
-    def _mark_if_emptied(conn: Connection, run_id: str, stamp: datetime) -> bool:
-        """True exactly once per run: when its last open item is finished."""
-        still_open = conn.execute(
-            select(ItemRow.id).where(ItemRow.run_id == run_id, ItemRow.status.in_(("pending", "claimed"))).limit(1)
-        ).first()
-        if still_open is not None:  # one is enough to know (a count would read every open item, on every label)
-            return False
-        result = conn.execute(
-            update(RunRow).where(RunRow.run_id == run_id, RunRow.emptied_at.is_(None)).values(emptied_at=stamp)
-        )
+    def _mark_if_emptied(self, run_id: str) -> bool:
+        """True exactly once per run: when its last open item is finished. Called after the label's transaction
+        committed: of two reviewers finishing the last two items at once, the later one sees both finished
+        (inside their own transactions each saw the other's still open). An item still open is someone else's
+        to finish, so only a run that looks empty takes the run's lock, to mark it once and let no enqueue slip
+        in between. (Holding the run's lock for every label kept a run's labels waiting in line.)"""
+        with self._reads.connect() as conn:
+            if self._has_open_item(conn, run_id):
+                return False
+        with self._transaction(run_id) as conn:
+            if self._has_open_item(conn, run_id):
+                return False
+            result = conn.execute(
+                update(RunRow).where(RunRow.run_id == run_id, RunRow.emptied_at.is_(None)).values(emptied_at=now())
+            )
         return result.rowcount == 1
+
+    @staticmethod
+    def _has_open_item(conn: Connection, run_id: str) -> bool:
+        """Whether the run has an open item; one is enough to know (a count would read every open item)."""
+        return conn.execute(select(ItemRow.id).where(ItemRow.run_id == run_id, OPEN).limit(1)).first() is not None
 
     # -- reading --------------------------------------------------------------------------------------
 
-    def has_run(self, run_id: str) -> bool:
-        """Whether the run has a review queue (a cheap check, unlike `stats`)."""
-        with self.engine.connect() as conn:
-            return conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is not None
-
     def runs(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             return list(conn.execute(select(RunRow.run_id).order_by(RunRow.created_at, RunRow.run_id)).scalars())
 
     def get(self, item_id: str) -> QueuedItem:
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             row = conn.execute(select(ItemRow).where(ItemRow.id == item_id)).first()
         if row is None:
             raise ItemNotFound(f"no review item {item_id!r}")
@@ -573,7 +636,7 @@ class ReviewStore:
             query = query.where(ItemRow.id == item_id)
         if limit is not None:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             rows = conn.execute(query).all()
         return [GivenLabel(_queued(row), row.label, row.comment, row.given_at) for row in rows]
 
@@ -674,7 +737,7 @@ class ReviewStore:
                 )
             )
             self._update_status(conn, item.id, stamp)
-            self._mark_if_emptied(conn, item.run_id, stamp)
+        self._mark_if_emptied(item.run_id)
         return 1
 
 
@@ -714,9 +777,10 @@ def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
     )
 
 
-def _lock_key(run_id: str) -> int:
-    """A signed 64-bit advisory-lock key for a run."""
-    return int.from_bytes(hashlib.sha256(f"rlaif-review:{run_id}".encode()).digest()[:8], "big", signed=True)
+def _lock_key(*key: str) -> int:
+    """A signed 64-bit advisory-lock key for a run (or a run and a reviewer)."""
+    name = "\x00".join(key)
+    return int.from_bytes(hashlib.sha256(f"rlaif-review:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _engine(url: str) -> Engine:
@@ -749,5 +813,8 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # No ping before each use: it cost a round trip per request (a fifth of the throughput with 50 reviewers).
+        # A connection that a database restart broke fails its one request with OperationalError (answered 503
+        # with Retry-After, so clients send it again), and SQLAlchemy then replaces every pooled connection.
+        return create_engine(parsed, pool_pre_ping=False, pool_size=10, max_overflow=20)
     raise ReviewStoreError(f"review.db: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")

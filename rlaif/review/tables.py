@@ -36,6 +36,10 @@ class RunRow(Base):
 
 
 _OPEN = text("status IN ('pending', 'claimed')")
+# Open items, for queries: written out rather than bound, since PostgreSQL uses the partial index below only
+# when a query states its condition literally (a prepared statement's generic plan, with the statuses bound,
+# read the whole run: 110 ms per claim at 20,000 items).
+OPEN = text("review_items.status IN ('pending', 'claimed')")
 
 
 class ItemRow(Base):
