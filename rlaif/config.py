@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -291,6 +292,39 @@ class ReviewSection(Section):
         description="At the deadline: `judge` merges with the judge's label for unfinished items (flagged); "
         "`fail` fails the merge.",
     )
+    guidelines: str | None = Field(
+        None,
+        description="A Markdown file of instructions for the run's reviewers, shown beside each pair (key g); "
+        "read when the run's pairs are queued.",
+    )
+    strength: bool = Field(
+        False,
+        description="Reviewers also say whether the better answer is much or slightly better (key m); the merge "
+        "keeps it (human_strength) and a slightly better label counts half as a reward model's margin.",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        max_length=7,
+        description="Tags reviewers may put on a pair with one key each (3 to 9, in this order), e.g. "
+        "[wrong_facts, unsafe, refuses_needlessly, too_long]; the merge keeps them (tags).",
+    )
+
+    @field_validator("guidelines")
+    @classmethod
+    def _guidelines_readable(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"no file {path!r} (a Markdown file of instructions for reviewers)")
+        return path
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not re.fullmatch(r"[a-z0-9_]{1,40}", tag):
+                raise ValueError(f"tag {tag!r}: use 1 to 40 lower-case letters, digits and underscores")
+        if len(set(tags)) != len(tags):
+            raise ValueError("a tag is named twice")
+        return tags
 
     @field_validator("db")
     @classmethod
@@ -357,7 +391,10 @@ class RewardSection(Section):
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(16, ge=1, description="Pairs per device per step.")
     margin_scale: float = Field(
-        0.0, ge=0, description="Margin = this x the judge's confidence for judge-labelled pairs (0: no margin)."
+        0.0,
+        ge=0,
+        description="Margin = this x the label's confidence: the judge's (calibrated where the run was) for its "
+        "labels, 1 for people's (0.5 where they said slightly better, review.strength); 0: no margin.",
     )
     gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
     save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))

@@ -201,12 +201,36 @@ def test_a_database_made_before_the_open_items_index_gets_it_when_opened(db_url)
         assert store.claim_next("run", "ann") is not None
 
 
-def test_an_older_schema_is_refused_with_the_way_out(tmp_path):
+def test_a_schema_older_than_any_upgrade_is_refused_with_the_way_out(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with ReviewStore.open(url) as store, store.engine.begin() as conn:
         conn.execute(text("UPDATE rlaif_meta SET value = '0' WHERE key = 'schema_version'"))
     with pytest.raises(ReviewStoreError, match="older than 1 and has no upgrade path: export"):
         ReviewStore.open(url)
+
+
+def test_a_version_1_database_is_upgraded_when_opened_and_keeps_its_queue(db_url):
+    """Version 1 as it was: the version-2 columns dropped, with items, a claim and labels in it."""
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("run", queue_entries("run", 3))
+        first = store.claim_next("run", "ann")
+        store.submit(first.item.id, "ann", "a", "fine")
+        held = store.claim_next("run", "bob")
+        with store.engine.begin() as conn:
+            for table, column in (
+                ("review_runs", "settings_json"),
+                ("review_labels", "strength"),
+                ("review_labels", "tags_json"),
+            ):
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(text("UPDATE rlaif_meta SET value = '1' WHERE key = 'schema_version'"))
+    with ReviewStore.open(db_url) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.claim_next("run", "bob").item.id == held.item.id  # the claim survived
+        store.submit(held.item.id, "bob", "b", strength="much", tags=("too_long",))
+        labels = {d.item_id: d for d in store.decisions("run").values()}
+        assert labels[first.item.id].labels == (("ann", "a"),) and labels[held.item.id].strength == "much"
+        assert labels[held.item.id].tags == ("too_long",)
 
 
 def test_bad_database_urls_are_named_and_passwords_never_shown():

@@ -4,7 +4,8 @@ Sources: a merged run (RUN_DIR or RUN_DIR/dataset: pairs with label a or b; ties
 kept for analysis, are not preferences and are dropped), or a human-labelled file in the formats of
 `rlaif.labelled_data` (hh-rlhf dialogues split at their shared prefix, PandaLM, LLMBar; ties dropped).
 Every row gets `confidence` (for merged rows the judge's, calibrated where the run was, and 1.0 for
-people's labels; 1.0 for human-labelled files) so a reward model can use it as a margin. A merged
+people's labels, 0.5 where they said "slightly better"; 1.0 for human-labelled files) so a reward model
+can use it as a margin. A merged
 dataset's folder is only read: the files `datasets` derives from it (the usable rows here, the trainers'
 tokenization and reference log-probs later) go to a cache folder.
 """
@@ -22,10 +23,11 @@ DataFormat = Literal["merged", "hh-rlhf", "pandalm", "llmbar"]
 
 def label_confidence(row: dict[str, Any]) -> float:
     """How sure a merged row's label is, in [0, 1] (a reward model's margin scales with it): 1 for people's
-    labels; for the judge's, the calibrated probability that people keep it (as 2 q - 1, at least 0) where the
-    run was calibrated, else the judge's own confidence."""
+    labels, 0.5 where they found the chosen answer only slightly better (review.strength); for the judge's,
+    the calibrated probability that people keep it (as 2 q - 1, at least 0) where the run was calibrated, else
+    the judge's own confidence."""
     if row.get("label_source") == "human":
-        return 1.0
+        return 0.5 if row.get("human_strength") == "slightly" else 1.0
     calibrated = row.get("calibrated_agreement")
     if calibrated is not None:
         return max(0.0, 2.0 * calibrated - 1.0)

@@ -43,7 +43,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlaif.review.store import ClaimConflict, GivenLabel, ItemNotFound, QueuedItem, ReviewStore, now
+from rlaif.review.store import (
+    MAX_TAGS,
+    ClaimConflict,
+    GivenLabel,
+    ItemNotFound,
+    QueuedItem,
+    ReviewStore,
+    ReviewStoreError,
+    RunSettings,
+    Strength,
+    now,
+)
 from rlaif.schema import Candidate, ReviewLabel
 
 COOKIE = "rlaif_review"
@@ -89,6 +100,8 @@ class CrossSiteRequest(Exception):
 class LabelBody(BaseModel):
     label: ReviewLabel = Field(description="a, b, tie or both_bad; a and b are the answers as stored.")
     comment: str | None = Field(None, max_length=4000)
+    strength: Strength | None = Field(None, description="much or slightly better; only with a or b, where asked.")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS, description="Tags the run offers.")
 
 
 @dataclass(frozen=True)
@@ -222,6 +235,11 @@ def create_app(
         # Raised by the store after the token was checked (an unknown item or run): safe to say what is missing.
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(ReviewStoreError)
+    async def refused(request: Request, exc: ReviewStoreError) -> Response:
+        # A request the queue refuses (a label it does not know, too many tags): the message says why.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
     @app.exception_handler(ClaimConflict)
     async def claim_conflict(request: Request, exc: ClaimConflict) -> Response:
         # The reviewer's claim lapsed and the item went to someone else (or is finished).
@@ -315,10 +333,13 @@ def create_app(
         """The page of one pair: the item the reviewer holds, or (`given`) one they labelled earlier."""
         shown = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
         chosen = displayed_choice(given.label, queued.shown_swapped) if given is not None else None
+        settings = store.run_settings(run_id)
         return templates.TemplateResponse(
             request,
             "item.html.j2",
             {
+                "settings": settings,
+                "tag_keys": [(str(key), tag, tag.replace("_", " ")) for key, tag in enumerate(settings.tags, start=3)],
                 "stats": stats,
                 "reviewer": person,
                 "run_id": run_id,
@@ -351,14 +372,17 @@ def create_app(
         person: FormSignedIn,
         choice: Annotated[Literal["left", "right", "tie", "both_bad", "skip", "another"], Form()],
         comment: Annotated[str, Form(max_length=4000)] = "",
+        strength: Annotated[Strength | None, Form()] = None,
+        tags: Annotated[list[str], Form(max_length=MAX_TAGS)] = [],  # noqa: B006 - FastAPI copies defaults
     ) -> Response:
         queued = _item_or_404(store, item_id)
         if choice == "another":  # give it back (it stays open for everyone) and take a different one
             store.claim_next(run_id, person.name, lease_s, release=item_id)
             return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
         label = stored_label(choice, queued.shown_swapped)
+        strength, tags = _offered(store.run_settings(run_id), label, strength, tags)
         try:
-            _submit(store, item_id, person.name, label, comment, on_queue_emptied)
+            _submit(store, item_id, person.name, label, comment, on_queue_emptied, strength, tags)
         except ClaimConflict:
             # The claim lapsed and the item went to someone else: say so plainly, keep the comment, offer the next.
             stats = _stats_or_404(store, run_id, person.name)
@@ -393,7 +417,11 @@ def create_app(
 
     @app.post("/api/items/{item_id}/label")
     def api_label(item_id: str, body: LabelBody, person: SignedIn) -> dict[str, Any]:
-        result = _submit(store, item_id, person.name, body.label, body.comment, on_queue_emptied)
+        queued = _item_or_404(store, item_id) if body.strength or body.tags else None
+        strength, tags = body.strength, body.tags
+        if queued is not None:
+            strength, tags = _offered(store.run_settings(queued.item.run_id), body.label, strength, tags)
+        result = _submit(store, item_id, person.name, body.label, body.comment, on_queue_emptied, strength, tags)
         return {"item": item_id, "label": body.label, "status": result.status, "repeated": result.repeated}
 
     @app.post("/api/items/{item_id}/renew")
@@ -535,11 +563,26 @@ def _submit(
     label: ReviewLabel | None,
     comment: str | None,
     on_queue_emptied: Callable[[str], None] | None,
+    strength: Strength | None = None,
+    tags: list[str] | tuple[str, ...] = (),
 ) -> Any:
-    result = store.submit(item_id, reviewer, label, comment)
+    result = store.submit(item_id, reviewer, label, comment, strength, tags)
     if result.queue_emptied and on_queue_emptied is not None:
         on_queue_emptied(result.run_id)
     return result
+
+
+def _offered(
+    settings: RunSettings, label: ReviewLabel | None, strength: Strength | None, tags: list[str]
+) -> tuple[Strength | None, list[str]]:
+    """The strength and tags of a label, checked against what the run offers: a strength only where the run asks
+    for one and the label prefers an answer (a strength sent with a tie is dropped), tags only the run's."""
+    unknown = sorted(set(tags) - set(settings.tags))
+    if unknown:
+        raise HTTPException(422, f"tags {unknown} are not offered in this run (it offers {list(settings.tags)})")
+    if strength is not None and not settings.strength:
+        raise HTTPException(422, "this run does not ask how much better an answer is (review.strength is off)")
+    return (strength if label in ("a", "b") else None), tags
 
 
 def _item_or_404(store: ReviewStore, item_id: str) -> QueuedItem:

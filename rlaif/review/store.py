@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     Engine,
@@ -43,10 +43,14 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from rlaif.message_text import redact_url
+from rlaif.review.migrations import OLDEST_UPGRADABLE, upgrade
 from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
 from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
 
 LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
+Strength = Literal["much", "slightly"]
+STRENGTHS: tuple[Strength, ...] = ("much", "slightly")
+MAX_TAGS = 16
 
 
 class ReviewStoreError(ValueError):
@@ -107,6 +111,28 @@ class GivenLabel:
     label: ReviewLabel | None
     comment: str | None
     updated_at: datetime
+    strength: Strength | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the page offers reviewers of one run, from its config: guidelines (Markdown), whether they say how
+    much better an answer is, and the tags they may put on a pair."""
+
+    guidelines: str | None = None
+    strength: bool = False
+    tags: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({"guidelines": self.guidelines, "strength": self.strength, "tags": list(self.tags)})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> RunSettings:
+        if not text:
+            return cls()
+        found = json.loads(text)
+        return cls(found.get("guidelines"), bool(found.get("strength")), tuple(found.get("tags") or ()))
 
 
 @dataclass(frozen=True)
@@ -119,6 +145,8 @@ class HumanDecision:
     status: ReviewStatus
     labels: tuple[tuple[str, ReviewLabel], ...]  # (reviewer, label); skips are not labels
     judgment: Judgment
+    strengths: tuple[Strength | None, ...] = ()  # each label's strength, in the order of `labels`
+    tags: tuple[str, ...] = ()  # every tag any reviewer gave, sorted
 
     @property
     def label(self) -> ReviewLabel | None:
@@ -129,6 +157,19 @@ class HumanDecision:
         if len(counts) > 1 and counts[0][1] == counts[1][1]:
             return "tie"
         return counts[0][0]
+
+    @property
+    def strength(self) -> Strength | None:
+        """How much better the majority's answer is, as most of those who chose it said ("much" only when more
+        said much than slightly); None when nobody was asked or the majority is no answer."""
+        label = self.label
+        given = [
+            strength for (_, chosen), strength in zip(self.labels, self.strengths, strict=False) if chosen == label
+        ]
+        said = [strength for strength in given if strength is not None]
+        if label not in ("a", "b") or not said:
+            return None
+        return "much" if said.count("much") > said.count("slightly") else "slightly"
 
 
 def now() -> datetime:
@@ -203,12 +244,25 @@ class ReviewStore:
                 f"review database schema version {version} is newer than this rlaif supports ({SCHEMA_VERSION}): "
                 "upgrade rlaif-pipeline"
             )
-        if int(version) < SCHEMA_VERSION:
+        if int(version) < OLDEST_UPGRADABLE:
             raise ReviewStoreError(
-                f"review database schema version {version} is older than {SCHEMA_VERSION} and has no upgrade path: "
+                f"review database schema version {version} is older than {OLDEST_UPGRADABLE} and has no upgrade path: "
                 "export its queues with an older rlaif (`rlaif review export`) and import them into a new database"
             )
+        if int(version) < SCHEMA_VERSION:
+            self._upgrade()
         self._add_missing_indexes()
+
+    def _upgrade(self) -> None:
+        """Bring an older database to this schema, once, whoever opens it first (the version read again under
+        the lock); the upgrade and the new version commit together, or neither does."""
+        with self.engine.begin() as conn:
+            self._serialise(conn, "", "schema-upgrade")
+            found = int(conn.execute(select(MetaRow.value).where(MetaRow.key == "schema_version")).scalar_one())
+            if found >= SCHEMA_VERSION:
+                return
+            upgrade(conn, found)
+            conn.execute(update(MetaRow).where(MetaRow.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def _add_missing_indexes(self) -> None:
         """Indexes added since a database was made (the tables are unchanged, so the schema version is too)."""
@@ -290,12 +344,16 @@ class ReviewStore:
         entries: Iterable[tuple[ReviewItem, Pair, Judgment]],
         labels_needed: int = 1,
         max_skips: int = 1,
+        settings: RunSettings | None = None,
     ) -> int:
-        """Add a run's routed pairs; items already queued are kept as they are. Returns how many were added."""
+        """Add a run's routed pairs; items already queued are kept as they are. Returns how many were added.
+        `settings`, when given, become the run's (the latest enqueue's config wins)."""
         added = 0
         with self._transaction(run_id) as conn:
             if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
                 conn.execute(RunRow.__table__.insert().values(run_id=run_id, created_at=now()))
+            if settings is not None:
+                conn.execute(update(RunRow).where(RunRow.run_id == run_id).values(settings_json=settings.to_json()))
             known = set(conn.execute(select(ItemRow.id).where(ItemRow.run_id == run_id)).scalars())
             position = conn.execute(select(func.count()).where(ItemRow.run_id == run_id)).scalar_one()
             for item, pair, judgment in entries:
@@ -456,8 +514,17 @@ class ReviewStore:
         for item_id in items:
             self._update_status(conn, item_id, stamp)
 
-    def submit(self, item_id: str, reviewer: str, label: ReviewLabel | None, comment: str | None = None) -> Submission:
-        """Store a reviewer's label for an item (None: they skip it) and release their claim.
+    def submit(
+        self,
+        item_id: str,
+        reviewer: str,
+        label: ReviewLabel | None,
+        comment: str | None = None,
+        strength: Strength | None = None,
+        tags: Iterable[str] = (),
+    ) -> Submission:
+        """Store a reviewer's label for an item (None: they skip it) and release their claim; with a preferred
+        answer, optionally how much better it is (`strength`), and any tags.
 
         Accepted when the reviewer holds a claim on the item, or holds none but the item still has a
         free slot; a reviewer may change their own label. Refused (ClaimConflict) when the item went
@@ -465,6 +532,12 @@ class ReviewStore:
         """
         if label is not None and label not in LABELS:
             raise ReviewStoreError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        if strength is not None and (strength not in STRENGTHS or label not in ("a", "b")):
+            raise ReviewStoreError(f"strength must be one of {', '.join(STRENGTHS)}, and only with label a or b")
+        tag_list = sorted(set(tags))
+        if len(tag_list) > MAX_TAGS or any(not tag or len(tag) > 64 for tag in tag_list):
+            raise ReviewStoreError(f"at most {MAX_TAGS} tags of 1 to 64 characters")
+        tags_json = json.dumps(tag_list) if tag_list else None
         comment = (comment or "").strip() or None
         stamp = now()
         with self.engine.begin() as conn:
@@ -477,26 +550,21 @@ class ReviewStore:
             mine = conn.execute(
                 select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
             ).first()
+            given = {"label": label, "comment": comment, "strength": strength, "tags_json": tags_json}
             if mine is not None:
-                if mine.label == label and mine.comment == comment:
+                if all(getattr(mine, key) == value for key, value in given.items()):
                     return Submission(item_id, run_id, item.status, False, repeated=True)
                 conn.execute(
                     update(LabelRow)
                     .where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
-                    .values(label=label, comment=comment, updated_at=stamp)
+                    .values(**given, updated_at=stamp)
                 )
             else:
                 if not holds and (item.status not in ("pending", "claimed") or self._slots_left(conn, item_id) <= 0):
                     raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
                 conn.execute(
                     LabelRow.__table__.insert().values(
-                        item_id=item_id,
-                        reviewer=reviewer,
-                        run_id=run_id,
-                        label=label,
-                        comment=comment,
-                        created_at=stamp,
-                        updated_at=stamp,
+                        item_id=item_id, reviewer=reviewer, run_id=run_id, **given, created_at=stamp, updated_at=stamp
                     )
                 )
             status = self._update_status(conn, item_id, stamp)
@@ -627,7 +695,14 @@ class ReviewStore:
     ) -> list[GivenLabel]:
         """The labels a reviewer gave in a run, the latest first (only the one for `item_id` when given)."""
         query = (
-            select(ItemRow, LabelRow.label, LabelRow.comment, LabelRow.updated_at.label("given_at"))
+            select(
+                ItemRow,
+                LabelRow.label,
+                LabelRow.comment,
+                LabelRow.strength,
+                LabelRow.tags_json,
+                LabelRow.updated_at.label("given_at"),
+            )
             .join(LabelRow, LabelRow.item_id == ItemRow.id)
             .where(LabelRow.run_id == run_id, LabelRow.reviewer == reviewer)
             .order_by(LabelRow.updated_at.desc(), ItemRow.position.desc())
@@ -638,39 +713,55 @@ class ReviewStore:
             query = query.limit(limit)
         with self._reads.connect() as conn:
             rows = conn.execute(query).all()
-        return [GivenLabel(_queued(row), row.label, row.comment, row.given_at) for row in rows]
+        return [
+            GivenLabel(_queued(row), row.label, row.comment, row.given_at, row.strength, _tags(row.tags_json))
+            for row in rows
+        ]
 
     def decisions(self, run_id: str) -> dict[str, HumanDecision]:
         """Every item of a run with its labels, by pair id (what the merge needs)."""
         with self.engine.connect() as conn:
             items = conn.execute(select(ItemRow).where(ItemRow.run_id == run_id).order_by(ItemRow.position)).all()
             labels = conn.execute(
-                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label)
+                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label, LabelRow.strength, LabelRow.tags_json)
                 .where(LabelRow.run_id == run_id, LabelRow.label.is_not(None))
                 .order_by(LabelRow.created_at, LabelRow.reviewer)
             ).all()
-        by_item: dict[str, list[tuple[str, ReviewLabel]]] = {}
-        for item_id, reviewer, label in labels:
-            by_item.setdefault(item_id, []).append((reviewer, label))
+        by_item: dict[str, list[Any]] = {}
+        for row in labels:
+            by_item.setdefault(row.item_id, []).append(row)
         return {
             row.pair_id: HumanDecision(
                 item_id=row.id,
                 pair_id=row.pair_id,
                 reason=row.reason,
                 status=row.status,
-                labels=tuple(by_item.get(row.id, [])),
+                labels=tuple((given.reviewer, given.label) for given in by_item.get(row.id, [])),
                 judgment=Judgment.model_validate_json(row.judgment_json),
+                strengths=tuple(given.strength for given in by_item.get(row.id, [])),
+                tags=tuple(sorted({tag for given in by_item.get(row.id, []) for tag in _tags(given.tags_json)})),
             )
             for row in items
         }
 
+    def run_settings(self, run_id: str) -> RunSettings:
+        """What the page offers the run's reviewers (defaults for a run enqueued without settings)."""
+        with self._reads.connect() as conn:
+            found = conn.execute(select(RunRow.settings_json).where(RunRow.run_id == run_id)).first()
+        if found is None:
+            raise ItemNotFound(f"no review queue for run {run_id!r}")
+        return RunSettings.from_json(found.settings_json)
+
     # -- export and import ----------------------------------------------------------------------------
 
     def export_rows(self, run_id: str) -> Iterator[dict[str, Any]]:
-        """One JSON-able row per item: the item, its pair and judgment, and every label and skip."""
+        """One JSON-able row per item: the item, its pair and judgment, and every label and skip; the first row
+        also carries the run's page settings (`run_settings`)."""
         with self.engine.connect() as conn:
+            run = conn.execute(select(RunRow.settings_json).where(RunRow.run_id == run_id)).first()
             items = conn.execute(select(ItemRow).where(ItemRow.run_id == run_id).order_by(ItemRow.position)).all()
             labels = conn.execute(select(LabelRow).where(LabelRow.run_id == run_id)).all()
+        settings = RunSettings.from_json(run.settings_json if run is not None else None)
         by_item: dict[str, list[dict[str, Any]]] = {}
         for label in labels:
             by_item.setdefault(label.item_id, []).append(
@@ -678,11 +769,14 @@ class ReviewStore:
                     "reviewer": label.reviewer,
                     "label": label.label,
                     "comment": label.comment,
+                    "strength": label.strength,
+                    "tags": list(_tags(label.tags_json)),
                     "created_at": label.created_at.isoformat() + "Z",
                 }
             )
-        for row in items:
+        for number, row in enumerate(items):
             yield {
+                **({"run_settings": json.loads(settings.to_json())} if number == 0 else {}),
                 "item": _item(row).model_dump(mode="json"),
                 "pair": json.loads(row.pair_json),
                 "judgment": json.loads(row.judgment_json),
@@ -701,23 +795,38 @@ class ReviewStore:
                 pair = Pair.model_validate(row["pair"])
                 judgment = Judgment.model_validate(row["judgment"])
                 labels = [
-                    (entry["reviewer"], entry["label"], entry.get("comment"), _parse_time(entry.get("created_at")))
+                    {
+                        "label": entry["label"],
+                        "comment": entry.get("comment"),
+                        "strength": entry.get("strength"),
+                        "tags_json": json.dumps(sorted(entry["tags"])) if entry.get("tags") else None,
+                        "created_at": _parse_time(entry.get("created_at")),
+                        "reviewer": entry["reviewer"],
+                    }
                     for entry in row.get("labels", [])
                 ]
+                settings = RunSettings.from_json(json.dumps(row["run_settings"])) if "run_settings" in row else None
             except (KeyError, TypeError, ValueError) as exc:
                 raise ReviewStoreError(f"{source}:{number}: not an exported review row: {exc}") from None
             items_added += self.enqueue(
-                item.run_id, [(item, pair, judgment)], int(row.get("labels_needed", 1)), int(row.get("max_skips", 1))
+                item.run_id,
+                [(item, pair, judgment)],
+                int(row.get("labels_needed", 1)),
+                int(row.get("max_skips", 1)),
+                settings,
             )
-            for reviewer, label, comment, created in labels:
-                if label is not None and label not in LABELS:
-                    raise ReviewStoreError(f"{source}:{number}: unknown label {label!r}")
-                labels_added += self._import_label(item, reviewer, label, comment, created)
+            for given in labels:
+                if given["label"] is not None and given["label"] not in LABELS:
+                    raise ReviewStoreError(f"{source}:{number}: unknown label {given['label']!r}")
+                if given["strength"] is not None and given["strength"] not in STRENGTHS:
+                    raise ReviewStoreError(f"{source}:{number}: unknown strength {given['strength']!r}")
+                labels_added += self._import_label(item, given)
         return items_added, labels_added
 
-    def _import_label(
-        self, item: ReviewItem, reviewer: str, label: ReviewLabel | None, comment: str | None, created: datetime
-    ) -> int:
+    def _import_label(self, item: ReviewItem, given: dict[str, Any]) -> int:
+        """One exported label (LabelRow's columns, reviewer and created_at included) of an item, unless the
+        reviewer labelled it here already."""
+        reviewer = given["reviewer"]
         stamp = now()
         with self._transaction(item.run_id) as conn:
             exists = conn.execute(
@@ -726,15 +835,7 @@ class ReviewStore:
             if exists:
                 return 0
             conn.execute(
-                LabelRow.__table__.insert().values(
-                    item_id=item.id,
-                    reviewer=reviewer,
-                    run_id=item.run_id,
-                    label=label,
-                    comment=comment,
-                    created_at=created,
-                    updated_at=stamp,
-                )
+                LabelRow.__table__.insert().values(item_id=item.id, run_id=item.run_id, **given, updated_at=stamp)
             )
             self._update_status(conn, item.id, stamp)
         self._mark_if_emptied(item.run_id)
@@ -753,6 +854,10 @@ def _pairwise_agreement(labels: list[Any]) -> dict[str, Any] | None:
                 total += 1
                 agree += values[i] == values[j]
     return {"pairs": total, "agreement": agree / total} if total else None
+
+
+def _tags(tags_json: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(tags_json)) if tags_json else ()
 
 
 def _parse_time(value: str | None) -> datetime:

@@ -1,4 +1,6 @@
-"""The review database's tables (SQLAlchemy ORM): reviewers, runs, items, claims, labels, and the schema version."""
+"""The review database's tables (SQLAlchemy ORM): reviewers, runs, items, claims, labels, and the schema version.
+
+A change to them raises SCHEMA_VERSION and adds the upgrade from the version before to `migrations.py`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -33,6 +35,8 @@ class RunRow(Base):
     run_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     emptied_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The page's settings for the run (`RunSettings` as JSON: guidelines, label strength, tags); version 2.
+    settings_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 _OPEN = text("status IN ('pending', 'claimed')")
@@ -82,3 +86,6 @@ class LabelRow(Base):
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # Version 2: how much better the chosen answer is (much | slightly; None when not asked), and tags (JSON list).
+    strength: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    tags_json: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,9 +1,18 @@
 // The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside, u back to the
-// previous pair, ? the keys), and the hold on the open pair.
+// previous pair, ? the keys; where the run offers them: m much better, 3-9 tags, g guidelines), and the hold
+// on the open pair.
 // Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
 // stays), so the next key labels the pair with it.
 (function () {
   var form = document.getElementById("label-form");
+  var guidelinesPanel = document.getElementById("guidelines");
+  if (guidelinesPanel) {  // the link and the close button (the page's script only: no inline handlers)
+    document.getElementById("show-guidelines").addEventListener("click", function (event) {
+      event.preventDefault();
+      guidelinesPanel.hidden = !guidelinesPanel.hidden;
+    });
+    document.getElementById("hide-guidelines").addEventListener("click", function () { guidelinesPanel.hidden = true; });
+  }
 
   function submitWith(button) {
     form.querySelectorAll(".choices button").forEach(function (b) { b.disabled = true; });
@@ -31,6 +40,24 @@
     if (help && (event.key === "?" || (event.key === "Escape" && !help.hidden))) {  // the keys, shown or hidden
       event.preventDefault();
       help.hidden = event.key === "Escape" ? true : !help.hidden;
+      return;
+    }
+    var guidelines = document.getElementById("guidelines");
+    if (guidelines && (event.key.toLowerCase() === "g" || (event.key === "Escape" && !guidelines.hidden))) {
+      event.preventDefault();
+      guidelines.hidden = event.key === "Escape" ? true : !guidelines.hidden;
+      return;
+    }
+    var much = form && form.querySelector('input[name=strength][value=much]');
+    if (much && event.key.toLowerCase() === "m") {  // much better, or back to slightly
+      event.preventDefault();
+      (much.checked ? form.querySelector("input[name=strength][value=slightly]") : much).checked = true;
+      return;
+    }
+    var tag = form && form.querySelector('input[name=tags][data-key="' + event.key + '"]');
+    if (tag) {  // a tag, on or off
+      event.preventDefault();
+      tag.checked = !tag.checked;
       return;
     }
     var previous = document.getElementById("previous");
