@@ -4,6 +4,7 @@ a phone-sized screen leave the decision bar in view."""
 
 from __future__ import annotations
 
+from rlaif.review.answer_diff import answer_diff
 from rlaif.review.app import stored_label
 from rlaif.review.store import ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
@@ -158,3 +159,65 @@ def test_the_page_compares_a_5000_word_answer_on_a_desktop_and_a_phone(browser, 
         link = poem.locator(".content a")
         assert link.get_attribute("target") == "_blank" and "noopener" in link.get_attribute("rel")
         page.close()
+
+
+def test_near_identical_answers_point_to_a_diff_and_long_answers_scroll_together(browser, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    shared = "The capital of Australia is Canberra. It has about 450,000 people and sits inland.\n" * 3
+    changed = shared.replace("450,000", "<b>460,000</b>", 1)
+    long_text = "\n\n".join(f"Paragraph {i}: " + "word " * 60 for i in range(60))
+    with ReviewStore.open(db_url) as store:
+        store.enqueue(
+            "diff",
+            [
+                entry("diff", "How big is Canberra?", shared, changed),
+                entry("diff", "Tell me everything.", long_text, long_text.replace("word", "term")),
+            ],
+        )
+        token = store.add_reviewer("alice")
+    with ReviewServer(db_url) as server:
+        page = start_reviewing(browser.new_page(viewport={"width": 1280, "height": 800}), server.url, token, "diff")
+        assert page.locator(".badge.near-identical").is_visible()
+        assert page.locator("#diff").is_hidden()
+        page.keyboard.press("d")
+        assert page.locator("#diff").is_visible()
+        removed, added = page.locator("#diff .diff del"), page.locator("#diff .diff ins")
+        assert removed.count() == added.count() == 1 and page.locator("#diff b").count() == 0
+        # the one change (answer 2 against answer 1, in the order shown), its markup shown as text
+        assert {removed.inner_text(), added.inner_text()} == {"450,000", "<b>460,000</b>"}
+        page.keyboard.press("d")
+        assert page.locator("#diff").is_hidden()
+        with page.expect_navigation():
+            page.keyboard.press("1")
+
+        # Two long answers, nothing alike: no hint; each scrolls on its own until l ties them together.
+        assert page.locator(".badge.near-identical").count() == 0
+        first, second = page.locator("#answer-1"), page.locator("#answer-2")
+        first.evaluate("e => { e.scrollTop = e.scrollHeight / 2; }")
+        page.wait_for_timeout(200)
+        assert second.evaluate("e => e.scrollTop") == 0
+        page.keyboard.press("l")
+        assert page.is_checked("#scroll-together")
+        first.evaluate("e => { e.scrollTop = (e.scrollHeight - e.clientHeight) * 0.75; }")
+        page.wait_for_function(
+            "() => { const b = document.querySelector('#answer-2');"
+            " return Math.abs(b.scrollTop / (b.scrollHeight - b.clientHeight) - 0.75) < 0.02; }",
+            timeout=5000,
+        )
+        second.evaluate("e => { e.scrollTop = 0; }")  # and back, the other way
+        page.wait_for_function("() => document.querySelector('#answer-1').scrollTop < 2", timeout=5000)
+        page.close()
+
+
+def test_the_word_diff_marks_only_the_change_and_leaves_different_answers_alone():
+    found = answer_diff(
+        "It has 450,000 people\nand <sits> inland, far away.", "It has 460,000 people\nand <sits> inland, far away."
+    )
+    assert found is not None and 0.8 < found.similarity < 1
+    assert str(found.html) == "It has <del>450,000</del><ins>460,000</ins> people\nand &lt;sits&gt; inland, far away."
+    appended = answer_diff("one two three four five six", "one two three four five six seven")
+    assert appended is not None and str(appended.html) == "one two three four five six <ins>seven</ins>"
+    assert answer_diff("one two three four", "five six seven eight") is None  # nothing alike: no diff view
+    assert answer_diff("", "anything") is None
+    different = "\n\n".join(f"Paragraph {i}: " + "word " * 60 for i in range(60))
+    assert answer_diff(different, different.replace("word", "term")) is None  # at once (a full diff took 31 s)

@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rlaif.review.answer_diff import answer_diff
 from rlaif.review.store import (
     MAX_TAGS,
     ClaimConflict,
@@ -345,6 +346,7 @@ def create_app(
                 "run_id": run_id,
                 "item": queued,
                 "answers": [answer_view(number, candidate) for number, candidate in enumerate(shown, start=1)],
+                "diff": answer_diff(shown[0].text, shown[1].text),
                 "lease_s": lease_s,
                 "lease_left_s": lease_left_s,
                 "previous": previous,

@@ -1,6 +1,6 @@
 // The review page: keyboard shortcuts (1, 2, t tie, b both bad, n show me another, s set aside, u back to the
-// previous pair, ? the keys; where the run offers them: m much better, 3-9 tags, g guidelines), and the hold
-// on the open pair.
+// previous pair, d what differs, l scroll together, ? the keys; where the run offers them: m much better, 3-9
+// tags, g guidelines), and the hold on the open pair.
 // Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
 // stays), so the next key labels the pair with it.
 (function () {
@@ -24,6 +24,32 @@
     form.submit();
   }
 
+  var diffPanel = document.getElementById("diff");
+  if (diffPanel) {
+    document.getElementById("show-diff").addEventListener("click", function (event) {
+      event.preventDefault();
+      diffPanel.hidden = !diffPanel.hidden;
+    });
+  }
+
+  // Scrolling together: each answer scrolls on its own; with the box ticked, scrolling one moves the other to
+  // the same share of its length.
+  var answers = document.querySelectorAll(".answers .answer");
+  var following = null;  // the answer being moved by the other, so that its own scroll event is not passed back
+  answers.forEach(function (answer, index) {
+    answer.addEventListener("scroll", function () {
+      var together = document.getElementById("scroll-together");
+      if (!together || !together.checked || answers.length !== 2) return;
+      if (following === answer) { following = null; return; }
+      var other = answers[1 - index];
+      var share = answer.scrollTop / Math.max(1, answer.scrollHeight - answer.clientHeight);
+      var target = share * (other.scrollHeight - other.clientHeight);
+      if (Math.abs(other.scrollTop - target) < 1) return;  // already there: no scroll event will come back
+      following = other;
+      other.scrollTop = target;
+    });
+  });
+
   document.addEventListener("keydown", function (event) {
     var target = event.target;
     if (target && target.tagName === "TEXTAREA" && form) {
@@ -46,6 +72,18 @@
     if (guidelines && (event.key.toLowerCase() === "g" || (event.key === "Escape" && !guidelines.hidden))) {
       event.preventDefault();
       guidelines.hidden = event.key === "Escape" ? true : !guidelines.hidden;
+      return;
+    }
+    var diff = document.getElementById("diff");
+    if (diff && event.key.toLowerCase() === "d") {  // what differs, shown or hidden
+      event.preventDefault();
+      diff.hidden = !diff.hidden;
+      return;
+    }
+    var together = document.getElementById("scroll-together");
+    if (together && event.key.toLowerCase() === "l") {
+      event.preventDefault();
+      together.checked = !together.checked;
       return;
     }
     var much = form && form.querySelector('input[name=strength][value=much]');
