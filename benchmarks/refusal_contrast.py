@@ -39,8 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import RLAIF, ROOT, provenance, scratch_dir, write_results  # noqa: E402
+from rlaif.agreement import agreement  # noqa: E402
 from rlaif.evaluation.policy_eval import refusal_prompts  # noqa: E402
-from rlaif.pipeline.merge import agreement  # noqa: E402
 from rlaif.pipeline.prompt_sources import iter_prompts  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

@@ -13,9 +13,10 @@ import datasets
 import httpx
 import pytest
 
+from rlaif.agreement import agreement
 from rlaif.config import Config, load_config
 from rlaif.flows.label import label_pipeline
-from rlaif.pipeline.merge import MergeError, agreement, merge_run
+from rlaif.pipeline.merge import MergeError, merge_run
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import read_records
 from rlaif.schema import Pair

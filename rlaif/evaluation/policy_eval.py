@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlaif.agreement import agreement
 from rlaif.config import Config, ConfigError, JudgeSection, ModelSection
 from rlaif.evaluation.bootstrap import mean_interval
 from rlaif.generation.factory import open_backend
@@ -42,7 +43,6 @@ from rlaif.generation.protocol import BackendError, GenerationBackend, Generatio
 from rlaif.judges.factory import open_judge
 from rlaif.judges.setup import load_judge
 from rlaif.labelled_data import load_labelled
-from rlaif.pipeline.merge import agreement
 from rlaif.pipeline.prompt_sources import iter_prompts
 from rlaif.pipeline.refusal_contrast import classifier_section, request_text, verdict_request
 from rlaif.pipeline.sample import prompt_seed

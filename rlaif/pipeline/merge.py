@@ -14,7 +14,6 @@ card) and merge.json (the same figures as JSON).
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import uuid
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from rlaif.agreement import agreement
 from rlaif.config import Config, dump_config
 from rlaif.judges.calibration import Calibrator, Example, cross_fitted, raw_probability, reliability_bins
 from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
@@ -275,17 +275,6 @@ def audit_reliability(examples: list[Example], calibrated: bool, seed: int) -> d
         "raw": reliability_bins(raw, outcomes),
         "calibrated": reliability_bins(cross_fitted(examples, seed=seed), outcomes) if calibrated else None,
     }
-
-
-def agreement(outcomes: list[bool], z: float = 1.96) -> dict[str, Any] | None:
-    """Share of agreements with its 95% Wilson score interval; None without data."""
-    n = len(outcomes)
-    if n == 0:
-        return None
-    p = sum(outcomes) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"n": n, "agreement": p, "ci95": [max(0.0, centre - half), min(1.0, centre + half)]}
 
 
 def dataset_card(config: Config, figures: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rlaif.review.agreement import agreement_report
 from rlaif.review.answer_diff import answer_diff
 from rlaif.review.store import (
     MAX_TAGS,
@@ -75,6 +76,8 @@ MAX_BODY_BYTES = 64 * 1024  # the largest request body: a label with a 4,000-cha
 SANITISED_TAGS = nh3.ALLOWED_TAGS - {"img"}  # what model output's Markdown may keep: no images
 logger = logging.getLogger("rlaif.review")
 CHOICES: dict[str, ReviewLabel | None] = {"tie": "tie", "both_bad": "both_bad", "skip": None}
+SHOWN_DISAGREEMENTS = 200  # the agreement page lists this many (the API lists them all)
+LABEL_NAMES = {"a": "A is better", "b": "B is better", "tie": "tie", "both_bad": "both bad", None: "no label"}
 CHOICE_NAMES = {
     "left": "Answer 1 is better",
     "right": "Answer 2 is better",
@@ -321,6 +324,25 @@ def create_app(
             request, "mine.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "rows": rows}
         )
 
+    @app.get("/runs/{run_id}/agreement", response_class=HTMLResponse)
+    def agreement_page(request: Request, run_id: str, person: SignedIn) -> Response:
+        """How often reviewers agree with each other and with the judge on the audit, and where they do not."""
+        stats = _stats_or_404(store, run_id, person.name)
+        report = agreement_report(store.decisions(run_id).values())
+        shown = report["disagreements"][:SHOWN_DISAGREEMENTS]
+        return templates.TemplateResponse(
+            request,
+            "agreement.html.j2",
+            {
+                "stats": stats,
+                "reviewer": person,
+                "run_id": run_id,
+                "report": report,
+                "shown": [(found, store.get(found.decision.item_id).pair) for found in shown],
+                "label_names": LABEL_NAMES,
+            },
+        )
+
     def item_page(
         request: Request,
         person: Reviewer,
@@ -444,6 +466,25 @@ def create_app(
     def api_skip(item_id: str, person: SignedIn) -> dict[str, Any]:
         result = _submit(store, item_id, person.name, None, None, on_queue_emptied)
         return {"item": item_id, "status": result.status}
+
+    @app.get("/api/runs/{run_id}/agreement")
+    def api_agreement(run_id: str, person: SignedIn) -> dict[str, Any]:
+        _stats_or_404(store, run_id, person.name)
+        report = agreement_report(store.decisions(run_id).values())
+        return {
+            **{key: value for key, value in report.items() if key != "disagreements"},
+            "disagreements": [
+                {
+                    "item": found.decision.item_id,
+                    "pair": found.decision.pair_id,
+                    "labels": dict(found.decision.labels),
+                    "judge": found.decision.judgment.winner,
+                    "between_reviewers": found.between_reviewers,
+                    "with_judge": found.with_judge,
+                }
+                for found in report["disagreements"]
+            ],
+        }
 
     @app.get("/api/runs/{run_id}/stats")
     def api_stats(run_id: str, person: SignedIn) -> dict[str, Any]:

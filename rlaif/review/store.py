@@ -51,6 +51,7 @@ LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
 Strength = Literal["much", "slightly"]
 STRENGTHS: tuple[Strength, ...] = ("much", "slightly")
 MAX_TAGS = 16
+SHUFFLE_WINDOW = 16  # items that want several labels: each reviewer takes the next this many in an order of their own
 
 
 class ReviewStoreError(ValueError):
@@ -429,19 +430,35 @@ class ReviewStore:
     def _lock_free_item(self, conn: Connection, run_id: str, reviewer: str, avoid: str | None) -> Any:
         """Lock and return the first item with a free slot the reviewer has not labelled, in queue order (`avoid`
         last), passing over items another transaction holds (SKIP LOCKED). Each one locked is checked again:
-        the query's snapshot may predate a claim committed just before the lock was taken."""
+        the query's snapshot may predate a claim committed just before the lock was taken. Items that want
+        several labels are taken in an order of the reviewer's own within the next SHUFFLE_WINDOW, so that the
+        reviewers who share them do not move through the queue in lockstep."""
         passed: list[str] = []
         while True:
             query = self._next_free_item(run_id, reviewer, avoid)
             if passed:
                 query = query.where(ItemRow.id.not_in(passed))
             row = conn.execute(query.with_for_update(skip_locked=True, of=ItemRow)).first()
-            if row is None:
-                return None
-            now_seen = self._occupancy(conn, row.id, reviewer)
-            if now_seen.labels_needed - now_seen.labelled - now_seen.claimed > 0 and not now_seen.by_reviewer:
-                return row
+            if row is None or self._free_for(conn, row.id, reviewer):
+                break
             passed.append(row.id)
+        if row is None or row.labels_needed == 1:
+            return row
+        window = self._next_free_item(run_id, reviewer, avoid, SHUFFLE_WINDOW).with_only_columns(ItemRow.id)
+        ahead = [item_id for item_id in conn.execute(window).scalars() if item_id != avoid]
+        for item_id in sorted(ahead, key=lambda found: hashlib.sha256(f"{reviewer}\x00{found}".encode()).digest()):
+            if item_id == row.id:
+                return row
+            preferred = conn.execute(select(ItemRow).where(ItemRow.id == item_id).with_for_update(skip_locked=True))
+            found = preferred.first()
+            if found is not None and found.labels_needed > 1 and self._free_for(conn, found.id, reviewer):
+                return found
+        return row
+
+    def _free_for(self, conn: Connection, item_id: str, reviewer: str) -> bool:
+        """Whether the item has a free slot and the reviewer has not labelled it (read afresh)."""
+        found = self._occupancy(conn, item_id, reviewer)
+        return found.labels_needed - found.labelled - found.claimed > 0 and not found.by_reviewer
 
     def renew(self, item_id: str, reviewer: str, lease_s: float = 900.0) -> datetime:
         """Extend the reviewer's claim on an item by `lease_s` seconds from now (the page does this while the item
@@ -472,8 +489,8 @@ class ReviewStore:
         return None if row is None else _queued(row, lease_expires_at=row.expires_at)
 
     @staticmethod
-    def _next_free_item(run_id: str, reviewer: str, avoid: str | None = None) -> Any:
-        """The first free item the reviewer has not labelled, in queue order; `avoid` comes last."""
+    def _next_free_item(run_id: str, reviewer: str, avoid: str | None = None, limit: int = 1) -> Any:
+        """The first free items the reviewer has not labelled, in queue order; `avoid` comes last."""
         labelled = select(func.count()).where(LabelRow.item_id == ItemRow.id, LabelRow.label.is_not(None))
         claimed = select(func.count()).where(ClaimRow.item_id == ItemRow.id)
         mine = select(LabelRow.item_id).where(LabelRow.item_id == ItemRow.id, LabelRow.reviewer == reviewer)
@@ -486,7 +503,7 @@ class ReviewStore:
                 labelled.scalar_subquery() + claimed.scalar_subquery() < ItemRow.labels_needed,
             )
             .order_by(*([ItemRow.id == avoid] if avoid is not None else []), ItemRow.position)
-            .limit(1)
+            .limit(limit)
         )
 
     @staticmethod
