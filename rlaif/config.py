@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from rlaif.message_text import redact_url
 from rlaif.schema import check_run_name
@@ -302,6 +311,14 @@ class ReviewSection(Section):
         description="Reviewers also say whether the better answer is much or slightly better (key m); the merge "
         "keeps it (human_strength) and a slightly better label counts half as a reward model's margin.",
     )
+    gold: str | None = Field(
+        None,
+        description='Gold pairs with known answers, one JSON object per line: {"prompt": "..." or a message list, '
+        '"a": "...", "b": "...", "label": "a"|"b"|"tie"|"both_bad"}. Mixed into the queue (one after every '
+        "`gold_every` routed pairs), each labelled once by every reviewer and looking like any audit item; the "
+        "agreement page gives each reviewer's share right. Never merged into the dataset.",
+    )
+    gold_every: int = Field(20, ge=1, description="Routed pairs between two gold pairs in the queue.")
     tags: list[str] = Field(
         default_factory=list,
         max_length=7,
@@ -309,11 +326,15 @@ class ReviewSection(Section):
         "[wrong_facts, unsafe, refuses_needlessly, too_long]; the merge keeps them (tags).",
     )
 
-    @field_validator("guidelines")
+    @field_validator("guidelines", "gold")
     @classmethod
-    def _guidelines_readable(cls, path: str | None) -> str | None:
+    def _file_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        what = {
+            "guidelines": "a Markdown file of instructions for reviewers",
+            "gold": "a JSON lines file of gold pairs",
+        }
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"no file {path!r} (a Markdown file of instructions for reviewers)")
+            raise ValueError(f"no file {path!r} ({what[str(info.field_name)]})")
         return path
 
     @field_validator("tags")

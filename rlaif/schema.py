@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 Role = Literal["system", "user", "assistant"]
 Winner = Literal["a", "b", "tie"]
 JudgmentStatus = Literal["ok", "parse_error", "backend_error"]
-ReviewReason = Literal["failed", "audit", "low_confidence", "below_threshold", "reward_disagreement"]
+# gold: an item with a known answer (review.gold), mixed into the queue to measure each reviewer
+ReviewReason = Literal["failed", "audit", "low_confidence", "below_threshold", "reward_disagreement", "gold"]
 ReviewStatus = Literal["pending", "claimed", "done", "skipped"]
 ReviewLabel = Literal["a", "b", "tie", "both_bad"]
 LabelSource = Literal["judge", "human"]

@@ -5,9 +5,12 @@ with people on the audit, each reviewer's figures, and the disagreements, with w
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from rlaif.config import ConfigError, load_config
+from rlaif.pipeline.enqueue import read_gold, with_gold
 from rlaif.review.agreement import agreement_report
-from rlaif.review.store import ReviewStore
+from rlaif.review.store import ReviewStore, ReviewStoreError
 from tests.review_fixtures import ReviewServer, queue_entries
 
 
@@ -75,3 +78,48 @@ def test_the_agreement_page_and_api(browser, tmp_path):
         assert "ann: A is better" in rows.first.inner_text() and "bob: B is better" in rows.first.inner_text()
         assert rows.first.locator(".answer img").count() == 0  # the answers' markup stays text
         assert "<img src=x" in rows.first.locator(".answer").first.inner_text()
+
+
+def test_gold_pairs_measure_each_reviewer_and_never_hold_the_queue_open(db_url, tmp_path):
+    gold_file = tmp_path / "gold.jsonl"
+    gold_file.write_text(
+        '{"prompt": "2 + 2?", "a": "4", "b": "5", "label": "a"}\n'
+        '{"prompt": [{"role": "user", "content": "Capital of France?"}], "a": "Lyon", "b": "Paris", "label": "b"}\n',
+        encoding="utf-8",
+    )
+    gold = read_gold(gold_file, "run")
+    entries = list(with_gold(queue_entries("run", 5), gold, every=2))
+    assert [entry[0].reason == "gold" for entry in entries] == [False, False, True, False, False, True, False]
+    emptied = []
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("run", entries, labels_needed=2, gold={item.id: label for (item, _, _), label in gold})
+        assert store.stats("run")["total"] == 5  # gold counts towards no progress
+        for reviewer in ("ann", "bob"):
+            while (queued := store.claim_next("run", reviewer)) is not None:
+                assert queued.to_json()["reason"] != "gold"  # a gold pair looks like any other to the reviewer
+                if queued.item.reason == "gold":  # ann knows, bob gets them wrong
+                    known = next(label for (item, _, _), label in gold if item.id == queued.item.id)
+                    value = known if reviewer == "ann" else ("b" if known == "a" else "a")
+                else:
+                    value = "tie"
+                emptied.append(store.submit(queued.item.id, reviewer, value).queue_emptied)
+        decisions = store.decisions("run")
+        stats = store.stats("run")
+    assert sum(emptied) == 1 and stats["finished"] == stats["total"] == 5  # emptied with the gold still open
+    gold_labels = {d.item_id: d.labels for d in decisions.values() if d.gold_label}
+    assert len(gold_labels) == 2 and all(len(labels) <= 2 for labels in gold_labels.values())
+    assert all("ann" in dict(labels) for labels in gold_labels.values())  # ann met both (she went first)
+    report = agreement_report(decisions.values())
+    assert report["reviewers"]["ann"]["gold"]["agreement"] == 1.0
+    assert report["reviewers"]["bob"]["gold"] is None or report["reviewers"]["bob"]["gold"]["agreement"] == 0.0
+    assert report["reviewers"]["ann"]["labelled"] == 5  # the run's own items; the gold apart
+    assert not any(found.decision.gold_label for found in report["disagreements"])
+
+
+def test_a_bad_gold_line_is_named(tmp_path):
+    gold_file = tmp_path / "gold.jsonl"
+    gold_file.write_text('{"prompt": "x", "a": "1", "b": "2", "label": "a"}\n{"prompt": "y", "a": "1"}\n')
+    with pytest.raises(ReviewStoreError, match=r"review.gold: .*gold.jsonl:2: not a gold pair: 'b'"):
+        read_gold(gold_file, "run")
+    with pytest.raises(ConfigError, match="review.gold: .*no file"):
+        load_config(None, [f"review.gold={tmp_path / 'absent.jsonl'}"])

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rlaif.config import Config
 from rlaif.review.store import ReviewStore, ReviewStoreError, RunSettings
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_jsonl
-from rlaif.schema import Judgment, Pair, ReviewItem
+from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel
 
 
 def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]:
@@ -26,15 +26,63 @@ def read_review_queue(path: Path) -> Iterator[tuple[ReviewItem, Pair, Judgment]]
 
 
 def enqueue_routed(run: RunDirectory, config: Config, store: ReviewStore) -> int:
-    """Put the run's routed pairs into the review database, with the page's settings from the config; returns
-    how many were new."""
+    """Put the run's routed pairs into the review database, with the page's settings from the config and any
+    gold pairs (review.gold) mixed in; returns how many were new."""
+    gold = read_gold(Path(config.review.gold), config.run.name) if config.review.gold else []
     return store.enqueue(
         config.run.name,
-        read_review_queue(run.review_queue),
+        with_gold(read_review_queue(run.review_queue), gold, config.review.gold_every),
         labels_needed=config.review.labels_per_item,
         max_skips=config.review.max_skips,
         settings=run_settings(config),
+        gold={item.id: label for (item, _, _), label in gold},
     )
+
+
+Entry = tuple[ReviewItem, Pair, Judgment]
+
+
+def read_gold(path: Path, run_id: str) -> list[tuple[Entry, ReviewLabel]]:
+    """Gold pairs of review.gold as queue entries (reason gold, no judgment: the judge never saw them) with their
+    known answers; a bad line is named by file and line."""
+    gold = []
+    for number, row in read_jsonl(path, ReviewStoreError):
+        try:
+            prompt = row["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            item = PromptItem(messages=messages)
+            pair = Pair(
+                prompt=item,
+                a=Candidate(prompt_id=item.id, text=row["a"], model="gold"),
+                b=Candidate(prompt_id=item.id, text=row["b"], model="gold"),
+            )
+            label = row["label"]
+            if label not in ("a", "b", "tie", "both_bad"):
+                raise ValueError(f"label must be a, b, tie or both_bad, not {label!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReviewStoreError(f"review.gold: {path}:{number}: not a gold pair: {exc}") from None
+        judgment = Judgment(
+            pair_id=pair.id,
+            winner=None,
+            status="backend_error",
+            error="a gold pair: not judged",
+            judge_model="gold",
+            template_hash="gold",
+        )
+        gold.append(((ReviewItem(run_id=run_id, pair_id=pair.id, reason="gold"), pair, judgment), label))
+    return gold
+
+
+def with_gold(routed: Iterable[Entry], gold: list[tuple[Entry, ReviewLabel]], every: int) -> Iterator[Entry]:
+    """The routed entries with one gold entry between each `every` of them. Gold is offered only while routed
+    items remain, so gold beyond that room goes at the end, where a reviewer meets it only while the last routed
+    items are still open."""
+    waiting = [entry for entry, _ in gold]
+    for number, entry in enumerate(routed):
+        if number and number % every == 0 and waiting:
+            yield waiting.pop(0)
+        yield entry
+    yield from waiting
 
 
 def run_settings(config: Config) -> RunSettings:

@@ -1,6 +1,7 @@
 """Agreement people can act on, per run: how often reviewers agree with each other where their items overlap,
 how often the judge agrees with them on the audit (a random sample, so the figure is unbiased), each
-reviewer's own figures, and the items where they disagree, for the run's owner to look at."""
+reviewer's own figures (with gold items, review.gold, how often they gave the known answer), and the items
+where they disagree, for the run's owner to look at."""
 
 from __future__ import annotations
 
@@ -32,7 +33,11 @@ def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
     for decision in decisions:
         labels = decision.labels
         for reviewer, _ in labels:
-            per_reviewer.setdefault(reviewer, {"labelled": [], "with_others": [], "with_judge": []})
+            per_reviewer.setdefault(reviewer, {"labelled": [], "with_others": [], "with_judge": [], "gold": []})
+        if decision.gold_label is not None:  # measures each reviewer, apart from the run's own items
+            for reviewer, label in labels:
+                per_reviewer[reviewer]["gold"].append(label == decision.gold_label)
+            continue
         for i, (first, first_label) in enumerate(labels):
             per_reviewer[first]["labelled"].append(True)
             for second, second_label in labels[i + 1 :]:
@@ -58,6 +63,7 @@ def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
                 "labelled": len(figures["labelled"]),
                 "with_others": agreement(figures["with_others"]),
                 "with_judge_on_audit": agreement(figures["with_judge"]),
+                "gold": agreement(figures["gold"]),
             }
             for name, figures in sorted(per_reviewer.items())
         },

@@ -18,8 +18,10 @@ from rlaif.review.tables import SCHEMA_VERSION
 
 
 def _to_2(ops: Operations) -> None:
-    """The page's per-run settings (guidelines, label strength, tags), and a label's strength and tags."""
+    """The page's per-run settings (guidelines, label strength, tags), a label's strength and tags, and gold
+    items' known answers."""
     ops.add_column("review_runs", Column("settings_json", Text, nullable=True))
+    ops.add_column("review_items", Column("gold_label", String(16), nullable=True))
     ops.add_column("review_labels", Column("strength", String(16), nullable=True))
     ops.add_column("review_labels", Column("tags_json", Text, nullable=True))
 

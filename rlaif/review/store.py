@@ -21,7 +21,7 @@ import hashlib
 import json
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +51,7 @@ LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
 Strength = Literal["much", "slightly"]
 STRENGTHS: tuple[Strength, ...] = ("much", "slightly")
 MAX_TAGS = 16
+GOLD_LABELS = 1_000_000  # a gold item's labels_needed: every reviewer labels it once, and it never finishes
 SHUFFLE_WINDOW = 16  # items that want several labels: each reviewer takes the next this many in an order of their own
 
 
@@ -83,7 +84,7 @@ class QueuedItem:
             "id": self.item.id,
             "run_id": self.item.run_id,
             "pair_id": self.item.pair_id,
-            "reason": self.item.reason,
+            "reason": "audit" if self.item.reason == "gold" else self.item.reason,  # gold looks like any audit item
             "status": self.item.status,
             "prompt": [m.model_dump() for m in self.pair.prompt.messages],
             "a": self.pair.a.text,
@@ -148,6 +149,7 @@ class HumanDecision:
     judgment: Judgment
     strengths: tuple[Strength | None, ...] = ()  # each label's strength, in the order of `labels`
     tags: tuple[str, ...] = ()  # every tag any reviewer gave, sorted
+    gold_label: ReviewLabel | None = None  # a gold item's known answer
 
     @property
     def label(self) -> ReviewLabel | None:
@@ -346,9 +348,13 @@ class ReviewStore:
         labels_needed: int = 1,
         max_skips: int = 1,
         settings: RunSettings | None = None,
+        gold: Mapping[str, ReviewLabel] | None = None,
     ) -> int:
         """Add a run's routed pairs; items already queued are kept as they are. Returns how many were added.
-        `settings`, when given, become the run's (the latest enqueue's config wins)."""
+        `settings`, when given, become the run's (the latest enqueue's config wins). `gold`: the known answers
+        of gold items among the entries (reason gold), by item id: every reviewer labels each once, and they
+        count towards no progress and never keep the queue from emptying."""
+        gold = gold or {}
         added = 0
         with self._transaction(run_id) as conn:
             if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
@@ -373,10 +379,11 @@ class ReviewStore:
                         reason=item.reason,
                         status="pending",
                         shown_swapped=display_swapped(item.id),
-                        labels_needed=labels_needed,
-                        max_skips=max_skips,
+                        labels_needed=GOLD_LABELS if item.id in gold else labels_needed,
+                        max_skips=GOLD_LABELS if item.id in gold else max_skips,
                         pair_json=pair.model_dump_json(),
                         judgment_json=judgment.model_dump_json(),
+                        gold_label=gold.get(item.id),
                         created_at=stamp,
                         updated_at=stamp,
                     )
@@ -442,6 +449,8 @@ class ReviewStore:
             if row is None or self._free_for(conn, row.id, reviewer):
                 break
             passed.append(row.id)
+        if row is not None and row.reason == "gold" and not self._has_open_item(conn, run_id):
+            return None  # gold items are mixed into work; once the run's own items are finished, none is left
         if row is None or row.labels_needed == 1:
             return row
         window = self._next_free_item(run_id, reviewer, avoid, SHUFFLE_WINDOW).with_only_columns(ItemRow.id)
@@ -658,7 +667,8 @@ class ReviewStore:
     @staticmethod
     def _has_open_item(conn: Connection, run_id: str) -> bool:
         """Whether the run has an open item; one is enough to know (a count would read every open item)."""
-        return conn.execute(select(ItemRow.id).where(ItemRow.run_id == run_id, OPEN).limit(1)).first() is not None
+        query = select(ItemRow.id).where(ItemRow.run_id == run_id, OPEN, ItemRow.reason != "gold").limit(1)
+        return conn.execute(query).first() is not None
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -678,9 +688,11 @@ class ReviewStore:
         with self.engine.connect() as conn:
             if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
                 raise ItemNotFound(f"no review queue for run {run_id!r}")
-            by_status = dict(
+            by_status = dict(  # gold items (always open) count towards no progress
                 conn.execute(
-                    select(ItemRow.status, func.count()).where(ItemRow.run_id == run_id).group_by(ItemRow.status)
+                    select(ItemRow.status, func.count())
+                    .where(ItemRow.run_id == run_id, ItemRow.reason != "gold")
+                    .group_by(ItemRow.status)
                 ).all()
             )
             by_reason = dict(
@@ -689,7 +701,9 @@ class ReviewStore:
                 ).all()
             )
             labels = conn.execute(
-                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label).where(LabelRow.run_id == run_id)
+                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label, ItemRow.reason)
+                .join(ItemRow, ItemRow.id == LabelRow.item_id)
+                .where(LabelRow.run_id == run_id)
             ).all()
         total = sum(by_status.values())
         statuses = {s: by_status.get(s, 0) for s in ("pending", "claimed", "done", "skipped")}
@@ -704,7 +718,7 @@ class ReviewStore:
             "skips": len(labels) - len(given),
             "by_label": dict(Counter(row.label for row in given)),
             "mine": sum(1 for row in labels if row.reviewer == reviewer) if reviewer else None,
-            "inter_annotator_agreement": _pairwise_agreement(given),
+            "inter_annotator_agreement": _pairwise_agreement([row for row in given if row.reason != "gold"]),
         }
 
     def labels_by(
@@ -757,6 +771,7 @@ class ReviewStore:
                 judgment=Judgment.model_validate_json(row.judgment_json),
                 strengths=tuple(given.strength for given in by_item.get(row.id, [])),
                 tags=tuple(sorted({tag for given in by_item.get(row.id, []) for tag in _tags(given.tags_json)})),
+                gold_label=row.gold_label,
             )
             for row in items
         }
@@ -800,6 +815,7 @@ class ReviewStore:
                 "shown_swapped": row.shown_swapped,
                 "labels_needed": row.labels_needed,
                 "max_skips": row.max_skips,
+                **({"gold_label": row.gold_label} if row.gold_label else {}),
                 "labels": sorted(by_item.get(row.id, []), key=lambda entry: entry["reviewer"]),
             }
 
@@ -825,12 +841,15 @@ class ReviewStore:
                 settings = RunSettings.from_json(json.dumps(row["run_settings"])) if "run_settings" in row else None
             except (KeyError, TypeError, ValueError) as exc:
                 raise ReviewStoreError(f"{source}:{number}: not an exported review row: {exc}") from None
+            if row.get("gold_label") not in (None, *LABELS):
+                raise ReviewStoreError(f"{source}:{number}: unknown gold label {row['gold_label']!r}")
             items_added += self.enqueue(
                 item.run_id,
                 [(item, pair, judgment)],
                 int(row.get("labels_needed", 1)),
                 int(row.get("max_skips", 1)),
                 settings,
+                {item.id: row["gold_label"]} if row.get("gold_label") else None,
             )
             for given in labels:
                 if given["label"] is not None and given["label"] not in LABELS:

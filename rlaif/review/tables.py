@@ -65,6 +65,7 @@ class ItemRow(Base):
     max_skips: Mapped[int] = mapped_column(Integer)
     pair_json: Mapped[str] = mapped_column(Text)
     judgment_json: Mapped[str] = mapped_column(Text)
+    gold_label: Mapped[str | None] = mapped_column(String(16), nullable=True)  # version 2: a gold item's answer
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
