@@ -311,6 +311,12 @@ class ReviewSection(Section):
         description="Reviewers also say whether the better answer is much or slightly better (key m); the merge "
         "keeps it (human_strength) and a slightly better label counts half as a reward model's margin.",
     )
+    mode: Literal["pairs", "ranking"] = Field(
+        "pairs",
+        description="pairs: people label the routed pairs. ranking: people rank all the answers of each prompt "
+        "the routing picked (ties allowed); each ranking gives the merge every pair of those answers. Needs "
+        "pairs.strategy all, and no review.target_agreement (its certificate is made for pair labels).",
+    )
     gold: str | None = Field(
         None,
         description='Gold pairs with known answers, one JSON object per line: {"prompt": "..." or a message list, '
@@ -756,6 +762,13 @@ class Config(Section):
             )
         if any(tier.tiers for tier in self.judge.tiers):
             raise ValueError("judge.tiers: a tier has no tiers of its own (list every tier in judge.tiers)")
+        if self.review.mode == "ranking" and self.pairs.strategy != "all":
+            raise ValueError(
+                f"review.mode ranking needs pairs.strategy all (not {self.pairs.strategy}): people rank every answer "
+                "of a prompt, and the merge takes each of their pairs"
+            )
+        if self.review.mode == "ranking" and self.review.target_agreement is not None:
+            raise ValueError("review.mode ranking works without review.target_agreement (certified for pair labels)")
         if self.run.rounds > 1:
             self._check_rounds()
         return self

@@ -221,6 +221,7 @@ class PreferenceRecord(Record):
     review_reason: ReviewReason | None = None  # why people were asked; None when the pair was not routed
     flagged: bool = False  # people were asked but did not answer: the judge's label stands in
     reviewers: tuple[str, ...] = ()
+    ranked: bool = False  # people's label comes from their ranking of all the prompt's answers (ranking mode)
     # With review.strength: how much better people found the chosen answer (much | slightly).
     human_strength: Literal["much", "slightly"] | None = None
     tags: tuple[str, ...] = ()  # tags people put on the pair (review.tags)

@@ -65,15 +65,15 @@ def label_every_item(db_url: str, run_id: str, label_of: Callable[[QueuedItem], 
     return given
 
 
-def start_reviewing(page: Any, url: str, token: str, run_id: str) -> Any:
-    """In a browser page: sign in on the run's page, press Start, and wait for the first pair."""
+def start_reviewing(page: Any, url: str, token: str, run_id: str, form: str = "#label-form") -> Any:
+    """In a browser page: sign in on the run's page, press Start, and wait for the first item (its `form`)."""
     page.goto(f"{url}/runs/{run_id}")
     page.fill("input[name=token]", token)
     page.click("button[type=submit]")
     page.wait_for_selector("#start-form")
     with page.expect_navigation():
         page.click("#start-form button")
-    page.wait_for_selector("#label-form")
+    page.wait_for_selector(form)
     return page
 
 

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rlaif.config import Config
+from rlaif.pipeline.shard_plan import judged_shards
 from rlaif.review.store import ReviewStore, ReviewStoreError, RunSettings
-from rlaif.run_directory import RunDirectory
+from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import read_jsonl
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel
 
@@ -29,14 +30,43 @@ def enqueue_routed(run: RunDirectory, config: Config, store: ReviewStore) -> int
     """Put the run's routed pairs into the review database, with the page's settings from the config and any
     gold pairs (review.gold) mixed in; returns how many were new."""
     gold = read_gold(Path(config.review.gold), config.run.name) if config.review.gold else []
+    routed: Iterable[Entry] = read_review_queue(run.review_queue)
+    rankings: dict[str, list[Candidate]] = {}
+    if config.review.mode == "ranking":
+        routed, rankings = ranking_items(run, list(routed))
     return store.enqueue(
         config.run.name,
-        with_gold(read_review_queue(run.review_queue), gold, config.review.gold_every),
+        with_gold(routed, gold, config.review.gold_every),
         labels_needed=config.review.labels_per_item,
         max_skips=config.review.max_skips,
         settings=run_settings(config),
         gold={item.id: label for (item, _, _), label in gold},
+        rankings=rankings,
     )
+
+
+def ranking_items(run: RunDirectory, routed: list[Entry]) -> tuple[list[Entry], dict[str, list[Candidate]]]:
+    """Ranking mode: one item per prompt the routing picked (its first routed pair stands for it, with reason
+    audit when any of its pairs was drawn for the audit), holding every distinct answer of the prompt in the
+    run's pairs (all of them, with pairs.strategy all), for people to rank."""
+    by_prompt: dict[str, list[Entry]] = {}
+    for entry in routed:
+        by_prompt.setdefault(entry[1].prompt.id, []).append(entry)
+    answers: dict[str, dict[str, Candidate]] = {prompt_id: {} for prompt_id in by_prompt}
+    for shard in judged_shards(run):
+        for pair in read_records(shard.pairs, Pair):
+            if pair.prompt.id in answers:
+                for candidate in (pair.a, pair.b):
+                    answers[pair.prompt.id].setdefault(candidate.id, candidate)
+    items = []
+    rankings = {}
+    for prompt_id, entries in by_prompt.items():
+        item, pair, judgment = entries[0]
+        if any(entry[0].reason == "audit" for entry in entries):
+            item = ReviewItem(run_id=item.run_id, pair_id=item.pair_id, reason="audit")
+        items.append((item, pair, judgment))
+        rankings[item.id] = sorted(answers[prompt_id].values(), key=lambda candidate: candidate.id)
+    return items, rankings
 
 
 Entry = tuple[ReviewItem, Pair, Judgment]

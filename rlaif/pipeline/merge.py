@@ -29,6 +29,7 @@ from rlaif.config import Config, dump_config
 from rlaif.judges.calibration import Calibrator, Example, cross_fitted, raw_probability, reliability_bins
 from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
 from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
+from rlaif.review.ranking import oriented, ranked_pairs
 from rlaif.review.store import HumanDecision, ReviewStore
 from rlaif.run_directory import RunDirectory, read_manifest, read_records
 from rlaif.run_files import write_json_atomic
@@ -53,7 +54,9 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
     on_pending = on_pending or config.merge.on_pending
     decisions = store.decisions(run_id)
     routed = {row["pair_id"]: row["reason"] for row in manifest["routed"]}
-    unqueued = [pair_id for pair_id in routed if pair_id not in decisions]
+    # Ranking mode: each ranking stands for every pair of its prompt's answers (routed or not).
+    ranked = {pair_id: found for d in decisions.values() for pair_id, found in ranked_pairs(d).items()}
+    unqueued = [pair_id for pair_id in routed if pair_id not in decisions and pair_id not in ranked]
     if unqueued:
         raise MergeError(
             f"{len(unqueued)} routed pairs of run {run_id!r} are not in the review database "
@@ -89,6 +92,8 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
                     counts["pairs_without_judgment"] += 1
                     continue
                 human = decisions.get(pair.id) if pair.id in routed else None
+                if pair.id in ranked:
+                    human = oriented(ranked[pair.id][1], ranked[pair.id][0], pair)
                 if human is not None and human.label is not None and judgment.status == "ok":
                     agree = judgment.winner == human.label
                     if human.label != "both_bad":
@@ -127,7 +132,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             "labels": dict(Counter(dataset["label"])),
             "flagged": sum(dataset["flagged"]),
             "routed": len(routed),
-            "review_status": dict(Counter(decisions[p].status for p in routed)),
+            "review_status": dict(Counter((decisions.get(p) or ranked[p][1]).status for p in routed)),
             "dropped": {key: value for key, value in sorted(counts.items())},
             "audit_agreement": agreement([example.agreed for example in audit]),
             "reliability": audit_reliability(audit, calibrated=calibrator is not None, seed=config.run.seed),
@@ -198,6 +203,7 @@ def dataset_features() -> Any:
             "review_reason": datasets.Value("string"),
             "flagged": datasets.Value("bool"),
             "reviewers": datasets.List(datasets.Value("string")),
+            "ranked": datasets.Value("bool"),
             "human_strength": datasets.Value("string"),
             "tags": datasets.List(datasets.Value("string")),
             "judge": datasets.Value("string"),
@@ -250,6 +256,7 @@ def preference_record(
         review_reason=human.reason if human is not None else None,
         flagged=flagged,
         reviewers=reviewers,
+        ranked=source == "human" and human is not None and bool(human.candidates),
         human_strength=human.strength if source == "human" and human is not None else None,
         tags=human.tags if human is not None else (),
         judge=judgment.judge_model,

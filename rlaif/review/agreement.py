@@ -5,12 +5,14 @@ where they disagree, for the run's owner to look at."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rlaif.agreement import agreement
+from rlaif.review.ranking import ranked_pairs
 from rlaif.review.store import HumanDecision
+from rlaif.schema import Pair
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Disagreement:
     decision: HumanDecision
     between_reviewers: bool
     with_judge: bool
+    pair: Pair | None = None  # ranking mode: the pair of answers they differ on
 
 
 def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
     judge_on_audit: list[bool] = []
     per_reviewer: dict[str, dict[str, list[bool]]] = {}
     disagreements: list[Disagreement] = []
-    for decision in decisions:
+    for decision, pair in _as_pairs(decisions):
         labels = decision.labels
         for reviewer, _ in labels:
             per_reviewer.setdefault(reviewer, {"labelled": [], "with_others": [], "with_judge": [], "gold": []})
@@ -53,7 +56,7 @@ def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
                 per_reviewer[reviewer]["with_judge"].append(decision.judgment.winner == label)
         split = len({label for _, label in labels}) > 1
         if split or (audited and not judge_agrees):
-            disagreements.append(Disagreement(decision, split, audited and not judge_agrees))
+            disagreements.append(Disagreement(decision, split, audited and not judge_agrees, pair))
     disagreements.sort(key=lambda found: not found.between_reviewers)
     return {
         "between_reviewers": agreement(between),
@@ -69,3 +72,12 @@ def agreement_report(decisions: Iterable[HumanDecision]) -> dict[str, Any]:
         },
         "disagreements": disagreements,
     }
+
+
+def _as_pairs(decisions: Iterable[HumanDecision]) -> Iterator[tuple[HumanDecision, Pair | None]]:
+    """Each decision about a pair as it is; a ranking (ranking mode) as the pairs it decides."""
+    for decision in decisions:
+        if decision.candidates:
+            yield from ((found, pair) for pair, found in ranked_pairs(decision).values())
+        else:
+            yield decision, None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,6 +106,14 @@ class LabelBody(BaseModel):
     comment: str | None = Field(None, max_length=4000)
     strength: Strength | None = Field(None, description="much or slightly better; only with a or b, where asked.")
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS, description="Tags the run offers.")
+
+
+class RankBody(BaseModel):
+    ranking: list[list[int]] = Field(
+        description="Tiers of answer indices (0-based, as in `candidates`), best first; answers in a tier are tied.",
+        max_length=64,
+    )
+    comment: str | None = Field(None, max_length=4000)
 
 
 @dataclass(frozen=True)
@@ -319,7 +327,15 @@ def create_app(
         """Every label the reviewer gave in the run, the latest first, each a link to change it."""
         stats = _stats_or_404(store, run_id, person.name)
         given = store.labels_by(run_id, person.name)
-        rows = [(g, CHOICE_NAMES[displayed_choice(g.label, g.queued.shown_swapped)]) for g in given]
+        rows = [
+            (
+                g,
+                f"ranked {ranking_text(g.ranking)}"
+                if g.ranking
+                else CHOICE_NAMES[displayed_choice(g.label, g.queued.shown_swapped)],
+            )
+            for g in given
+        ]
         return templates.TemplateResponse(
             request, "mine.html.j2", {"stats": stats, "reviewer": person, "run_id": run_id, "rows": rows}
         )
@@ -338,7 +354,7 @@ def create_app(
                 "reviewer": person,
                 "run_id": run_id,
                 "report": report,
-                "shown": [(found, store.get(found.decision.item_id).pair) for found in shown],
+                "shown": [(found, found.pair or store.get(found.decision.item_id).pair) for found in shown],
                 "label_names": LABEL_NAMES,
             },
         )
@@ -353,10 +369,29 @@ def create_app(
         lease_left_s: int = 0,
         given: GivenLabel | None = None,
     ) -> Response:
-        """The page of one pair: the item the reviewer holds, or (`given`) one they labelled earlier."""
+        """The page of one item: the item the reviewer holds, or (`given`) one they labelled earlier; a pair, or
+        (ranking mode) a prompt's answers to rank."""
+        settings = store.run_settings(run_id)
+        if queued.candidates:
+            return templates.TemplateResponse(
+                request,
+                "rank.html.j2",
+                {
+                    "settings": settings,
+                    "stats": stats,
+                    "reviewer": person,
+                    "run_id": run_id,
+                    "item": queued,
+                    "answers": [answer_view(n, candidate) for n, candidate in enumerate(queued.candidates, start=1)],
+                    "lease_s": lease_s,
+                    "lease_left_s": lease_left_s,
+                    "previous": previous,
+                    "given": given,
+                    "given_ranking": ranking_text(given.ranking) if given is not None and given.ranking else None,
+                },
+            )
         shown = (queued.pair.b, queued.pair.a) if queued.shown_swapped else (queued.pair.a, queued.pair.b)
         chosen = displayed_choice(given.label, queued.shown_swapped) if given is not None else None
-        settings = store.run_settings(run_id)
         return templates.TemplateResponse(
             request,
             "item.html.j2",
@@ -377,6 +412,31 @@ def create_app(
                 "chosen_name": CHOICE_NAMES.get(chosen or ""),
             },
         )
+
+    @app.post("/runs/{run_id}/items/{item_id}/rank")
+    def review_rank(
+        request: Request,
+        run_id: str,
+        item_id: str,
+        person: FormSignedIn,
+        ranking: Annotated[str, Form(max_length=400)],
+        comment: Annotated[str, Form(max_length=4000)] = "",
+    ) -> Response:
+        """A ranking of a ranking item's answers, as the page sends it ("3,1=2,4": answer numbers, best first)."""
+        queued = _item_or_404(store, item_id)
+        tiers = parse_ranking(ranking, len(queued.candidates))
+        try:
+            _submit(store, item_id, person.name, None, comment, on_queue_emptied, ranking=tiers)
+        except ClaimConflict:
+            stats = _stats_or_404(store, run_id, person.name)
+            return templates.TemplateResponse(
+                request,
+                "lost.html.j2",
+                {"stats": stats, "reviewer": person, "run_id": run_id, "comment": comment},
+                status_code=409,
+            )
+        store.claim_next(run_id, person.name, lease_s)
+        return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
 
     @app.post("/runs/{run_id}/next", response_class=HTMLResponse)
     def review_start(request: Request, run_id: str, person: FormSignedIn) -> Response:
@@ -421,7 +481,7 @@ def create_app(
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str, person: SignedIn) -> Response:
-        media = {"review.js": "text/javascript", "review.css": "text/css"}
+        media = {"review.js": "text/javascript", "rank.js": "text/javascript", "review.css": "text/css"}
         if name not in media:
             raise HTTPException(404)
         return Response((web / name).read_text(encoding="utf-8"), media_type=media[name])
@@ -447,6 +507,11 @@ def create_app(
             strength, tags = _offered(store.run_settings(queued.item.run_id), body.label, strength, tags)
         result = _submit(store, item_id, person.name, body.label, body.comment, on_queue_emptied, strength, tags)
         return {"item": item_id, "label": body.label, "status": result.status, "repeated": result.repeated}
+
+    @app.post("/api/items/{item_id}/rank")
+    def api_rank(item_id: str, body: RankBody, person: SignedIn) -> dict[str, Any]:
+        result = _submit(store, item_id, person.name, None, body.comment, on_queue_emptied, ranking=body.ranking)
+        return {"item": item_id, "status": result.status, "repeated": result.repeated}
 
     @app.post("/api/items/{item_id}/renew")
     def api_renew(item_id: str, person: SignedIn) -> dict[str, Any]:
@@ -584,6 +649,23 @@ def answer_view(number: int, candidate: Candidate) -> dict[str, Any]:
     }
 
 
+def parse_ranking(text: str, count: int) -> list[list[int]]:
+    """The page's ranking ("3,1=2,4": answer numbers from 1, best first, "=" between tied ones) as tiers of
+    0-based answer indices; 422 unless it places each of the `count` answers once."""
+    try:
+        tiers = [[int(number) - 1 for number in tier.split("=")] for tier in text.split(",")]
+    except ValueError:
+        raise HTTPException(422, f"a ranking is answer numbers separated by ',' and '=', not {text!r}") from None
+    if sorted(index for tier in tiers for index in tier) != list(range(count)):
+        raise HTTPException(422, f"a ranking places each of the {count} answers exactly once")
+    return tiers
+
+
+def ranking_text(ranking: Sequence[Sequence[int]]) -> str:
+    """A stored ranking as the page writes it: `parse_ranking` undone."""
+    return ",".join("=".join(str(index + 1) for index in tier) for tier in ranking)
+
+
 def displayed_choice(label: ReviewLabel | None, shown_swapped: bool) -> str:
     """The page's choice (left, right, tie, both_bad, skip) for a stored label: `stored_label` undone."""
     if label in ("a", "b"):
@@ -608,8 +690,9 @@ def _submit(
     on_queue_emptied: Callable[[str], None] | None,
     strength: Strength | None = None,
     tags: list[str] | tuple[str, ...] = (),
+    ranking: list[list[int]] | None = None,
 ) -> Any:
-    result = store.submit(item_id, reviewer, label, comment, strength, tags)
+    result = store.submit(item_id, reviewer, label, comment, strength, tags, ranking)
     if result.queue_emptied and on_queue_emptied is not None:
         on_queue_emptied(result.run_id)
     return result

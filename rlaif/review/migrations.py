@@ -18,10 +18,12 @@ from rlaif.review.tables import SCHEMA_VERSION
 
 
 def _to_2(ops: Operations) -> None:
-    """The page's per-run settings (guidelines, label strength, tags), a label's strength and tags, and gold
-    items' known answers."""
+    """The page's per-run settings (guidelines, label strength, tags), a label's strength and tags, gold
+    items' known answers, and ranking mode's answers and rankings."""
     ops.add_column("review_runs", Column("settings_json", Text, nullable=True))
     ops.add_column("review_items", Column("gold_label", String(16), nullable=True))
+    ops.add_column("review_items", Column("candidates_json", Text, nullable=True))
+    ops.add_column("review_labels", Column("ranking_json", Text, nullable=True))
     ops.add_column("review_labels", Column("strength", String(16), nullable=True))
     ops.add_column("review_labels", Column("tags_json", Text, nullable=True))
 

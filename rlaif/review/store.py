@@ -21,7 +21,7 @@ import hashlib
 import json
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,10 +45,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from rlaif.message_text import redact_url
 from rlaif.review.migrations import OLDEST_UPGRADABLE, upgrade
 from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
-from rlaif.schema import Judgment, Pair, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
+from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
 
 LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
 Strength = Literal["much", "slightly"]
+Ranking = tuple[tuple[int, ...], ...]  # candidate indices, best first; the indices in one tier are tied
+RANKED = "ranked"  # the label of a ranking (ranking mode): the order itself is in the label's ranking
 STRENGTHS: tuple[Strength, ...] = ("much", "slightly")
 MAX_TAGS = 16
 GOLD_LABELS = 1_000_000  # a gold item's labels_needed: every reviewer labels it once, and it never finishes
@@ -77,10 +79,14 @@ class QueuedItem:
     shown_swapped: bool
     labels_needed: int
     lease_expires_at: datetime | None = None
+    candidates: tuple[Candidate, ...] = ()  # ranking mode: every answer of the prompt, to rank
 
     def to_json(self) -> dict[str, Any]:
-        """The API form: labels a/b refer to `pair.a`/`pair.b`; `shown_swapped` says the page shows B first."""
+        """The API form: labels a/b refer to `pair.a`/`pair.b`; `shown_swapped` says the page shows B first. A
+        ranking item also has `candidates`, the answers to rank (a ranking names them by their index)."""
+        ranking = {"candidates": [c.text for c in self.candidates]} if self.candidates else {}
         return {
+            **ranking,
             "id": self.item.id,
             "run_id": self.item.run_id,
             "pair_id": self.item.pair_id,
@@ -115,6 +121,7 @@ class GivenLabel:
     updated_at: datetime
     strength: Strength | None = None
     tags: tuple[str, ...] = ()
+    ranking: Ranking | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,9 @@ class HumanDecision:
     strengths: tuple[Strength | None, ...] = ()  # each label's strength, in the order of `labels`
     tags: tuple[str, ...] = ()  # every tag any reviewer gave, sorted
     gold_label: ReviewLabel | None = None  # a gold item's known answer
+    candidates: tuple[Candidate, ...] = ()  # ranking mode: the answers ranked
+    rankings: tuple[Ranking | None, ...] = ()  # ranking mode: each label's ranking, in the order of `labels`
+    prompt: PromptItem | None = None  # ranking mode: the prompt the answers are for
 
     @property
     def label(self) -> ReviewLabel | None:
@@ -349,12 +359,15 @@ class ReviewStore:
         max_skips: int = 1,
         settings: RunSettings | None = None,
         gold: Mapping[str, ReviewLabel] | None = None,
+        rankings: Mapping[str, Sequence[Candidate]] | None = None,
     ) -> int:
         """Add a run's routed pairs; items already queued are kept as they are. Returns how many were added.
         `settings`, when given, become the run's (the latest enqueue's config wins). `gold`: the known answers
         of gold items among the entries (reason gold), by item id: every reviewer labels each once, and they
-        count towards no progress and never keep the queue from emptying."""
+        count towards no progress and never keep the queue from emptying. `rankings`: ranking mode, every
+        answer of each item's prompt, by item id, for people to rank (the item's pair is one routed pair of it)."""
         gold = gold or {}
+        rankings = rankings or {}
         added = 0
         with self._transaction(run_id) as conn:
             if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
@@ -384,6 +397,11 @@ class ReviewStore:
                         pair_json=pair.model_dump_json(),
                         judgment_json=judgment.model_dump_json(),
                         gold_label=gold.get(item.id),
+                        candidates_json=(
+                            json.dumps([c.model_dump(mode="json") for c in rankings[item.id]])
+                            if item.id in rankings
+                            else None
+                        ),
                         created_at=stamp,
                         updated_at=stamp,
                     )
@@ -548,15 +566,19 @@ class ReviewStore:
         comment: str | None = None,
         strength: Strength | None = None,
         tags: Iterable[str] = (),
+        ranking: Sequence[Sequence[int]] | None = None,
     ) -> Submission:
         """Store a reviewer's label for an item (None: they skip it) and release their claim; with a preferred
         answer, optionally how much better it is (`strength`), and any tags.
 
         Accepted when the reviewer holds a claim on the item, or holds none but the item still has a
         free slot; a reviewer may change their own label. Refused (ClaimConflict) when the item went
-        to others meanwhile; ItemNotFound for an unknown item.
+        to others meanwhile; ItemNotFound for an unknown item. A ranking item (ranking mode) takes a `ranking`
+        (label None with it) or a set-aside, never a pairwise label.
         """
-        if label is not None and label not in LABELS:
+        if ranking is not None:
+            label = RANKED  # type: ignore[assignment]
+        elif label is not None and label not in LABELS:
             raise ReviewStoreError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
         if strength is not None and (strength not in STRENGTHS or label not in ("a", "b")):
             raise ReviewStoreError(f"strength must be one of {', '.join(STRENGTHS)}, and only with label a or b")
@@ -569,6 +591,7 @@ class ReviewStore:
         with self.engine.begin() as conn:
             item = self._lock_item(conn, item_id)
             run_id = item.run_id
+            ranking_json = _checked_ranking(item, label, ranking)
             self._expire_claims(conn, run_id, stamp)
             holds = conn.execute(
                 delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
@@ -576,7 +599,13 @@ class ReviewStore:
             mine = conn.execute(
                 select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
             ).first()
-            given = {"label": label, "comment": comment, "strength": strength, "tags_json": tags_json}
+            given = {
+                "label": label,
+                "comment": comment,
+                "strength": strength,
+                "tags_json": tags_json,
+                "ranking_json": ranking_json,
+            }
             if mine is not None:
                 if all(getattr(mine, key) == value for key, value in given.items()):
                     return Submission(item_id, run_id, item.status, False, repeated=True)
@@ -718,7 +747,10 @@ class ReviewStore:
             "skips": len(labels) - len(given),
             "by_label": dict(Counter(row.label for row in given)),
             "mine": sum(1 for row in labels if row.reviewer == reviewer) if reviewer else None,
-            "inter_annotator_agreement": _pairwise_agreement([row for row in given if row.reason != "gold"]),
+            # (gold measures each reviewer; rankings are compared pair by pair on the agreement page)
+            "inter_annotator_agreement": _pairwise_agreement(
+                [row for row in given if row.reason != "gold" and row.label != RANKED]
+            ),
         }
 
     def labels_by(
@@ -732,6 +764,7 @@ class ReviewStore:
                 LabelRow.comment,
                 LabelRow.strength,
                 LabelRow.tags_json,
+                LabelRow.ranking_json,
                 LabelRow.updated_at.label("given_at"),
             )
             .join(LabelRow, LabelRow.item_id == ItemRow.id)
@@ -745,7 +778,15 @@ class ReviewStore:
         with self._reads.connect() as conn:
             rows = conn.execute(query).all()
         return [
-            GivenLabel(_queued(row), row.label, row.comment, row.given_at, row.strength, _tags(row.tags_json))
+            GivenLabel(
+                _queued(row),
+                row.label,
+                row.comment,
+                row.given_at,
+                row.strength,
+                _tags(row.tags_json),
+                _ranking(row.ranking_json),
+            )
             for row in rows
         ]
 
@@ -754,7 +795,14 @@ class ReviewStore:
         with self.engine.connect() as conn:
             items = conn.execute(select(ItemRow).where(ItemRow.run_id == run_id).order_by(ItemRow.position)).all()
             labels = conn.execute(
-                select(LabelRow.item_id, LabelRow.reviewer, LabelRow.label, LabelRow.strength, LabelRow.tags_json)
+                select(
+                    LabelRow.item_id,
+                    LabelRow.reviewer,
+                    LabelRow.label,
+                    LabelRow.strength,
+                    LabelRow.tags_json,
+                    LabelRow.ranking_json,
+                )
                 .where(LabelRow.run_id == run_id, LabelRow.label.is_not(None))
                 .order_by(LabelRow.created_at, LabelRow.reviewer)
             ).all()
@@ -772,6 +820,9 @@ class ReviewStore:
                 strengths=tuple(given.strength for given in by_item.get(row.id, [])),
                 tags=tuple(sorted({tag for given in by_item.get(row.id, []) for tag in _tags(given.tags_json)})),
                 gold_label=row.gold_label,
+                candidates=_candidates(row.candidates_json),
+                rankings=tuple(_ranking(given.ranking_json) for given in by_item.get(row.id, [])),
+                prompt=Pair.model_validate_json(row.pair_json).prompt if row.candidates_json else None,
             )
             for row in items
         }
@@ -803,6 +854,7 @@ class ReviewStore:
                     "comment": label.comment,
                     "strength": label.strength,
                     "tags": list(_tags(label.tags_json)),
+                    **({"ranking": json.loads(label.ranking_json)} if label.ranking_json else {}),
                     "created_at": label.created_at.isoformat() + "Z",
                 }
             )
@@ -816,6 +868,7 @@ class ReviewStore:
                 "labels_needed": row.labels_needed,
                 "max_skips": row.max_skips,
                 **({"gold_label": row.gold_label} if row.gold_label else {}),
+                **({"candidates": json.loads(row.candidates_json)} if row.candidates_json else {}),
                 "labels": sorted(by_item.get(row.id, []), key=lambda entry: entry["reviewer"]),
             }
 
@@ -833,6 +886,7 @@ class ReviewStore:
                         "comment": entry.get("comment"),
                         "strength": entry.get("strength"),
                         "tags_json": json.dumps(sorted(entry["tags"])) if entry.get("tags") else None,
+                        "ranking_json": json.dumps(entry["ranking"]) if entry.get("ranking") else None,
                         "created_at": _parse_time(entry.get("created_at")),
                         "reviewer": entry["reviewer"],
                     }
@@ -850,9 +904,10 @@ class ReviewStore:
                 int(row.get("max_skips", 1)),
                 settings,
                 {item.id: row["gold_label"]} if row.get("gold_label") else None,
+                {item.id: [Candidate.model_validate(c) for c in row["candidates"]]} if row.get("candidates") else None,
             )
             for given in labels:
-                if given["label"] is not None and given["label"] not in LABELS:
+                if given["label"] is not None and given["label"] not in (*LABELS, RANKED):
                     raise ReviewStoreError(f"{source}:{number}: unknown label {given['label']!r}")
                 if given["strength"] is not None and given["strength"] not in STRENGTHS:
                     raise ReviewStoreError(f"{source}:{number}: unknown strength {given['strength']!r}")
@@ -892,6 +947,32 @@ def _pairwise_agreement(labels: list[Any]) -> dict[str, Any] | None:
     return {"pairs": total, "agreement": agree / total} if total else None
 
 
+def _checked_ranking(item: Any, label: str | None, ranking: Sequence[Sequence[int]] | None) -> str | None:
+    """A ranking as stored (JSON), checked against the item: every answer placed once; None without one."""
+    if item.candidates_json is None:
+        if ranking is not None:
+            raise ReviewStoreError(f"item {item.id} is a pair, not answers to rank: send a label")
+        return None
+    if ranking is None:
+        if label is not None:
+            raise ReviewStoreError(f"item {item.id} asks for a ranking of its answers, not a pairwise label")
+        return None
+    count = len(json.loads(item.candidates_json))
+    tiers = [sorted({int(index) for index in tier}) for tier in ranking if len(tier)]
+    placed = [index for tier in tiers for index in tier]
+    if sorted(placed) != list(range(count)):
+        raise ReviewStoreError(f"a ranking must place each of the {count} answers (0 to {count - 1}) exactly once")
+    return json.dumps(tiers)
+
+
+def _ranking(ranking_json: str | None) -> Ranking | None:
+    return tuple(tuple(tier) for tier in json.loads(ranking_json)) if ranking_json else None
+
+
+def _candidates(candidates_json: str | None) -> tuple[Candidate, ...]:
+    return tuple(Candidate.model_validate(c) for c in json.loads(candidates_json)) if candidates_json else ()
+
+
 def _tags(tags_json: str | None) -> tuple[str, ...]:
     return tuple(json.loads(tags_json)) if tags_json else ()
 
@@ -915,6 +996,7 @@ def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
         shown_swapped=row.shown_swapped,
         labels_needed=row.labels_needed,
         lease_expires_at=lease_expires_at,
+        candidates=_candidates(row.candidates_json),
     )
 
 

@@ -66,6 +66,8 @@ class ItemRow(Base):
     pair_json: Mapped[str] = mapped_column(Text)
     judgment_json: Mapped[str] = mapped_column(Text)
     gold_label: Mapped[str | None] = mapped_column(String(16), nullable=True)  # version 2: a gold item's answer
+    # Version 2, ranking mode: all the prompt's answers (a JSON list of candidates) for people to rank.
+    candidates_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
@@ -90,3 +92,6 @@ class LabelRow(Base):
     # Version 2: how much better the chosen answer is (much | slightly; None when not asked), and tags (JSON list).
     strength: Mapped[str | None] = mapped_column(String(16), nullable=True)
     tags_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Version 2, ranking mode (label "ranked"): the answers' order, best first, as a JSON list of tiers of
+    # candidate indices (answers in one tier are tied).
+    ranking_json: Mapped[str | None] = mapped_column(Text, nullable=True)

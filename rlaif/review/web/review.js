@@ -4,7 +4,7 @@
 // Keys typed into the comment box are text, not shortcuts; Esc or Ctrl+Enter leaves the box (the comment
 // stays), so the next key labels the pair with it.
 (function () {
-  var form = document.getElementById("label-form");
+  var form = document.getElementById("label-form") || document.getElementById("rank-form");
   var guidelinesPanel = document.getElementById("guidelines");
   if (guidelinesPanel) {  // the link and the close button (the page's script only: no inline handlers)
     document.getElementById("show-guidelines").addEventListener("click", function (event) {
@@ -21,6 +21,7 @@
     choice.name = "choice";
     choice.value = button.value;
     form.appendChild(choice);
+    if (button.getAttribute("formaction")) form.action = button.getAttribute("formaction");
     form.submit();
   }
 
