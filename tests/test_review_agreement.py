@@ -4,6 +4,8 @@ with people on the audit, each reviewer's figures, and the disagreements, with w
 
 from __future__ import annotations
 
+import subprocess
+
 import httpx
 import pytest
 
@@ -11,7 +13,7 @@ from rlaif.config import ConfigError, load_config
 from rlaif.pipeline.enqueue import read_gold, with_gold
 from rlaif.review.agreement import agreement_report
 from rlaif.review.store import ReviewStore, ReviewStoreError
-from tests.review_fixtures import ReviewServer, queue_entries
+from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
 
 
 def test_reviewers_who_share_items_do_not_move_in_lockstep(tmp_path):
@@ -123,3 +125,36 @@ def test_a_bad_gold_line_is_named(tmp_path):
         read_gold(gold_file, "run")
     with pytest.raises(ConfigError, match="review.gold: .*no file"):
         load_config(None, [f"review.gold={tmp_path / 'absent.jsonl'}"])
+
+
+def test_the_owner_settles_a_disagreement_and_the_settled_label_counts(tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("split", queue_entries("split", 1), labels_needed=2)
+        label(store, "split", {"ann": ["a"], "bob": ["b"]})
+        [decision] = store.decisions("split").values()
+        token = store.add_reviewer("ann")
+    assert decision.label == "tie"  # a split vote, before anyone settles it
+    settled = subprocess.run(
+        [RLAIF, "review", "settle", decision.item_id, "b", "--by", "owner", "--db", db_url],
+        capture_output=True,
+        text=True,
+    )
+    assert settled.returncode == 0, settled.stderr
+    refused = subprocess.run(
+        [RLAIF, "review", "settle", decision.item_id, "maybe", "--by", "owner", "--db", db_url],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "maybe" in refused.stderr
+    with ReviewStore.open(db_url) as store:
+        [after] = store.decisions("split").values()
+        exported = list(store.export_rows("split"))
+    assert after.label == "b" and after.settled_by == "owner" and after.labels == decision.labels
+    assert exported[0]["settled"] == {"label": "b", "by": "owner"}
+    with ReviewServer(db_url) as server:
+        figures = httpx.get(
+            f"{server.url}/api/runs/split/agreement", headers={"Authorization": f"Bearer {token}"}
+        ).json()
+    [found] = figures["disagreements"]
+    assert found["settled"] == "b" and found["settled_by"] == "owner" and found["labels"] == {"ann": "a", "bob": "b"}

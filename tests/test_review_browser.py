@@ -5,7 +5,7 @@ a phone-sized screen leave the decision bar in view."""
 from __future__ import annotations
 
 from rlaif.review.answer_diff import answer_diff
-from rlaif.review.app import stored_label
+from rlaif.review.app import render_markdown, stored_label
 from rlaif.review.store import ReviewStore
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem
 from tests.review_fixtures import RLAIF, ReviewServer, entry, start_reviewing
@@ -221,3 +221,12 @@ def test_the_word_diff_marks_only_the_change_and_leaves_different_answers_alone(
     assert answer_diff("", "anything") is None
     different = "\n\n".join(f"Paragraph {i}: " + "word " * 60 for i in range(60))
     assert answer_diff(different, different.replace("word", "term")) is None  # at once (a full diff took 31 s)
+
+
+def test_math_stays_as_written_and_money_stays_money():
+    html = str(render_markdown("Area $x*y*z$ and $a_1 + b_2$.\n\n$$\\sum_{i=1}^n x_i$$\n\nIt costs $5 or $6."))
+    assert '<span class="math inline">x*y*z</span>' in html and '<span class="math inline">a_1 + b_2</span>' in html
+    assert '<div class="math block">\n\\sum_{i=1}^n x_i\n</div>' in html and "<em>" not in html
+    assert "It costs $5 or $6." in html
+    hostile = str(render_markdown('<span class="badge">x</span> $<img src=x onerror=alert(1)>$'))
+    assert "<img" not in hostile and '<span class="badge"' not in hostile  # both shown as text

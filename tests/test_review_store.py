@@ -224,6 +224,8 @@ def test_a_version_1_database_is_upgraded_when_opened_and_keeps_its_queue(db_url
                 ("review_items", "gold_label"),
                 ("review_items", "candidates_json"),
                 ("review_labels", "ranking_json"),
+                ("review_items", "settled_label"),
+                ("review_items", "settled_by"),
             ):
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
             conn.execute(text("UPDATE rlaif_meta SET value = '1' WHERE key = 'schema_version'"))

@@ -194,6 +194,21 @@ def stats(run: str, db: DbOption = None, config: ConfigOption = None) -> None:
         typer.echo(json.dumps(store.stats(run), indent=2))
 
 
+@review_app.command("settle")
+@friendly_errors
+def settle(
+    item: Annotated[str, typer.Argument(help="The item's id (the agreement page and its API list them).")],
+    label: Annotated[Literal["a", "b", "tie", "both_bad"], typer.Argument(help="a or b as stored, tie or both_bad.")],
+    by: Annotated[str, typer.Option(help="Who settles it (kept with the label).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Settle a disagreement as the run's owner: this label replaces the reviewers' majority in the merge."""
+    with _open(db, config) as store:
+        store.settle(item, label, by)
+    typer.echo(f"item {item} settled as {label} by {by}")
+
+
 @review_app.command("export")
 @friendly_errors
 def export(

@@ -37,6 +37,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from markdown_it import MarkdownIt
 from markupsafe import Markup
+from mdit_py_plugins.dollarmath import dollarmath_plugin
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
@@ -133,7 +134,13 @@ def csrf_token(token: str) -> str:
 
 
 # breaks: a line break in an answer stays one (a poem stays a poem)
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable("table")
+# dollarmath: $...$ and $$...$$ stay as written (shown in a math style), so `$x*y*z$` keeps its stars
+_markdown = (
+    MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True})
+    .enable("table")
+    .use(dollarmath_plugin, double_inline=True, allow_space=False, allow_digits=False)  # "$5 and $6" is money
+)
+MATH_CLASSES = {"span": {"math", "inline"}, "div": {"math", "block"}}  # the only classes model output keeps
 
 
 def render_markdown(text: str) -> Markup:
@@ -143,6 +150,7 @@ def render_markdown(text: str) -> Markup:
         tags=SANITISED_TAGS,
         link_rel="noopener noreferrer nofollow",
         set_tag_attribute_values={"a": {"target": "_blank"}},  # a link never takes the review page away
+        allowed_classes=MATH_CLASSES,
     )
     return Markup(html)
 
@@ -546,6 +554,8 @@ def create_app(
                     "judge": found.decision.judgment.winner,
                     "between_reviewers": found.between_reviewers,
                     "with_judge": found.with_judge,
+                    "settled": found.decision.settled,
+                    "settled_by": found.decision.settled_by,
                 }
                 for found in report["disagreements"]
             ],

@@ -19,10 +19,12 @@ from rlaif.review.tables import SCHEMA_VERSION
 
 def _to_2(ops: Operations) -> None:
     """The page's per-run settings (guidelines, label strength, tags), a label's strength and tags, gold
-    items' known answers, and ranking mode's answers and rankings."""
+    items' known answers, ranking mode's answers and rankings, and the owner's settled labels."""
     ops.add_column("review_runs", Column("settings_json", Text, nullable=True))
     ops.add_column("review_items", Column("gold_label", String(16), nullable=True))
     ops.add_column("review_items", Column("candidates_json", Text, nullable=True))
+    ops.add_column("review_items", Column("settled_label", String(16), nullable=True))
+    ops.add_column("review_items", Column("settled_by", String(128), nullable=True))
     ops.add_column("review_labels", Column("ranking_json", Text, nullable=True))
     ops.add_column("review_labels", Column("strength", String(16), nullable=True))
     ops.add_column("review_labels", Column("tags_json", Text, nullable=True))

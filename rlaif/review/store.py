@@ -160,10 +160,15 @@ class HumanDecision:
     candidates: tuple[Candidate, ...] = ()  # ranking mode: the answers ranked
     rankings: tuple[Ranking | None, ...] = ()  # ranking mode: each label's ranking, in the order of `labels`
     prompt: PromptItem | None = None  # ranking mode: the prompt the answers are for
+    settled: ReviewLabel | None = None  # the label the run's owner settled the item with (`rlaif review settle`)
+    settled_by: str | None = None
 
     @property
     def label(self) -> ReviewLabel | None:
-        """The majority label; a split vote between a and b is a tie. None when nobody labelled it."""
+        """The owner's settled label if any; else the majority label, a split vote between a and b being a tie.
+        None when nobody labelled it."""
+        if self.settled is not None:
+            return self.settled
         if not self.labels:
             return None
         counts = Counter(label for _, label in self.labels).most_common()
@@ -626,6 +631,21 @@ class ReviewStore:
         emptied = status in ("done", "skipped") and self._mark_if_emptied(run_id)
         return Submission(item_id, run_id, status, emptied)
 
+    def settle(self, item_id: str, label: ReviewLabel, by: str) -> None:
+        """The run's owner decides an item's label (a disagreement): it replaces the reviewers' majority in the
+        merge; their labels stay as they gave them. Not for ranking items (rank it as a reviewer instead)."""
+        if label not in LABELS:
+            raise ReviewStoreError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        with self.engine.begin() as conn:
+            item = self._lock_item(conn, item_id)
+            if item.candidates_json is not None:
+                raise ReviewStoreError(f"item {item_id} is a ranking item: rank its answers on the page instead")
+            conn.execute(
+                update(ItemRow)
+                .where(ItemRow.id == item_id)
+                .values(settled_label=label, settled_by=by, updated_at=now())
+            )
+
     def _run_of(self, item_id: str) -> str:
         with self._reads.connect() as conn:
             run_id = conn.execute(select(ItemRow.run_id).where(ItemRow.id == item_id)).scalar()
@@ -823,6 +843,8 @@ class ReviewStore:
                 candidates=_candidates(row.candidates_json),
                 rankings=tuple(_ranking(given.ranking_json) for given in by_item.get(row.id, [])),
                 prompt=Pair.model_validate_json(row.pair_json).prompt if row.candidates_json else None,
+                settled=row.settled_label,
+                settled_by=row.settled_by,
             )
             for row in items
         }
@@ -869,6 +891,7 @@ class ReviewStore:
                 "max_skips": row.max_skips,
                 **({"gold_label": row.gold_label} if row.gold_label else {}),
                 **({"candidates": json.loads(row.candidates_json)} if row.candidates_json else {}),
+                **({"settled": {"label": row.settled_label, "by": row.settled_by}} if row.settled_label else {}),
                 "labels": sorted(by_item.get(row.id, []), key=lambda entry: entry["reviewer"]),
             }
 
@@ -912,6 +935,9 @@ class ReviewStore:
                 if given["strength"] is not None and given["strength"] not in STRENGTHS:
                     raise ReviewStoreError(f"{source}:{number}: unknown strength {given['strength']!r}")
                 labels_added += self._import_label(item, given)
+            settled = row.get("settled")
+            if settled and settled.get("label") in LABELS:
+                self.settle(item.id, settled["label"], str(settled.get("by") or source))
         return items_added, labels_added
 
     def _import_label(self, item: ReviewItem, given: dict[str, Any]) -> int:

@@ -68,6 +68,9 @@ class ItemRow(Base):
     gold_label: Mapped[str | None] = mapped_column(String(16), nullable=True)  # version 2: a gold item's answer
     # Version 2, ranking mode: all the prompt's answers (a JSON list of candidates) for people to rank.
     candidates_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Version 2: the label the run's owner settled a disagreement with (`rlaif review settle`), and who.
+    settled_label: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    settled_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
