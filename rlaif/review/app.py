@@ -433,9 +433,22 @@ def create_app(
         """A ranking of a ranking item's answers, as the page sends it ("3,1=2,4": answer numbers, best first)."""
         queued = _item_or_404(store, item_id)
         tiers = parse_ranking(ranking, len(queued.candidates))
+        return submit_then_next(request, run_id, item_id, person, None, comment, ranking=tiers)
+
+    def submit_then_next(
+        request: Request,
+        run_id: str,
+        item_id: str,
+        person: Reviewer,
+        label: ReviewLabel | None,
+        comment: str,
+        **given: Any,
+    ) -> Response:
+        """A label (or ranking) sent by the page, then the reviewer's next item; a lapsed claim said plainly."""
         try:
-            _submit(store, item_id, person.name, None, comment, on_queue_emptied, ranking=tiers)
+            _submit(store, item_id, person.name, label, comment, on_queue_emptied, **given)
         except ClaimConflict:
+            # The claim lapsed and the item went to someone else: say so plainly, keep the comment, offer the next.
             stats = _stats_or_404(store, run_id, person.name)
             return templates.TemplateResponse(
                 request,
@@ -443,7 +456,7 @@ def create_app(
                 {"stats": stats, "reviewer": person, "run_id": run_id, "comment": comment},
                 status_code=409,
             )
-        store.claim_next(run_id, person.name, lease_s)
+        store.claim_next(run_id, person.name, lease_s)  # the next item, shown by the page it redirects to
         return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
 
     @app.post("/runs/{run_id}/next", response_class=HTMLResponse)
@@ -473,19 +486,7 @@ def create_app(
             return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
         label = stored_label(choice, queued.shown_swapped)
         strength, tags = _offered(store.run_settings(run_id), label, strength, tags)
-        try:
-            _submit(store, item_id, person.name, label, comment, on_queue_emptied, strength, tags)
-        except ClaimConflict:
-            # The claim lapsed and the item went to someone else: say so plainly, keep the comment, offer the next.
-            stats = _stats_or_404(store, run_id, person.name)
-            return templates.TemplateResponse(
-                request,
-                "lost.html.j2",
-                {"stats": stats, "reviewer": person, "run_id": run_id, "comment": comment},
-                status_code=409,
-            )
-        store.claim_next(run_id, person.name, lease_s)  # the next item, shown by the page it redirects to
-        return RedirectResponse(f"/runs/{quote(run_id, safe='')}", status_code=303)
+        return submit_then_next(request, run_id, item_id, person, label, comment, strength=strength, tags=tags)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str, person: SignedIn) -> Response:
