@@ -129,5 +129,9 @@ def test_a_ranking_names_each_answer_once_and_a_config_that_cannot_rank_is_refus
             store.submit(queued.item.id, "ann", "a")
         assert store.submit(queued.item.id, "ann", None, ranking=[[1], [0]]).status == "done"
         [decision] = store.decisions("run").values()
+        [row] = store.export_rows("run")
+        row["candidates"][1] = {"text": "no prompt id"}
+        with pytest.raises(ReviewStoreError, match=r"rows.jsonl:1: not an exported review row"):
+            store.import_rows([row], source="rows.jsonl")
     assert decision.rankings == (((1,), (0,)),) and json.dumps(decision.labels) == '[["ann", "ranked"]]'
     assert isinstance(Pair.model_validate(pair.model_dump()), Pair)

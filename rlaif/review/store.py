@@ -916,6 +916,7 @@ class ReviewStore:
                     for entry in row.get("labels", [])
                 ]
                 settings = RunSettings.from_json(json.dumps(row["run_settings"])) if "run_settings" in row else None
+                answers = [Candidate.model_validate(c) for c in row["candidates"]] if row.get("candidates") else None
             except (KeyError, TypeError, ValueError) as exc:
                 raise ReviewStoreError(f"{source}:{number}: not an exported review row: {exc}") from None
             if row.get("gold_label") not in (None, *LABELS):
@@ -927,7 +928,7 @@ class ReviewStore:
                 int(row.get("max_skips", 1)),
                 settings,
                 {item.id: row["gold_label"]} if row.get("gold_label") else None,
-                {item.id: [Candidate.model_validate(c) for c in row["candidates"]]} if row.get("candidates") else None,
+                {item.id: answers} if answers else None,
             )
             for given in labels:
                 if given["label"] is not None and given["label"] not in (*LABELS, RANKED):
