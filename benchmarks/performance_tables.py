@@ -86,6 +86,33 @@ def startup_table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def review_load_table(document: dict[str, Any]) -> str:
+    """The review service under closed-loop reviewers: the service before SKIP LOCKED, and now with 1 and N
+    server processes (`--workers`)."""
+    before, runs = document["before"], document["runs"]
+    first = runs[0]
+
+    def row(name: str, run: dict[str, Any], ratio: str = "") -> str:
+        latency = run["latency_ms"]
+        return (
+            f"| {name} | {run['requests_per_s']:.1f}{ratio} | {latency['next']['p50']:.0f} / "
+            f"{latency['next']['p95']:.0f} | {latency['label']['p50']:.0f} / {latency['label']['p95']:.0f} |"
+        )
+
+    lines = [
+        f"{first['reviewers']} reviewers as closed loops, {first['seconds']:.0f} s each, {first['items']:,} items, "
+        f"{document['database']}; {document['machine']}; {document['date']}",
+        "",
+        "| service | requests/s | next p50 / p95 ms | label p50 / p95 ms |",
+        "|---|---|---|---|",
+        row("before (a lock on the whole run for every claim and label), 1 process", before),
+    ]
+    for run in runs:
+        name = "now, 1 process" if run["workers"] == 1 else f"now, `--workers {run['workers']}`"
+        lines.append(row(name, run, f" ({run['requests_per_s'] / before['requests_per_s']:.2f}x)"))
+    return "\n".join(lines)
+
+
 def scale_table(document: dict[str, Any]) -> str:
     lines = [
         f"mode {document['mode']}, concurrency {document['concurrency']}, "
@@ -424,9 +451,17 @@ def startup_text(document: dict[str, Any]) -> str:
 
 
 # Figures the README states in its text, each made from a results file: the test finds each in the README.
+def review_load_text(document: dict[str, Any]) -> str:
+    """The review service's gain as the Reliability section states it."""
+    before = document["before"]["requests_per_s"]
+    one, two = (run["requests_per_s"] / before for run in document["runs"][:2])
+    return f"{one:.2f}x the requests per second on one process, {two:.2f}x on two"
+
+
 TEXT_FIGURES = (
     ("labeling_scale_fake.json", scale_memory_text),
     ("startup_cost.json", startup_text),
+    ("review_load.json", review_load_text),
 )
 
 
@@ -448,6 +483,7 @@ def main() -> None:
         ("routing_quality.json", routing_quality_table),
         ("human_labels_value.json", human_labels_table),
         ("refusal_contrast.json", refusal_contrast_table),
+        ("review_load.json", review_load_table),
     ):
         document = _load(name)
         if document:
