@@ -136,3 +136,22 @@ def test_bodies_are_read_only_after_the_token_and_never_past_the_cap(db_url):
             browser_like.post("/login", data={"token": token, "next": "/"})
             csrf = {"X-CSRF-Token": csrf_token(token)}
             assert browser_like.post("/api/runs/run/next", headers=csrf).status_code == 200
+
+
+def test_markup_in_answers_to_rank_stays_text(browser, tmp_path):
+    """Ranking mode's page shows every answer of a prompt: the same escaping and sanitising as a pair's."""
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    item, pair, judgment = entry("rank", f"Question {INJECT}", f"First {INJECT}", f"Second {CLAIM_ELSEWHERE}")
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("rank", [(item, pair, judgment)], rankings={item.id: [pair.a, pair.b]})
+        store.enqueue("other", queue_entries("other", 1))
+    token = token_for(db_url, REVIEWER)
+    with ReviewServer(db_url) as server:
+        page = browser.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        start_reviewing(page, server.url, token, "rank", form="#rank-form")
+        page.wait_for_timeout(500)
+        assert INJECT in page.inner_text(".ranking-answers") and INJECT in page.inner_text(".conversation")
+        assert page.locator("img, meta[http-equiv], #injected-name").count() == 0
+        assert page.evaluate(PWN) is None and not [url for url in requests if "/other" in url]
