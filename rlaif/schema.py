@@ -188,6 +188,14 @@ class Judgment(Record):
             raise ValueError("a judgment with status 'ok' needs p_a")
         return self
 
+    @classmethod
+    def not_judged(cls, pair_id: str, why: str, judge: str = "") -> Judgment:
+        """A stand-in for a pair the judge never saw (a gold pair, a pair only people ranked): a failure
+        status with `why` as its error, so nothing reads it as a verdict; `judge` names the stand-in."""
+        return cls(
+            pair_id=pair_id, winner=None, status="backend_error", error=why, judge_model=judge, template_hash=judge
+        )
+
 
 class ReviewItem(Record):
     """A pair waiting for, or labelled by, a person. `label` refers to the pair's stored A/B order."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rlaif.config import Config
 from rlaif.pipeline.shard_plan import judged_shards
-from rlaif.review.store import ReviewStore, ReviewStoreError, RunSettings
+from rlaif.review.store import LABELS, ReviewStore, ReviewStoreError, RunSettings
 from rlaif.run_directory import RunDirectory, read_records
 from rlaif.run_files import read_jsonl
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel
@@ -87,18 +87,11 @@ def read_gold(path: Path, run_id: str) -> list[tuple[Entry, ReviewLabel]]:
                 b=Candidate(prompt_id=item.id, text=row["b"], model="gold"),
             )
             label = row["label"]
-            if label not in ("a", "b", "tie", "both_bad"):
-                raise ValueError(f"label must be a, b, tie or both_bad, not {label!r}")
+            if label not in LABELS:
+                raise ValueError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise ReviewStoreError(f"review.gold: {path}:{number}: not a gold pair: {exc}") from None
-        judgment = Judgment(
-            pair_id=pair.id,
-            winner=None,
-            status="backend_error",
-            error="a gold pair: not judged",
-            judge_model="gold",
-            template_hash="gold",
-        )
+        judgment = Judgment.not_judged(pair.id, "a gold pair: not judged", judge="gold")
         gold.append(((ReviewItem(run_id=run_id, pair_id=pair.id, reason="gold"), pair, judgment), label))
     return gold
 

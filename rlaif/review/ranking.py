@@ -32,7 +32,11 @@ def ranked_pairs(decision: HumanDecision) -> dict[str, tuple[Pair, HumanDecision
     for i, first in enumerate(decision.candidates):
         for j in range(i + 1, len(decision.candidates)):
             pair = Pair(prompt=decision.prompt, a=first, b=decision.candidates[j])
-            judgment = decision.judgment if pair.id == decision.pair_id else _not_judged(pair)
+            judgment = (
+                decision.judgment
+                if pair.id == decision.pair_id
+                else Judgment.not_judged(pair.id, "ranked by people; the judge's verdict is in the run's judgments")
+            )
             labels = tuple((reviewer, pair_label(ranking, i, j)) for reviewer, ranking in ranked)
             pairs[pair.id] = (pair, replace(decision, pair_id=pair.id, labels=labels, judgment=judgment, strengths=()))
     return pairs
@@ -44,14 +48,3 @@ def oriented(decision: HumanDecision, expanded: Pair, pair: Pair) -> HumanDecisi
     if pair.a.id == expanded.a.id:
         return decision
     return replace(decision, labels=tuple((reviewer, SWAPPED[label]) for reviewer, label in decision.labels))
-
-
-def _not_judged(pair: Pair) -> Judgment:
-    return Judgment(
-        pair_id=pair.id,
-        winner=None,
-        status="backend_error",
-        error="ranked by people; the judge's verdict is in the run's judgments",
-        judge_model="",
-        template_hash="",
-    )

@@ -490,7 +490,7 @@ class ReviewStore:
     def _free_for(self, conn: Connection, item_id: str, reviewer: str) -> bool:
         """Whether the item has a free slot and the reviewer has not labelled it (read afresh)."""
         found = self._occupancy(conn, item_id, reviewer)
-        return found.labels_needed - found.labelled - found.claimed > 0 and not found.by_reviewer
+        return self._slots_left(conn, item_id, found) > 0 and not found.by_reviewer
 
     def renew(self, item_id: str, reviewer: str, lease_s: float = 900.0) -> datetime:
         """Extend the reviewer's claim on an item by `lease_s` seconds from now (the page does this while the item
@@ -677,8 +677,9 @@ class ReviewStore:
             ).where(ItemRow.id == item_id)
         ).one()
 
-    def _slots_left(self, conn: Connection, item_id: str) -> int:
-        found = self._occupancy(conn, item_id)
+    def _slots_left(self, conn: Connection, item_id: str, found: Any = None) -> int:
+        """Labels the item still wants beyond those given and claimed (`found`: its `_occupancy`, if read)."""
+        found = found or self._occupancy(conn, item_id)
         return found.labels_needed - found.labelled - found.claimed
 
     def _update_status(self, conn: Connection, item_id: str, stamp: datetime) -> ReviewStatus:
