@@ -115,8 +115,8 @@ def either_fruit_policy(marker_run):
         for fruit in ("banana", "apple")
     ]
     datasets.Dataset.from_list(rows).save_to_disk(str(folder / "either-fruit"))
-    sets = [f"train.data={folder / 'either-fruit'}", f"train.sft.model={tiny}", "train.sft.learning_rate=0.005"]
-    sets += ["train.sft.epochs=6", "train.sft.max_length=64", "train.eval_size=2"]
+    sets = [f"train.data={folder / 'either-fruit'}", f"train.sft.model={tiny}", "train.sft.learning_rate=0.01"]
+    sets += ["train.sft.epochs=3", "train.sft.max_length=64", "train.eval_size=2"]
     out = folder / "either-fruit-policy"
     run_stage(load_config(None, sets), "sft", say=lambda _: None, out=out)
     return str(out)

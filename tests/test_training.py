@@ -271,7 +271,9 @@ def merged_run(tmp_path_factory, prefect_server):
 
 def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(merged_run, smollm2_dir):
     from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
 
+    from rlaif.cli.main import app
     from rlaif.flows.train import train_pipeline
 
     run = merged_run.run.directory()
@@ -300,13 +302,12 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
         "train.ppo.mini_batch_size=1",
         "train.ppo.max_new_tokens=8",
     ]
-    result = subprocess.run(
-        [RLAIF, "train", "ppo", *[item for flag in [*common, *ppo_flags] for item in ("--set", flag)]],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    # The command in this process (CliRunner): its own process start would add the imports of torch,
+    # transformers and TRL again, for each of the three commands (test_cli starts the real command).
+    result = CliRunner().invoke(
+        app, ["train", "ppo", *[item for flag in [*common, *ppo_flags] for item in ("--set", flag)]]
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.exit_code == 0, result.output[-3000:]
     ppo = json.loads((run / "train" / "ppo" / "eval_report.json").read_text())
     assert ppo["reward_model"] == str(run / "train" / "reward") and ppo["held_out_score_after"] is not None
     assert len((run / "train" / "ppo" / "ppo_log.jsonl").read_text().splitlines()) == 2
@@ -323,13 +324,8 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
     }
     for name, (stage, *flags) in extra.items():
         sets = [item for flag in [*common, *flags] for item in ("--set", flag)]
-        result = subprocess.run(
-            [RLAIF, "train", stage, "--out", str(run / "train" / name), *sets],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert result.returncode == 0, (name, result.stderr[-3000:])
+        result = CliRunner().invoke(app, ["train", stage, "--out", str(run / "train" / name), *sets])
+        assert result.exit_code == 0, (name, result.output[-3000:])
         assert json.loads(result.stdout)["steps"] == 2  # stdout holds the report alone
     vocab = AutoModelForCausalLM.from_pretrained(smollm2_dir).config.vocab_size
     for stage in ("dpo", "ppo", "dpo-lora", "sft"):
