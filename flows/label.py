@@ -119,6 +119,7 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
             policy,
             classifier,
             spending=spending,
+            retry_delays_s=config.run.shard_retry_delays_s,
         )
     return progress.count
 
@@ -149,6 +150,7 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
             scorer,
             judging,
             spending=[spending],
+            retry_delays_s=config.run.shard_retry_delays_s,
         )
         if judging.value is not None:
             usage = judging.value.usage()
@@ -170,7 +172,16 @@ async def pair_shards(config: Config, run: RunDirectory, plans: list[ShardPlan])
     progress = ShardProgress("paired", "pairs", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
         scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
-        await run_shards(run, plans, lambda plan: plan.pairs, pair_shard_task, progress, config, scorer)
+        await run_shards(
+            run,
+            plans,
+            lambda plan: plan.pairs,
+            pair_shard_task,
+            progress,
+            config,
+            scorer,
+            retry_delays_s=config.run.shard_retry_delays_s,
+        )
     return progress.count
 
 

@@ -2,7 +2,9 @@
 progress in the log and in a progress artifact; and models opened on first use, once, for all shards.
 
 A shard whose output file exists gets no task run at all. Workers on one run directory split its
-shards through claims (`rlaif.flows.shard_claims`).
+shards through claims (`rlaif.flows.shard_claims`). A shard task that fails with an error of the machine
+or its storage is run again by Prefect (`run.shard_retry_delays_s`); a shard's steps are idempotent (their
+output is written whole or not at all), so a retry repeats at most that shard's model calls.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from prefect import Task, get_run_logger
+from prefect import State, Task, get_run_logger
 from prefect.artifacts import aupdate_progress_artifact
+from prefect.client.schemas.objects import TaskRun
 from prefect.utilities.annotations import quote
 
 from rlaif.flows.shard_claims import claim_path, try_claim, wait_claim
@@ -101,6 +104,14 @@ class ShardProgress:
 SHARDS_IN_FLIGHT = 2
 
 
+def machine_or_storage_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's retry condition for shard tasks: run a shard again only after an OSError (a full or
+    unreachable disk, a network file system or object store that dropped a request), which may pass. A
+    stopped endpoint (EndpointDown: its message says to rerun once it is back), the budget or a bug would fail
+    the same way again, and at once is better."""
+    return isinstance(state.data, OSError)
+
+
 async def run_shards(
     run: RunDirectory,
     plans: list[ShardPlan],
@@ -109,6 +120,7 @@ async def run_shards(
     progress: ShardProgress,
     *arguments: Any,
     spending: Sequence[Spending] = (),
+    retry_delays_s: Sequence[float] = (),
 ) -> None:
     """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
 
@@ -120,8 +132,14 @@ async def run_shards(
     the plan and the config looking for futures, on every task run. With `spending` (one per model the step
     uses), each shard is checked against the run's budget before it starts and recorded in the cost ledger
     when it ends; once the budget is reached the shards in flight finish, no other starts, and BudgetReached
-    is raised at the end.
+    is raised at the end. `retry_delays_s`: a shard failing with an OSError runs again after each delay in turn.
     """
+    if retry_delays_s:
+        step = step.with_options(
+            retries=len(retry_delays_s),
+            retry_delay_seconds=list(retry_delays_s),
+            retry_condition_fn=machine_or_storage_error,
+        )
     in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
     held_elsewhere: list[ShardPlan] = []
     stopped: list[BudgetReached] = []  # the budget was reached: no new shard starts

@@ -52,6 +52,13 @@ class RunSection(Section):
         description="Prompts per shard: one Prefect task samples a shard, one pairs and judges it; a shard is "
         "also what a rerun after a crash does again. Smaller for slow in-process models.",
     )
+    shard_retry_delays_s: list[Annotated[float, Field(ge=0)]] = Field(
+        [10.0, 60.0],
+        max_length=10,
+        description="A shard task that fails with an error of the machine or its storage (an OSError: a full or "
+        "unreachable disk, a network file system or object store dropping a request) runs again after each of "
+        "these delays in turn; other errors (a stopped endpoint, the budget, a bug) fail at once. []: never again.",
+    )
     rounds: int = Field(
         1,
         ge=1,
@@ -101,6 +108,21 @@ class ServerSection(Section):
     startup_timeout_s: float = Field(600.0, gt=0, description="How long to wait for the server to be healthy.")
 
 
+class SharedLimitSection(Section):
+    """A limit on requests to one endpoint that every worker and flow run shares: a Prefect global
+    concurrency limit of this name, set to these values when a model opens."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="The global concurrency limit's name, one per endpoint (e.g. `vllm-judge`).",
+    )
+    max_concurrency: int = Field(
+        ..., ge=1, description="Requests in flight at most, summed over every process sending to the endpoint."
+    )
+
+
 class ModelSection(Section):
     """Where a model runs: in-process with transformers, or behind OpenAI-compatible endpoints."""
 
@@ -110,13 +132,20 @@ class ModelSection(Section):
         description="A local path, a prepared model name (`rlaif models list`) or a hub id.",
     )
     base_urls: list[str] = Field(
-        default_factory=list, description="openai backend: OpenAI-compatible base URLs, used round-robin."
+        default_factory=list,
+        description="openai backend: OpenAI-compatible base URLs (replicas of one model): each request goes to "
+        "the one with the fewest in flight, and to another when it fails there.",
     )
     api_key_env: str | None = Field(
         None, description="openai backend: name of the environment variable holding the API key."
     )
     server: ServerSection = Field(default_factory=ServerSection)
-    max_concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at most.")
+    max_concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at most, in this process.")
+    shared_limit: SharedLimitSection | None = Field(
+        None,
+        description="openai backend: a limit every worker shares (Prefect global concurrency limit), on top of "
+        "max_concurrency; each request holds one of its slots.",
+    )
     timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds before a request times out.")
     max_retries: int = Field(
         4, ge=0, description="openai backend: retries on 429, 5xx, timeouts and dropped connections."
@@ -126,6 +155,12 @@ class ModelSection(Section):
         ge=0,
         description="openai backend: a base URL where this many requests in a row failed for good (after their "
         "retries) is taken out of the rotation; with none left the run stops with an error. 0: never.",
+    )
+    cool_down_s: float = Field(
+        30.0,
+        gt=0,
+        description="openai backend: a base URL taken out of the rotation gets one trial request after this many "
+        "seconds; if it answers, it is back in.",
     )
     n_mode: Literal["auto", "native", "seeds"] = Field(
         "auto",
@@ -156,8 +191,8 @@ class ModelSection(Section):
 
     @model_validator(mode="after")
     def _endpoint_given(self) -> ModelSection:
-        if self.backend == "transformers" and (self.base_urls or self.server.launch):
-            raise ValueError("base_urls and server.launch need backend: openai")
+        if self.backend == "transformers" and (self.base_urls or self.server.launch or self.shared_limit):
+            raise ValueError("base_urls, server.launch and shared_limit need backend: openai")
         return self
 
 

@@ -287,3 +287,35 @@ def test_the_judge_template_is_loaded_once_per_label_run(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert judgments_of(tmp_path / "run")
     assert len(loads) == 1, loads
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), RuntimeError("a bug")])
+def test_a_shard_failing_with_an_error_of_the_machine_runs_again_and_others_fail_at_once(tmp_path, monkeypatch, error):
+    """run.shard_retry_delays_s: Prefect runs a judge shard again after an OSError (a storage failure, which
+    cannot be produced on demand here, so the step raises it once, in-process) and the run completes; any
+    other error fails the run at its first attempt."""
+    import rlaif.flows.label as label
+
+    attempts: list[int] = []
+    judge_shard = label.judge_shard
+
+    async def fails_once(plan, judge):
+        attempts.append(plan.index)
+        if plan.index == 0 and attempts.count(0) == 1:
+            raise error
+        return await judge_shard(plan, judge)
+
+    monkeypatch.setattr(label, "judge_shard", fails_once)
+    with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
+        overrides = scripted_overrides(
+            server, prompts_file(tmp_path, 10), tmp_path / "run", "run.shard_retry_delays_s=[0.1]"
+        )
+        config = load_config(None, overrides)
+        if isinstance(error, OSError):
+            report = asyncio.run(label_pipeline(config))
+            assert attempts.count(0) == 2 and attempts.count(1) == 1
+            assert report["pairs"] == 10 * 3 and len(judgments_of(tmp_path / "run")) == 30
+        else:
+            with pytest.raises(RuntimeError, match="a bug"):
+                asyncio.run(label_pipeline(config))
+            assert attempts.count(0) == 1

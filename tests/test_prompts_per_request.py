@@ -1,25 +1,19 @@
 """Many prompts per completions request: batching, order kept, and the fallbacks, against a real loopback server.
 
-The server is benchmarks/fake_openai_server.py in its own process: a stand-in for vLLM's completions API
-(a list of prompts, legacy logprobs), which cannot run on this machine; `--completions single` behaves as
-`transformers serve` does (one string prompt) and `none` as a server without the completions API.
+The server is benchmarks/fake_openai_server.py in its own process (tests/fake_server_process.py): a stand-in
+for vLLM's completions API (a list of prompts, legacy logprobs), which cannot run on this machine;
+`--completions single` behaves as `transformers serve` does (one string prompt) and `none` as a server
+without the completions API.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from benchmarks.fake_openai_server import p_a_for
-from benchmarks.harness import free_port, wait_until
 from rlaif.config import ConfigError, ModelSection
 from rlaif.generation.chat_template import ChatTemplate
 from rlaif.generation.factory import open_backend
@@ -28,27 +22,7 @@ from rlaif.generation.protocol import GenerationRequest
 from rlaif.judges.pairwise import PairwiseLLMJudge
 from rlaif.judges.templates import load_template
 from rlaif.schema import Candidate, Pair, PromptItem
-from tests.conftest import PROJECT_ROOT
-
-
-@contextmanager
-def fake_server(tmp_path, completions: str) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / f"fake-{completions}.log"
-    command = [sys.executable, str(PROJECT_ROOT / "benchmarks/fake_openai_server.py"), "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen([*command, "--completions", completions], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until(f"http://127.0.0.1:{port}/stats", 30, process, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def stats(server: str) -> dict:
-    with urllib.request.urlopen(f"{server}/stats") as response:
-        return json.loads(response.read())
+from tests.fake_server_process import fake_servers
 
 
 def pairs(count: int) -> list[Pair]:
@@ -78,9 +52,9 @@ def judged_on(tmp_path, smollm2_dir, completions: str, count: int):
     """`count` pairs judged in logprob mode against a server of the given kind: what the probe found, the
     judge, the judgments and the chat template used, and what the server counted."""
     items = pairs(count)
-    with fake_server(tmp_path, completions) as server:
-        found, judge, judgments, template = asyncio.run(judge_with(server, smollm2_dir, 8, items))
-        return items, found, judge, judgments, template, stats(server)
+    with fake_servers(tmp_path, 0, completions=completions) as (server,):
+        found, judge, judgments, template = asyncio.run(judge_with(server.url, smollm2_dir, 8, items))
+        return items, found, judge, judgments, template, server.stats()
 
 
 def assert_each_answer_is_its_prompts(judge: PairwiseLLMJudge, template: ChatTemplate, items, judgments) -> None:
@@ -136,9 +110,9 @@ def test_sampled_requests_go_one_per_request_with_their_seed(tmp_path, smollm2_d
         finally:
             await backend.aclose()
 
-    with fake_server(tmp_path, "list") as server:
-        results = asyncio.run(run(server))
-        seen = stats(server)
+    with fake_servers(tmp_path, 0) as (server,):
+        results = asyncio.run(run(server.url))
+        seen = server.stats()
     assert len(results) == 6 and all(isinstance(r, list) and len(r) == 1 for r in results)
     assert seen["requests_by_path"] == {"/v1/completions": 1 + 1 + 2}  # probe, the 4 greedy together, 2 sampled
 

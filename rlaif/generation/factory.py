@@ -34,6 +34,7 @@ async def open_backend(
 
     from rlaif.generation.openai_backend import OpenAIBackend
     from rlaif.generation.server_launcher import ManagedServer
+    from rlaif.generation.shared_limit import open_shared_limit
 
     api_key = read_api_key(section.api_key_env, where)
     async with contextlib.AsyncExitStack() as stack:
@@ -53,6 +54,11 @@ async def open_backend(
             model_name = server.served_model
         if not base_urls:
             raise BackendError(f"{where}: backend openai needs base_urls or server.launch")
+        shared = None
+        if section.shared_limit:
+            shared = await stack.enter_async_context(
+                open_shared_limit(section.shared_limit, section.max_concurrency, say)
+            )
         backend = OpenAIBackend(
             base_urls=base_urls,
             model=model_name,
@@ -61,6 +67,8 @@ async def open_backend(
             timeout_s=section.timeout_s,
             max_retries=section.max_retries,
             max_failures_in_row=section.max_failures_in_row,
+            cool_down_s=section.cool_down_s,
+            shared_slot=shared.slot if shared else None,
             n_mode=section.n_mode,
             continue_final_message=section.continue_final_message,
             prompts_per_request=section.prompts_per_request,

@@ -2,13 +2,18 @@
 
 Retries are the openai client's own: jittered exponential backoff on 429 (honouring Retry-After up to
 its cap), 408/409, 5xx, timeouts and dropped connections. On top of it this backend adds a limit on
-requests in flight, round-robin over several base URLs (replicas), token accounting, and `n > 1`
-emulated with distinct seeds for servers that ignore `n` (`transformers serve` does).
+requests in flight (per process, and optionally one shared by every worker: `shared_limit`), several
+base URLs (replicas) with failover, token accounting, and `n > 1` emulated with distinct seeds for
+servers that ignore `n` (`transformers serve` does).
 
-A base URL that stops answering is taken out of the rotation: after `max_failures_in_row` requests in
-a row failed there for good (connection, timeout, 5xx, 429 or an answer that is not a completion, each
-after its retries), its circuit breaker opens. With every base URL out, each request fails at once with
-EndpointDown, which stops the run instead of routing every remaining pair to review as a failure.
+Replicas: each request goes to the base URL with the fewest requests in flight (ties in turn), so a
+slow or hanging replica gets less. A request that fails there for good (connection, timeout, 5xx, 429
+or an answer that is not a completion, after the client's retries) is sent again to another replica it
+has not tried; it fails only when every replica failed it. After `max_failures_in_row` such failures in a
+row a base URL's circuit breaker opens: it gets no requests for `cool_down_s`, then one trial request
+(half-open); if that answers, the replica is back in the rotation, if not, another cool-down. With
+every base URL out, each request fails at once with EndpointDown, which stops the run instead of routing
+every remaining pair to review as a failure.
 
 Many prompts per request: with `prompts_per_request > 1` and the model's chat template, requests go
 to the completions API as rendered text, greedy ones grouped `prompts_per_request` to a request (its
@@ -21,10 +26,13 @@ backend falls back to one prompt per request or to chat requests accordingly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import openai
@@ -51,32 +59,56 @@ R = TypeVar("R")
 
 
 class CircuitBreaker:
-    """The health of one base URL: open (out of the rotation) after `threshold` failures in a row; 0: never."""
+    """The health of one base URL. Closed: in the rotation. Open after `threshold` failures in a row (0:
+    never): no requests for `cool_down_s`; then half-open: one trial request goes through, whose answer
+    closes the breaker (the replica is back) and whose failure opens it for another cool-down."""
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, cool_down_s: float = 30.0) -> None:
         self.threshold = threshold
+        self.cool_down_s = cool_down_s
         self.failures_in_row = 0
         self.last_failure = ""
+        self._opened_at: float | None = None  # monotonic time the breaker last opened; None: closed
+        self._trial_out = False  # half-open, and its one trial request is in flight
 
     @property
     def open(self) -> bool:
-        return self.threshold > 0 and self.failures_in_row >= self.threshold
+        """Whether no request may go there now: cooling down, or its trial request not back yet."""
+        if self._opened_at is None:
+            return False
+        return self._trial_out or time.monotonic() - self._opened_at < self.cool_down_s
+
+    def let_through(self) -> None:
+        """A request goes to this base URL now; when the breaker is half-open, it is the trial."""
+        if self._opened_at is not None:
+            self._trial_out = True
 
     def succeeded(self) -> None:
         self.failures_in_row = 0
+        self._opened_at = None
+        self._trial_out = False
 
     def failed(self, failure: EndpointFailure) -> None:
         self.failures_in_row += 1
         self.last_failure = str(failure)
+        tripped = self.threshold > 0 and self.failures_in_row >= self.threshold
+        if tripped or self._trial_out:  # opens now, or the trial failed: another cool-down
+            self._opened_at = time.monotonic()
+        self._trial_out = False
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Endpoint:
-    """One base URL (credentials taken out, for messages): its client and its circuit breaker."""
+    """One base URL (credentials taken out, for messages): its client, circuit breaker and requests in flight."""
 
     url: str
     client: openai.AsyncOpenAI
     breaker: CircuitBreaker
+    position: int  # in base_urls: breaks ties between replicas with as many requests in flight
+    in_flight: int = field(default=0)
+
+
+SlotFactory = Callable[[], AbstractAsyncContextManager[object]]
 
 
 class OpenAIBackend:
@@ -95,7 +127,11 @@ class OpenAIBackend:
         prompts_per_request: int = 1,
         chat_template: ChatTemplate | None = None,
         max_failures_in_row: int = 10,
+        cool_down_s: float = 30.0,
+        shared_slot: SlotFactory | None = None,
     ) -> None:
+        """`shared_slot`: held around every request besides the per-process `max_concurrency`, for a limit
+        shared with other processes (`rlaif.generation.shared_limit.SharedSlots.slot`)."""
         if not base_urls:
             raise ValueError("OpenAIBackend needs at least one base URL")
         self.model_name = model
@@ -118,25 +154,31 @@ class OpenAIBackend:
                 openai.AsyncOpenAI(
                     base_url=url, api_key=api_key or "unused", timeout=timeout_s, max_retries=max_retries
                 ),
-                CircuitBreaker(max_failures_in_row),
+                CircuitBreaker(max_failures_in_row, cool_down_s),
+                position,
             )
-            for url in base_urls
+            for position, url in enumerate(base_urls)
         ]
-        self._rotation = itertools.cycle(self._endpoints)
+        self._turn = itertools.count()  # whose turn it is among replicas equally loaded
         self._limit = asyncio.Semaphore(max_concurrency)
+        self._shared_slot: SlotFactory = shared_slot or contextlib.nullcontext
 
-    def _next_endpoint(self) -> _Endpoint:
-        """The next base URL in the rotation whose breaker is closed; EndpointDown when none is left."""
-        for _ in range(len(self._endpoints)):
-            endpoint = next(self._rotation)
-            if not endpoint.breaker.open:
-                return endpoint
+    def _choose_endpoint(self, tried: Sequence[_Endpoint]) -> _Endpoint | None:
+        """The base URL not yet tried for this request, out of its cool-down, with the fewest requests in
+        flight (equally loaded ones in turn); None when there is none."""
+        ready = [e for e in self._endpoints if e not in tried and not e.breaker.open]
+        if not ready:
+            return None
+        turn, count = next(self._turn), len(self._endpoints)
+        return min(ready, key=lambda e: (e.in_flight, (e.position - turn) % count))
+
+    def _none_answering(self) -> EndpointDown:
         details = "; ".join(
             f"{e.url}: {e.breaker.failures_in_row} requests in a row failed, the last with "
             f"{e.breaker.last_failure.removeprefix(e.url + ': ')}"
             for e in self._endpoints
         )
-        raise EndpointDown(
+        return EndpointDown(
             f"stopped sending requests: no endpoint is answering ({details}). "
             "Finished shards are kept; rerun the same command once the endpoint is back."
         )
@@ -270,8 +312,7 @@ class OpenAIBackend:
         if request.prefill and self.continue_final_message:
             kwargs["messages"].append({"role": "assistant", "content": request.prefill})
             kwargs.update(continue_final_message=True, add_generation_prompt=False)
-        async with self._limit:
-            response = await self._send("/chat/completions", kwargs, ChatCompletion)
+        response = await self._send("/chat/completions", kwargs, ChatCompletion)
         if response.usage:
             self.usage.add(response.usage.prompt_tokens, response.usage.completion_tokens)
         per_choice_tokens = response.usage.completion_tokens if response.usage and len(response.choices) == 1 else None
@@ -304,8 +345,7 @@ class OpenAIBackend:
             body["stop"] = list(first.stop)
         if first.top_logprobs is not None:
             body["logprobs"] = first.top_logprobs
-        async with self._limit:
-            response = await self._send("/completions", body, Completion)
+        response = await self._send("/completions", body, Completion)
         if response.usage:
             self.usage.add(response.usage.prompt_tokens, response.usage.completion_tokens)
         choices = sorted(response.choices, key=lambda c: c.index)
@@ -317,26 +357,42 @@ class OpenAIBackend:
         ]
 
     async def _send(self, path: str, body: dict[str, Any], cast_to: type[R]) -> R:
-        """POST a request to the next healthy base URL through the client's generic `post`: the same retries,
-        timeouts and parsed response as `chat.completions.create`, without re-walking every message through
-        its type transforms (about a quarter of the client's CPU per request; the body is plain JSON already).
+        """POST a request through the client's generic `post`: the same retries, timeouts and parsed response
+        as `chat.completions.create`, without re-walking every message through its type transforms (about a
+        quarter of the client's CPU per request; the body is plain JSON already).
 
-        The client retries 429 (honouring Retry-After), 5xx, timeouts and dropped connections; an answer
-        that is not a completion (cut short, or some other JSON) is asked again here, as often. Failures
-        come back as BackendError naming the server; those of the endpoint (not of this one request) count
-        towards its circuit breaker.
+        The request holds a slot of the process's limit (and of the shared one) while it is out. It goes to
+        the least busy replica; a failure of the endpoint (not of this request: those are raised at once)
+        counts towards that replica's circuit breaker and sends the request to the next replica not yet
+        tried. The client retries 429 (honouring Retry-After), 5xx, timeouts and dropped connections; an
+        answer that is not a completion (cut short, or some other JSON) is asked again here, as often.
+        Failures come back as BackendError naming the server.
         """
-        endpoint = self._next_endpoint()
-        self.usage.requests += 1
-        try:
-            response = await self._post_checked(endpoint, path, body, cast_to)
-        except BackendError as error:
-            error = type(error)(self._without_key(str(error)))
-            if isinstance(error, EndpointFailure):
-                endpoint.breaker.failed(error)
-            raise error from None
-        endpoint.breaker.succeeded()
-        return response
+        failures: list[EndpointFailure] = []
+        async with self._shared_slot(), self._limit:  # the shared slot first: a finished request hands it on
+            tried: list[_Endpoint] = []
+            while (endpoint := self._choose_endpoint(tried)) is not None:
+                tried.append(endpoint)
+                self.usage.requests += 1
+                endpoint.breaker.let_through()
+                endpoint.in_flight += 1
+                try:
+                    response = await self._post_checked(endpoint, path, body, cast_to)
+                except EndpointFailure as error:
+                    failures.append(EndpointFailure(self._without_key(str(error))))
+                    endpoint.breaker.failed(failures[-1])
+                    continue
+                except BackendError as error:
+                    raise type(error)(self._without_key(str(error))) from None
+                finally:
+                    endpoint.in_flight -= 1
+                endpoint.breaker.succeeded()
+                return response
+        if not failures:
+            raise self._none_answering()
+        if len(failures) == 1:
+            raise failures[0]
+        raise EndpointFailure(f"every replica failed this request: {'; '.join(map(str, failures))}")
 
     def _without_key(self, message: str) -> str:
         """The message with the API key taken out: a server may quote the key it refused."""

@@ -169,15 +169,14 @@ def generate(backend: OpenAIBackend, count: int) -> list:
     return asyncio.run(go())
 
 
-def test_a_dead_replica_leaves_the_rotation_and_the_live_one_answers_the_rest():
+def test_a_dead_replica_leaves_the_rotation_and_the_live_one_answers_everything():
     with ScriptedOpenAIServer() as live, FaultProxy(live.base_url) as dead:
         dead.dead = True
         backend = OpenAIBackend([dead.base_url, live.base_url], "m", max_retries=0, max_failures_in_row=3)
         results = generate(backend, 40)
-    failed = [r for r in results if isinstance(r, BackendError)]
-    assert len(dead.log) <= 3 + 8  # the threshold, plus what was in flight when the breaker opened
-    assert len(failed) == len(dead.log) and len(results) - len(failed) == len(live.requests)
-    assert all("HTTP 503" in str(r) for r in failed)
+    assert not [r for r in results if isinstance(r, BackendError)]  # each failed there, then answered here
+    assert 3 <= len(dead.log) <= 3 + 8  # the threshold, plus what was in flight when the breaker opened
+    assert len(live.requests) == 40
 
 
 def test_truncated_answers_are_asked_again_then_reported_by_name():

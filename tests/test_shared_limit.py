@@ -1,0 +1,65 @@
+"""A limit on one endpoint shared by every worker (a Prefect global concurrency limit) holds across
+processes, and is used: the workers together keep it about full.
+
+The endpoint is a fake model server in a process of its own (tests/fake_server_process.py, a stand-in for
+a model server) that records the most requests it ever had in flight; the workers are separate processes
+that open the model from its config section, as a flow's worker does, and share the test session's
+Prefect server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from rlaif.config import ModelSection
+from tests.fake_server_process import fake_servers
+
+WORKER = """
+import asyncio, json, sys
+from rlaif.config import ModelSection
+from rlaif.generation.factory import open_backend
+from rlaif.generation.protocol import GenerationRequest
+
+async def main():
+    section = ModelSection.model_validate(json.loads(sys.argv[1]))
+    async with open_backend(section, where="judge", say=print) as backend:
+        asked = [GenerationRequest(messages=[{"role": "user", "content": f"q{i}"}], max_tokens=4) for i in range(40)]
+        results = await backend.generate(asked)
+    print("failed", sum(isinstance(r, Exception) for r in results))
+
+asyncio.run(main())
+"""
+
+
+def section(base_url: str, **shared_limit: object) -> ModelSection:
+    return ModelSection(
+        backend="openai", model="m", base_urls=[base_url], max_concurrency=8, shared_limit=shared_limit or None
+    )
+
+
+def test_three_workers_together_keep_a_limit_of_four(tmp_path, prefect_server):
+    with fake_servers(tmp_path, 50) as (server,):
+        limited = section(f"{server.url}/v1", name="fake-endpoint", max_concurrency=4)
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, limited.model_dump_json()],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+        seen = server.stats()
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0 and "failed 0" in output, output[-2000:]
+    assert "at most 4 requests in flight over every worker" in outputs[0]
+    assert seen["requests"] == 3 * 40
+    # Each worker alone may have 8 in flight; together they never had more than the shared 4, and kept it
+    # about full (slots passed between a worker's requests, not asked of Prefect for each).
+    assert seen["max_in_flight"] <= 4 and seen["mean_in_flight"] >= 2, seen
+    limit = httpx.get(f"{prefect_server}/v2/concurrency_limits/fake-endpoint").json()
+    assert limit["limit"] == 4 and limit["active_slots"] == 0  # every slot given back
