@@ -21,12 +21,16 @@ from rlaif.pipeline.reward_round import route_reward_round
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
 from rlaif.training.label_value import measure_label_value
+from rlaif.training.launcher import launch_stage
 from rlaif.training.stages import Stage, run_stage, stage_output
 
 
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(config: Config, stage: Stage, model: str | None = None) -> dict[str, Any]:
+    """One stage, in this process or (train.launcher: accelerate) under `accelerate launch`."""
     logger = get_run_logger()
+    if config.train.launcher == "accelerate":
+        return launch_stage(config, stage, say=logger.info, model=model)
     return run_stage(config, stage, say=logger.info, model=model, reuse_finished=True)
 
 

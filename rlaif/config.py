@@ -661,6 +661,20 @@ class TrainSection(Section):
     )
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
     in_pipeline: bool = Field(True, description="rlaif-pipeline trains (rlaif-train) after the merge.")
+    launcher: Literal["in_process", "accelerate"] = Field(
+        "in_process",
+        description="How rlaif-train runs each stage: in the flow's own process on one device, or under `accelerate "
+        "launch` in processes of its own (several GPUs or nodes: accelerate_config; several CPU processes over gloo "
+        "where there is no GPU).",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="launcher accelerate: the accelerate config file (configs/accelerate/: ddp, deepspeed_zero2, "
+        "deepspeed_zero3, fsdp); default accelerate's own default config.",
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="launcher accelerate: processes in all (one per GPU); default the accelerate config's."
+    )
     label_value: bool = Field(
         True,
         description="rlaif-train measures what the human labels bought: the reward-model recipe trained on the merged "

@@ -111,3 +111,40 @@ def test_with_every_replica_down_a_request_fails_with_both_reasons(tmp_path, thr
     assert isinstance(result, EndpointFailure) and str(result).startswith("every replica failed this request")
     assert all(url in str(result) for url in dead) and str(result).count("connection failed") == 2
     assert backend.usage.requests == 2  # tried at one, then at the other
+
+
+def test_a_label_run_completes_when_a_judge_replica_is_killed_mid_shard(tmp_path):
+    """The labeling flow with two judge replicas, one killed (SIGKILL) while the first shard is judged:
+    every pair is judged, none fails, and the rest went to the live replica."""
+    from rlaif.config import load_config
+    from rlaif.flows.label import label_pipeline
+    from tests.scripted_openai_server import ScriptedOpenAIServer
+    from tests.test_labeling_flow import fake_judge_or_policy, judgments_of, prompts_file, scripted_overrides
+
+    with ScriptedOpenAIServer(reply=fake_judge_or_policy) as policy, fake_servers(tmp_path, 20, 20) as (first, second):
+        overrides = scripted_overrides(
+            policy,
+            prompts_file(tmp_path, 20),
+            tmp_path / "run",
+            f"judge.base_urls=[{first.url}/v1, {second.url}/v1]",
+            "judge.max_retries=1",
+            "judge.max_failures_in_row=3",
+        )
+
+        async def run() -> dict:
+            async def kill_first_once_it_answered(count: int) -> None:
+                while (await asyncio.to_thread(first.stats))["requests"] < count:
+                    await asyncio.sleep(0.05)
+                first.kill()
+
+            killer = asyncio.create_task(kill_first_once_it_answered(20))
+            report = await label_pipeline(load_config(None, overrides))
+            assert killer.done()  # it was killed during the run
+            return report
+
+        report = asyncio.run(run())
+        answered_by_second = second.stats()["requests"]
+    judgments = judgments_of(tmp_path / "run")
+    assert report["pairs"] == len(judgments) == 20 * 3
+    assert all(j.status == "ok" for j in judgments), [j.status for j in judgments]
+    assert answered_by_second >= 2 * 60 - 20 - 8  # both orders of every pair, less what the first answered

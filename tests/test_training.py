@@ -332,6 +332,11 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
         model = AutoModelForCausalLM.from_pretrained(run / "train" / stage)
         assert model.config.vocab_size == vocab
     assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
+    assert not (run / "train" / "dpo-lora" / "lora-adapter").exists()  # merged from its saved files, then removed
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(run / "train" / "dpo-lora").state_dict()
+    changed = [name for name in base if "q_proj" in name and not torch.equal(base[name], merged[name])]
+    assert changed, "the merged model holds the base weights unchanged: the trained adapter was not merged in"
     # The stages' tokenization and reference log-probs were not cached into the merged dataset's folder.
     assert file_names(run / "dataset") == dataset_files
 

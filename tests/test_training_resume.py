@@ -264,3 +264,30 @@ def test_the_flow_s_rerun_keeps_stages_trained_on_the_same_data_and_settings_and
     assert kept == [] and all(path.stat().st_mtime_ns != mtime for path, mtime in files.items())
     report = json.loads((dpo_out / "eval_report.json").read_text())
     assert report["trained_on"]["model_trained_on"]["settings"]["learning_rate"] == 2e-3
+
+
+def test_the_train_flow_launches_its_stages_in_two_processes(tiny_qwen2, tmp_path, monkeypatch):
+    """train.launcher: accelerate with 2 processes (CPU, gloo): the rlaif-train flow starts `accelerate
+    launch` for the reward model and for DPO; the processes split the pairs, and each stage writes one model
+    and one report."""
+    from rlaif.flows.train import train_pipeline
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    overrides = tiny_run(
+        tmp_path,
+        tiny_qwen2,
+        "dpo",
+        "train.reward.batch_size=2",
+        "train.reward.epochs=2",
+        "train.launcher=accelerate",
+        "train.num_processes=2",
+        "train.label_value=false",
+        "eval.after_training=false",
+    )
+    reports = train_pipeline(load_config(None, overrides))
+    assert reports["reward"]["steps"] == 6 and reports["dpo"]["steps"] == 6  # half the steps of one process
+    for stage in ("reward", "dpo"):
+        folder = tmp_path / "run" / "train" / stage
+        assert (folder / "model.safetensors").is_file() and not (folder / "checkpoints").exists()
+        assert json.loads((folder / "eval_report.json").read_text())["steps"] == 6
+    assert not list((tmp_path / "run" / "train").glob(".*-launch-config.yaml"))

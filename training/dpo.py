@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,28 @@ def uses_shared_prompt(settings: DPOSection) -> bool:
     return settings.shared_prompt and settings.losses() == ["sigmoid"] and not settings.label_smoothing
 
 
+def save_merged_adapter(trainer: Any, model_path: str, out: Path) -> None:
+    """The LoRA adapter merged into its base model, saved in `out` as a plain model.
+
+    Merged from the saved files, not in the trainer's own model: under DeepSpeed ZeRO-3 each process holds
+    only a shard of every weight, and merging those in place would save empty weights. The trainer saves
+    the adapter (gathering it from every process), then the main process loads the base model and the
+    adapter and merges them; the others wait until the folder is written.
+    """
+    adapter = out / "lora-adapter"
+    trainer.save_model(str(adapter))  # every process takes part; the main process writes
+    if trainer.args.should_save:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype="auto")
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        merged.save_pretrained(str(out))
+        trainer.processing_class.save_pretrained(str(out))
+        shutil.rmtree(adapter)
+    trainer.accelerator.wait_for_everyone()
+
+
 def lora_config(settings: DPOSection) -> Any:
     if not settings.lora.enabled:
         return None
@@ -196,15 +219,11 @@ def train_dpo(
     trainer = build_dpo_trainer(
         train, held_out, settings, model_path, out, seed, reference_path=reference_path, say=say
     )
-    tokenizer = trainer.processing_class
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = trainer.evaluate() if held_out is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     if settings.lora.enabled:
-        merged = trainer.model.merge_and_unload()
-        if trainer.args.should_save:  # the main process writes the files
-            merged.save_pretrained(str(out))
-            tokenizer.save_pretrained(str(out))
+        save_merged_adapter(trainer, model_path, out)
     else:
         trainer.save_model(str(out))  # the model and tokenizer, by the main process
     report = {

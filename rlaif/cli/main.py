@@ -350,6 +350,14 @@ def train(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model to start from: a path or a prepared name.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder of the stage; default RUN_DIR/train/<stage>.")] = None,
+    keep_finished: Annotated[
+        bool,
+        typer.Option(
+            "--keep-finished",
+            help="Keep an output folder that holds the stage trained on the same data, model, settings and seed "
+            "(as the rlaif-train flow does) instead of training it again.",
+        ),
+    ] = False,
     overrides: SetOption = None,
 ) -> None:
     """Train one stage on preference data; flags override the config; the report (what it learnt on held-out
@@ -375,7 +383,7 @@ def train(
     flags = [f"train.{key}={json.dumps(value)}" for key, value in (("data", data), ("format", data_format)) if value]
     cfg = load_config(config, [*(overrides or []), *flags])
     with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout carries only the report
-        report = run_stage(cfg, stage, say=say, model=model, out=out)  # type: ignore[arg-type]
+        report = run_stage(cfg, stage, say=say, model=model, out=out, reuse_finished=keep_finished)  # type: ignore[arg-type]
     if training_processes().is_main_process:  # printed once under several processes
         typer.echo(json.dumps(report, indent=2))
 
