@@ -489,3 +489,13 @@ def test_kto_calls_an_answer_good_or_bad_only_on_an_absolute_signal():
     scores = ([0.0, 5.0, 1.0, 0.0], [-3.0, 4.0, 1.0, 0.0])
     labelled = {(r["completion"][0]["content"], r["label"]) for r in unpaired_rows(pairs, 0.6, scores)}
     assert labelled == {("sure-", False), ("people+", True), ("bad+", False), ("bad-", False)}
+
+
+def test_every_accelerate_config_loads_with_the_installed_accelerate():
+    """The example files of configs/accelerate/ are read by the installed accelerate as `accelerate launch`
+    reads them (an unknown or misspelt key fails); their runs need GPUs, which this machine has not."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value for path in folder.glob("*.yaml")}
+    assert kinds == {"ddp": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED", "fsdp": "FSDP"}
