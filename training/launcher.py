@@ -53,16 +53,23 @@ def launch_stage(config: Config, stage: Stage, say: Callable[[str], None], model
     processes = config.train.num_processes or "the accelerate config's"
     say(f"{stage}: accelerate launch, {processes} processes: {' '.join(command)}")
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-    with tempfile.TemporaryFile("w+") as report_out:
-        process = subprocess.Popen(command, stdout=report_out, stderr=subprocess.PIPE, text=True)
-        assert process.stderr is not None
-        for line in process.stderr:
-            tail.append(line.rstrip())
-            say(f"{stage}: {line.rstrip()}")
-        code = process.wait()
-        report_out.seek(0)
-        printed = report_out.read()
-    config_file.unlink(missing_ok=True)
+    try:
+        with tempfile.TemporaryFile("w+") as report_out:
+            process = subprocess.Popen(command, stdout=report_out, stderr=subprocess.PIPE, text=True)
+            assert process.stderr is not None
+            try:
+                for line in process.stderr:
+                    tail.append(line.rstrip())
+                    say(f"{stage}: {line.rstrip()}")
+                code = process.wait()
+            finally:
+                if process.poll() is None:  # the flow run was cancelled or crashed: its training stops too
+                    process.terminate()
+                    process.wait()
+            report_out.seek(0)
+            printed = report_out.read()
+    finally:
+        config_file.unlink(missing_ok=True)
     if code != 0:
         log = "\n".join(tail)
         raise LaunchFailed(f"accelerate launch of the {stage} stage exited with code {code}; its log ends:\n{log}")
