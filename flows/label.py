@@ -6,30 +6,33 @@ The steps are plain functions inside the flow, not subflows: a subflow run costs
 shard plan is computed once. A rerun skips finished shards without starting a task run for them: their
 files in the run directory are the cache, keyed by inputs, settings and the step's source code
 (Prefect's own result cache would live outside the run directory and outlive it). Models open on
-first use and stay open across the shards of a step. The judge is loaded once (`rlaif.judges.setup`),
-by the caller or here.
+first use and stay open across the shards of a step (with `run.task_runner` dask or ray, shard tasks
+run on a cluster's workers and open their own: `rlaif.flows.task_runner`). The judge is loaded once
+(`rlaif.judges.setup`), by the caller or here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact, acreate_progress_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner
 from prefect.utilities.annotations import quote
 
 from rlaif.config import Config, dump_config
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, run_config
 from rlaif.flows.shard_claims import wait_claim
-from rlaif.flows.shard_runner import OnFirstUse, ShardProgress, opened, run_shards
+from rlaif.flows.shard_runner import OnFirstUse, ShardOutcome, ShardProgress, opened, run_shards
+from rlaif.flows.task_runner import open_task_runner
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import GenerationBackend, TokenUsage
 from rlaif.judges.ensemble import ensemble_name
 from rlaif.judges.factory import open_judge
-from rlaif.judges.protocol import Judge
 from rlaif.judges.reward_model import RewardModelScorer
 from rlaif.judges.setup import JudgeSetup, load_judge
 from rlaif.models import resolve_model
@@ -58,26 +61,76 @@ def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardP
     return run, plan_shards(run, config, prompts, judge.identity()), counts
 
 
+class SamplingModels:
+    """The models a sampling shard uses (the policy; the judge model when it classifies prompts for
+    pairs.refusal_contrast), each opened on first use and closed with `stack`."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, config: Config, say: Callable[[str], None]) -> None:
+        self.policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=say))
+        judge_model = classifier_section(config.judge)  # pairs.refusal_contrast: classifies prompts
+        self.classifier: OnFirstUse[GenerationBackend] | None = None
+        if judge_model is not None:
+            self.classifier = OnFirstUse(stack, lambda: open_backend(judge_model, where="judge", say=say))
+
+    def usage(self) -> dict[str, TokenUsage]:
+        """What the models opened so far spent, by cost-ledger stage."""
+        spent = {"sampling": self.policy.value.usage if self.policy.value else TokenUsage()}
+        if self.classifier is not None and self.classifier.value is not None:
+            spent["refusal-classifier"] = self.classifier.value.usage
+        return spent
+
+
+class JudgingModels:
+    """The models a judging shard uses (the pair scorer, the judge), each opened on first use and closed with
+    `stack`."""
+
+    def __init__(
+        self, stack: contextlib.AsyncExitStack, config: Config, judge: JudgeSetup, say: Callable[[str], None]
+    ) -> None:
+        score_model = config.pairs.score_model or ""
+        self.scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(score_model))))
+        self.judge = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=say))
+
+    def usage(self) -> dict[str, TokenUsage]:
+        return {"judging": self.judge.value.usage() if self.judge.value else TokenUsage()}
+
+
 @task(name="sample-shard", cache_policy=NO_CACHE)
-async def sample_shard_task(
-    plan: ShardPlan,
-    config: Config,
-    policy: OnFirstUse[GenerationBackend],
-    classifier: OnFirstUse[GenerationBackend] | None,
-) -> tuple[int, bool]:
-    return await sample_shard(plan, config, policy, classifier)
+async def sample_shard_task(plan: ShardPlan, config: Config, models: SamplingModels | None) -> ShardOutcome:
+    """One shard's candidates, with the flow's models, or (models None: on a cluster's worker) models of its own."""
+    if models is not None:
+        return *await sample_shard(plan, config, models.policy, models.classifier), {}
+    async with contextlib.AsyncExitStack() as stack:
+        own = SamplingModels(stack, config, get_run_logger().info)
+        return *await sample_shard(plan, config, own.policy, own.classifier), own.usage()
 
 
 @task(name="judge-shard", cache_policy=NO_CACHE)
-async def judge_shard_task(
-    plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer], judge: OnFirstUse[Judge]
-) -> tuple[int, bool]:
-    """Pairs of one shard, then their judgments: one task run, as pairing is quick next to judging."""
-    await pair_shard(plan, config, scorer)
-    return await judge_shard(plan, judge)
+async def judge_shard_task(plan: ShardPlan, config: Config, models: JudgingModels | None) -> ShardOutcome:
+    """Pairs of one shard, then their judgments: one task run, as pairing is quick next to judging. With the
+    flow's models, or (models None: on a cluster's worker) models of its own, the judge loaded from the config."""
+    if models is not None:
+        await pair_shard(plan, config, models.scorer)
+        return *await judge_shard(plan, models.judge), {}
+    async with contextlib.AsyncExitStack() as stack:
+        own = JudgingModels(stack, config, load_judge(config.judge), get_run_logger().info)
+        await pair_shard(plan, config, own.scorer)
+        return *await judge_shard(plan, own.judge), own.usage()
 
 
-async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
+@task(name="pair-shard", cache_policy=NO_CACHE)
+async def pair_shard_task(plan: ShardPlan, config: Config, models: JudgingModels | None) -> ShardOutcome:
+    """One shard's pairs, unjudged; with the flow's pair scorer, or (on a cluster's worker) one of its own."""
+    if models is not None:
+        return *await pair_shard(plan, config, models.scorer), {}
+    async with contextlib.AsyncExitStack() as stack:
+        own = JudgingModels(stack, config, load_judge(config.judge), get_run_logger().info)
+        return *await pair_shard(plan, config, own.scorer), {}
+
+
+async def sample_shards(
+    config: Config, run: RunDirectory, plans: list[ShardPlan], runner: TaskRunner[Any] | None = None
+) -> int:
     """Sample `sampling.n` candidates per prompt, a task run per unfinished shard; returns the count."""
     logger = get_run_logger()
     artifact = await acreate_progress_artifact(
@@ -85,20 +138,9 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
     )
     progress = ShardProgress("sampled", "candidates", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
-        policy = OnFirstUse(stack, lambda: open_backend(config.policy, where="policy", say=logger.info))
-        judge_model = classifier_section(config.judge)  # pairs.refusal_contrast: classifies prompts
-        classifier = None
-        if judge_model is not None:
-            classifier = OnFirstUse(stack, lambda: open_backend(judge_model, where="judge", say=logger.info))
-        spending = [
-            Spending(
-                run,
-                "sampling",
-                config.policy.model,
-                config.cost,
-                lambda: policy.value.usage if policy.value else TokenUsage(),
-            )
-        ]
+        models = SamplingModels(stack, config, logger.info)
+        spending = [Spending(run, "sampling", config.policy.model, config.cost, lambda: models.usage()["sampling"])]
+        judge_model = classifier_section(config.judge)
         if config.pairs.refusal_contrast and judge_model is not None:  # what classifying prompts costs, at its price
             spending.append(
                 Spending(
@@ -106,7 +148,7 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
                     "refusal-classifier",
                     judge_model.model,
                     config.cost,
-                    lambda: classifier.value.usage if classifier and classifier.value else TokenUsage(),
+                    lambda: models.usage().get("refusal-classifier", TokenUsage()),
                 )
             )
         await run_shards(
@@ -116,29 +158,34 @@ async def sample_shards(config: Config, run: RunDirectory, plans: list[ShardPlan
             sample_shard_task,
             progress,
             config,
-            policy,
-            classifier,
+            models if runner is None else None,
             spending=spending,
             retry_delays_s=config.run.shard_retry_delays_s,
+            runner=runner,
         )
     return progress.count
 
 
-async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, plans: list[ShardPlan]) -> int:
+async def judge_shards(
+    config: Config,
+    judge: JudgeSetup,
+    run: RunDirectory,
+    plans: list[ShardPlan],
+    runner: TaskRunner[Any] | None = None,
+) -> int:
     """Pair the sampled candidates and judge each pair in both orders, a task run per unfinished shard."""
     logger = get_run_logger()
     artifact = await acreate_progress_artifact(progress=0.0, key="judging-progress", description="Shards judged")
     progress = ShardProgress("judged", "pairs", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
-        scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
-        judging = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=logger.info))
+        models = JudgingModels(stack, config, judge, logger.info)
         members = judge.section.ensemble
         spending = Spending(
             run,
             "judging",
             ensemble_name([m.model for m in members]) if members else judge.section.model,
             config.cost,
-            lambda: judging.value.usage() if judging.value else TokenUsage(),
+            lambda: models.usage()["judging"],
         )
         await run_shards(
             run,
@@ -147,13 +194,13 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
             judge_shard_task,
             progress,
             config,
-            scorer,
-            judging,
+            models if runner is None else None,
             spending=[spending],
             retry_delays_s=config.run.shard_retry_delays_s,
+            runner=runner,
         )
-        if judging.value is not None:
-            usage = judging.value.usage()
+        usage = models.usage()["judging"] + spending.elsewhere
+        if usage.requests:
             logger.info(
                 f"judge: {usage.requests} requests, {usage.prompt_tokens} prompt and "
                 f"{usage.completion_tokens} completion tokens"
@@ -161,17 +208,14 @@ async def judge_shards(config: Config, judge: JudgeSetup, run: RunDirectory, pla
     return progress.count
 
 
-@task(name="pair-shard", cache_policy=NO_CACHE)
-async def pair_shard_task(plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer]) -> tuple[int, bool]:
-    return await pair_shard(plan, config, scorer)
-
-
-async def pair_shards(config: Config, run: RunDirectory, plans: list[ShardPlan]) -> int:
+async def pair_shards(
+    config: Config, judge: JudgeSetup, run: RunDirectory, plans: list[ShardPlan], runner: TaskRunner[Any] | None = None
+) -> int:
     """Pair the sampled candidates without judging them (for judging elsewhere: `rlaif judge export-requests`)."""
     artifact = await acreate_progress_artifact(progress=0.0, key="pairing-progress", description="Shards paired")
     progress = ShardProgress("paired", "pairs", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
-        scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(config.pairs.score_model or ""))))
+        models = JudgingModels(stack, config, judge, get_run_logger().info)
         await run_shards(
             run,
             plans,
@@ -179,8 +223,9 @@ async def pair_shards(config: Config, run: RunDirectory, plans: list[ShardPlan])
             pair_shard_task,
             progress,
             config,
-            scorer,
+            models if runner is None else None,
             retry_delays_s=config.run.shard_retry_delays_s,
+            runner=runner,
         )
     return progress.count
 
@@ -238,16 +283,17 @@ async def label_pipeline(
     if any(prompt_counts.as_dict().values()):
         logger.warning(f"prompts left out or changed while reading {config.prompts.path}: {prompt_counts.as_dict()}")
     try:
-        await sample_shards(config, run, plans)
-        if stop_after == "pairs":
-            paired = await pair_shards(config, run, plans)
-            return {
-                "run": config.run.name,
-                "status": "paired",
-                "pairs": paired,
-                "pair_files": [str(plan.pairs) for plan in plans],
-            }
-        await judge_shards(config, judge, run, plans)
+        with open_task_runner(config.run) as runner:
+            await sample_shards(config, run, plans, runner)
+            if stop_after == "pairs":
+                paired = await pair_shards(config, judge, run, plans, runner)
+                return {
+                    "run": config.run.name,
+                    "status": "paired",
+                    "pairs": paired,
+                    "pair_files": [str(plan.pairs) for plan in plans],
+                }
+            await judge_shards(config, judge, run, plans, runner)
     except BudgetReached as reached:
         logger.error(str(reached))
         report = {"run": config.run.name, "status": "stopped_by_budget", "message": str(reached)}

@@ -1,8 +1,9 @@
 """Running a step over a run's shards in Prefect: a task run per unfinished shard, two at a time, with
 progress in the log and in a progress artifact; and models opened on first use, once, for all shards.
 
-A shard whose output file exists gets no task run at all. Workers on one run directory split its
-shards through claims (`rlaif.flows.shard_claims`). A shard task that fails with an error of the machine
+A shard whose output file exists gets no task run at all. The task runs in the flow's process or on a
+cluster (`rlaif.flows.task_runner`). Workers on one run directory split its shards through claims
+(`rlaif.flows.shard_claims`). A shard task that fails with an error of the machine
 or its storage is run again by Prefect (`run.shard_retry_delays_s`); a shard's steps are idempotent (their
 output is written whole or not at all), so a retry repeats at most that shard's model calls.
 """
@@ -21,15 +22,21 @@ from uuid import UUID
 from prefect import State, Task, get_run_logger
 from prefect.artifacts import aupdate_progress_artifact
 from prefect.client.schemas.objects import TaskRun
-from prefect.utilities.annotations import quote
+from prefect.task_runners import TaskRunner
 
 from rlaif.flows.shard_claims import claim_path, try_claim, wait_claim
+from rlaif.flows.task_runner import cluster_slots, run_task
+from rlaif.generation.protocol import TokenUsage
 from rlaif.pipeline.cost_ledger import BudgetReached, Spending
 from rlaif.pipeline.shard_plan import ShardPlan
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import count_lines, remove_partial_writes
 
 T = TypeVar("T")
+
+# What a shard task returns: the items it wrote (or found), whether they were there already, and what the
+# models it opened itself spent, by cost-ledger stage (empty when it used models the flow opened).
+ShardOutcome = tuple[int, bool, dict[str, TokenUsage]]
 
 
 class OnFirstUse(Generic[T]):
@@ -121,15 +128,16 @@ async def run_shards(
     *arguments: Any,
     spending: Sequence[Spending] = (),
     retry_delays_s: Sequence[float] = (),
+    runner: TaskRunner[Any] | None = None,
 ) -> None:
-    """One task run per shard, two shards at a time; a shard whose output file exists is counted, not run.
+    """One task run per shard, two shards at a time (on a cluster, one per worker thread); a shard whose
+    output file exists is counted, not run. `step` returns a ShardOutcome; `runner` runs it (None: here).
 
     Two at a time: the next shard's requests fill the endpoint while the last, slowest requests of the
     previous one finish (one at a time, the endpoint would idle at every shard's tail). A crash repeats at
     most the shards in flight. Each shard is claimed first (`rlaif.flows.shard_claims`): shards another worker on
     the same run holds are left to it and waited for at the end, then counted as done, or done here if that
-    worker stopped without finishing them. Arguments are quoted: Prefect would otherwise walk every field of
-    the plan and the config looking for futures, on every task run. With `spending` (one per model the step
+    worker stopped without finishing them. With `spending` (one per model the step
     uses), each shard is checked against the run's budget before it starts and recorded in the cost ledger
     when it ends; once the budget is reached the shards in flight finish, no other starts, and BudgetReached
     is raised at the end. `retry_delays_s`: a shard failing with an OSError runs again after each delay in turn.
@@ -140,7 +148,7 @@ async def run_shards(
             retry_delay_seconds=list(retry_delays_s),
             retry_condition_fn=machine_or_storage_error,
         )
-    in_flight = asyncio.Semaphore(SHARDS_IN_FLIGHT)
+    in_flight = asyncio.Semaphore(cluster_slots(runner, SHARDS_IN_FLIGHT))
     held_elsewhere: list[ShardPlan] = []
     stopped: list[BudgetReached] = []  # the budget was reached: no new shard starts
 
@@ -162,8 +170,9 @@ async def run_shards(
                         if stopped or not _within_budget(spending, stopped):
                             return
                         remove_partial_writes(output(plan))  # of a worker killed while writing it
-                        count, reused = await step(quote(plan), *(quote(argument) for argument in arguments))
+                        count, reused, spent = await run_task(runner, step, plan, *arguments)
                         for ledger in spending:
+                            ledger.add_elsewhere(spent.get(ledger.stage, TokenUsage()))
                             projection = ledger.after_shard(len(plans) - progress.done - 1)
                             if projection:
                                 get_run_logger().info(projection)

@@ -25,13 +25,7 @@ class EnsembleJudge:
         self.template_hash = content_id("ensemble", [m.template_hash for m in members])
 
     def usage(self) -> TokenUsage:
-        total = TokenUsage()
-        for member in self.members:
-            part = member.usage()
-            total.requests += part.requests
-            total.failed_requests += part.failed_requests
-            total.add(part.prompt_tokens, part.completion_tokens)
-        return total
+        return sum((member.usage() for member in self.members), TokenUsage())
 
     async def judge(self, pairs: Sequence[Pair]) -> list[Judgment]:
         per_member = await asyncio.gather(*(m.judge(pairs) for m in self.members))

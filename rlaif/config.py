@@ -59,6 +59,17 @@ class RunSection(Section):
         "unreachable disk, a network file system or object store dropping a request) runs again after each of "
         "these delays in turn; other errors (a stopped endpoint, the budget, a bug) fail at once. []: never again.",
     )
+    task_runner: Literal["local", "dask", "ray"] = Field(
+        "local",
+        description="Where shard tasks run: `local`, in the flow's own process, models opened once for all shards; "
+        "`dask` (prefect-dask) or `ray` (prefect-ray), on a cluster's workers, each shard opening its models there. "
+        "Workers need the same files at the same paths (the run directory, prompts, judge templates).",
+    )
+    cluster_address: str | None = Field(
+        None,
+        description="task_runner dask: the scheduler's address (tcp://host:8786); ray: the cluster's (ray://host:10001 "
+        "or auto). None: a cluster on this machine, started for the run and stopped after it.",
+    )
     rounds: int = Field(
         1,
         ge=1,
@@ -820,6 +831,14 @@ class Config(Section):
             raise ValueError("review.mode ranking works without review.target_agreement (certified for pair labels)")
         if self.run.rounds > 1:
             self._check_rounds()
+        if self.run.task_runner != "local":
+            launched = [name for name in ("policy", "judge") if getattr(self, name).server.launch]
+            if launched:
+                raise ValueError(
+                    f"run.task_runner {self.run.task_runner}: {launched[0]}.server.launch would start a server in "
+                    f"every shard task on the cluster; start the servers yourself and list them in "
+                    f"{launched[0]}.base_urls"
+                )
         return self
 
     def _check_rounds(self) -> None:

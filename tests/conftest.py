@@ -46,6 +46,7 @@ LONGEST_FILES = (
     "test_labeling_flow.py",
     "test_crash_resume.py",
     "test_rounds.py",
+    "test_task_runners.py",
 )
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from rlaif.flows.merge import QUEUE_EMPTIED
 from rlaif.run_directory import read_records
 from rlaif.schema import Judgment
 from tests.review_fixtures import ReviewServer, free_port
@@ -326,23 +327,71 @@ def test_two_phase_review_in_a_deployment(prefect_api, tmp_path):
             assert "## Certified agreement level" in (run_dir / "dataset" / "README.md").read_text()
 
 
-def test_prefect_yaml_deploys_into_process_work_pools(prefect_api):
-    """`prefect deploy --all` with the project's prefect.yaml registers the four deployments in their pools."""
+def api_read(env: dict[str, str], path: str) -> dict[str, Any]:
+    """GET from the Prefect API (`prefect deployment inspect -o json` fails on a deployment with triggers)."""
+    return httpx.get(f"{env['PREFECT_API_URL']}/{path}").raise_for_status().json()
+
+
+def test_prefect_yaml_deploys_into_process_and_kubernetes_work_pools(prefect_api):
+    """`prefect deploy --all` with the project's prefect.yaml registers the four deployments in process pools, and
+    with configs/kubernetes/prefect.yaml in Kubernetes pools made from the project's job template (the GPU
+    limit and the run volume are job variables). A queue-emptied event of any run starts, in each, a merge run
+    for that run (the trigger's run.name comes from the event)."""
     project = Path(__file__).resolve().parent.parent
-    for pool in ("rlaif-cpu", "rlaif-gpu"):
-        created = prefect(prefect_api, "work-pool", "create", pool, "--type", "process")
+    pools = [
+        ("rlaif-cpu", "process"),
+        ("rlaif-gpu", "process"),
+        ("rlaif-k8s-cpu", "kubernetes"),
+        ("rlaif-k8s-gpu", "kubernetes"),
+    ]
+    template = ["--base-job-template", str(project / "configs" / "kubernetes" / "job-template.json")]
+    for pool, kind in pools:
+        created = prefect(
+            prefect_api, "work-pool", "create", pool, "--type", kind, *(template if kind == "kubernetes" else [])
+        )
         assert created.returncode == 0, created.stdout + created.stderr
-    deployed = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--all"],
-        env=prefect_api,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    for prefect_file in ("prefect.yaml", "configs/kubernetes/prefect.yaml"):
+        deployed = subprocess.run(
+            [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", prefect_file],
+            env=prefect_api,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect(prefect_api, "deployment", "ls").stdout
-    for name in ("rlaif-pipeline/default", "rlaif-label/default", "rlaif-merge/default", "rlaif-train/default"):
-        assert name in listed
+    for flow in ("rlaif-pipeline", "rlaif-label", "rlaif-merge", "rlaif-train"):
+        assert f"{flow}/default" in listed and f"{flow}/kubernetes" in listed, listed
     inspected = prefect(prefect_api, "deployment", "inspect", "rlaif-train/default").stdout
     assert "rlaif-gpu" in inspected
+    training = api_read(prefect_api, "deployments/name/rlaif-train/kubernetes")
+    assert training["work_pool_name"] == "rlaif-k8s-gpu"
+    assert training["job_variables"]["gpu_limit"] == 1 and training["job_variables"]["run_volume_claim"] == "rlaif-runs"
+    pool = api_read(prefect_api, "work_pools/rlaif-k8s-gpu")
+    container = pool["base_job_template"]["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_limit }}"
+
+    emitted = prefect(
+        prefect_api,
+        "events",
+        "emit",
+        QUEUE_EMPTIED,
+        "--resource",
+        json.dumps({"prefect.resource.id": "rlaif.review-run.nightly-7", "rlaif.run": "nightly-7"}),
+    )
+    assert emitted.returncode == 0, emitted.stdout + emitted.stderr
+
+    merges = [api_read(prefect_api, f"deployments/name/rlaif-merge/{name}")["id"] for name in ("default", "kubernetes")]
+
+    def merge_runs() -> list[dict[str, Any]]:
+        response = httpx.post(
+            f"{prefect_api['PREFECT_API_URL']}/flow_runs/filter", json={"deployments": {"id": {"any_": merges}}}
+        )
+        runs = response.raise_for_status().json()
+        return runs if len(runs) == 2 else []
+
+    runs = wait_for(merge_runs, 60, "the merge runs the event starts")
+    assert [run["parameters"]["overrides"] for run in runs] == [{"run.name": "nightly-7"}] * 2

@@ -75,6 +75,14 @@ class TokenUsage:
         self.prompt_tokens += prompt_tokens or 0
         self.completion_tokens += completion_tokens or 0
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.requests + other.requests,
+            self.failed_requests + other.failed_requests,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
 
 RequestResult = list[Generation] | BackendError
 Progress = Callable[[int], None]  # called with the number of requests finished so far

@@ -76,7 +76,8 @@ def ledger_totals(run: RunDirectory, cost: CostSection) -> dict[str, Any]:
 
 class Spending:
     """One process's spending in one stage of a run: its ledger entry, kept up to date shard by shard, and the
-    budget check before each shard. `usage` reads the stage's backend (or judge) counts, cumulative."""
+    budget check before each shard. `usage` reads the stage's backend (or judge) counts, cumulative; what the
+    stage's shards spent in other processes (on a cluster's workers) is added by `add_elsewhere`."""
 
     def __init__(self, run: RunDirectory, stage: str, model: str, cost: CostSection, usage: Callable[[], TokenUsage]):
         self.run, self.stage, self.model, self.cost, self.usage = run, stage, model, cost, usage
@@ -84,9 +85,14 @@ class Spending:
         self.shards = 0
         self.in_flight = 0
         self.projection: str | None = None  # said once, after the stage's first shard
+        self.elsewhere = TokenUsage()
+
+    def add_elsewhere(self, usage: TokenUsage) -> None:
+        """Count what a shard's own models spent in another process."""
+        self.elsewhere = self.elsewhere + usage
 
     def _entry(self) -> dict[str, Any]:
-        usage = self.usage()
+        usage = self.usage() + self.elsewhere
         return {
             "stage": self.stage,
             "model": self.model,
