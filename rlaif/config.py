@@ -611,19 +611,47 @@ class ORPOSection(Section):
     bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
 
 
+class CPOSection(Section):
+    """`rlaif train cpo`: TRL's CPOTrainer (trl.experimental): a DPO-like loss on the policy's own log-probabilities,
+    no reference model, plus the chosen answer's NLL."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy to align: a path, a prepared name or a hub id.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo"] = Field(
+        "sigmoid", description="CPO's preference loss; simpo with cpo_alpha 0 is SimPO."
+    )
+    beta: float = Field(0.1, gt=0, description="Temperature of the preference loss.")
+    cpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL term on the chosen answers.")
+    simpo_gamma: float = Field(0.5, description="loss_type simpo: the target reward margin.")
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = Field(8, ge=1, description="Pairs per device per step.")
+    max_length: int = Field(1024, ge=16, description="Tokens of prompt + answer; longer pairs are truncated.")
+    gradient_checkpointing: bool = Field(False, description=GRADIENT_CHECKPOINTING)
+    save_steps: int = Field(500, ge=0, description=SAVE_STEPS.format(unit="optimizer steps"))
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default on a GPU.")
+
+
 class OnlineRLSection(Section):
-    """`rlaif train grpo|rloo`: TRL's GRPOTrainer / RLOOTrainer on the run's prompts, rewarded by the reward model."""
+    """`rlaif train grpo|rloo`: TRL's GRPOTrainer / RLOOTrainer on the run's prompts, rewarded by the reward model
+    (or the judge)."""
 
     model: str = Field("smollm2-135m-instruct", description="Policy to optimise.")
+    reward: Literal["reward_model", "judge"] = Field(
+        "reward_model",
+        description="What rewards an answer: the reward model, or the run's judge behind an endpoint (judge.backend "
+        "openai), which compares the answers to each prompt pairwise: an answer's reward is its mean probability of "
+        "beating the others of its group.",
+    )
     reward_model: str | None = Field(None, description="Reward model folder; default: the reward stage's output.")
     num_generations: int = Field(4, ge=2, description="Answers sampled per prompt: the group each is compared with.")
     max_completion_length: int = Field(64, ge=1, description="Longest sampled answer, in tokens.")
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.05, ge=0, description="Weight of the KL penalty towards the starting model (0: none).")
-    use_vllm: bool = Field(
-        False,
-        description="Sample with vLLM inside the training process (TRL's colocate mode; needs vllm and a GPU). "
-        "False: transformers' generate.",
+    use_vllm: bool | None = Field(
+        None,
+        description="Sample with vLLM inside the training process (TRL's colocate mode; needs vllm and a GPU), or "
+        "with transformers' generate (False). None: vLLM where vllm is installed and a CUDA GPU is present.",
     )
     learning_rate: float = Field(1e-6, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -667,7 +695,7 @@ class TrainSection(Section):
     eval_size: int | None = Field(None, ge=1, description="The last N pairs are held out for evaluation.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out share when eval_size is not set.")
     out: str | None = Field(None, description="Folder of the stages' outputs (<out>/<stage>); default RUN_DIR/train.")
-    method: Literal["dpo", "ppo", "kto", "orpo", "grpo", "rloo"] = Field(
+    method: Literal["dpo", "ppo", "kto", "orpo", "cpo", "grpo", "rloo"] = Field(
         "dpo", description="The policy stage train_pipeline runs after the reward model."
     )
     sft_first: bool = Field(False, description="train_pipeline: an SFT warm start on the chosen answers first.")
@@ -697,6 +725,7 @@ class TrainSection(Section):
     ppo: PPOSection = Field(default_factory=PPOSection)
     kto: KTOSection = Field(default_factory=KTOSection)
     orpo: ORPOSection = Field(default_factory=ORPOSection)
+    cpo: CPOSection = Field(default_factory=CPOSection)
     grpo: OnlineRLSection = Field(default_factory=OnlineRLSection)
     rloo: OnlineRLSection = Field(default_factory=OnlineRLSection)
     sft: SFTSection = Field(default_factory=SFTSection)

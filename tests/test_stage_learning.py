@@ -3,7 +3,7 @@ stage must move the model the right way, by a margin that flipped labels would r
 
 The set: random-word prompts; each answer is a few random words, ending in the marker word " banana" in the
 preferred answer and " apple" in the other (the same words otherwise). Held-out pairs have other prompts and
-words. The reward model (MiniLM) must rank held-out pairs well above chance; DPO, KTO and ORPO must give held-out
+words. The reward model (MiniLM) must rank held-out pairs well above chance; DPO, KTO, ORPO and CPO must give held-out
 pairs a positive implicit-reward margin against the starting model and raise the preferred answers'
 log-probability; GRPO and RLOO, rewarded by that reward model, must raise their mean reward over the run and
 sample the preferred marker more often than the policy they started from.
@@ -12,6 +12,7 @@ The policy is a two-layer random-weight Qwen2 (tests/conftest.py), trained with 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from rlaif.config import load_config
 from rlaif.training.stages import run_stage
 
 PAIRS, HELD_OUT = 48, 12
+OFFLINE = ("dpo", "kto", "orpo", "cpo")  # the stages that learn from the pairs themselves
 
 
 def marker_pairs(tokenizer, count: int, seed: int, flipped: bool = False) -> list[dict]:
@@ -73,10 +75,10 @@ def stage_config(folder: Path, tiny: str, *extra: str):
             "train.reward.learning_rate=0.0001",
             "train.reward.batch_size=8",
             "train.reward.max_length=64",
-            *[f"train.{stage}.model={tiny}" for stage in ("dpo", "kto", "orpo")],
-            *[f"train.{stage}.{key}" for stage in ("dpo", "kto", "orpo") for key in ("max_length=64", "epochs=3")],
-            *[f"train.{stage}.learning_rate=0.002" for stage in ("dpo", "kto", "orpo", "grpo", "rloo")],
-            *[f"train.{stage}.batch_size=8" for stage in ("dpo", "kto", "orpo", "grpo", "rloo")],
+            *[f"train.{stage}.model={tiny}" for stage in OFFLINE],
+            *[f"train.{stage}.{key}" for stage in OFFLINE for key in ("max_length=64", "epochs=3")],
+            *[f"train.{stage}.learning_rate=0.002" for stage in ("dpo", "kto", "orpo", "cpo", "grpo", "rloo")],
+            *[f"train.{stage}.batch_size=8" for stage in ("dpo", "kto", "orpo", "cpo", "grpo", "rloo")],
             *extra,
         ],
     )
@@ -87,7 +89,7 @@ def test_the_reward_model_ranks_held_out_marker_pairs_well_above_chance(marker_r
     assert reward["eval_pairs"] == HELD_OUT and reward["accuracy"] >= 0.9
 
 
-@pytest.mark.parametrize("stage", ["dpo", "kto", "orpo"])
+@pytest.mark.parametrize("stage", OFFLINE)
 def test_preference_stages_move_the_policy_towards_the_preferred_answers(marker_run, stage):
     folder, tiny, _ = marker_run
     report = run_stage(stage_config(folder, tiny), stage, say=lambda _: None)
@@ -132,6 +134,61 @@ def test_online_stages_raise_the_reward_models_score(marker_run, either_fruit_po
     assert report["reward_last"] > report["reward_first"] + 0.5, (report["reward_first"], report["reward_last"])
     before, after = banana_share(either_fruit_policy), banana_share(str(folder / "train" / stage))
     assert after > before + 0.2, (before, after)  # what people prefer, not only what the reward model scores
+
+
+def banana_judge(body: dict) -> str | None:
+    """A judge behind an endpoint that prefers the answer saying banana (a tie when both or neither do)."""
+    from tests.scripted_openai_server import judge_prompt
+    from tests.test_certified_review import ANSWER
+
+    answers = dict(ANSWER.findall(judge_prompt(body)))
+    a, b = ("banana" in answers["a"]), ("banana" in answers["b"])
+    return "[[A]]" if a and not b else "[[B]]" if b and not a else "[[C]]"
+
+
+def judge_config(server_url: str, *extra: str):
+    return load_config(None, ["judge.backend=openai", f"judge.base_urls=[{server_url}]", "judge.model=judge", *extra])
+
+
+def test_the_judge_rewards_each_answer_by_its_odds_against_the_others_of_its_group():
+    """Each answer's reward: its mean probability of beating the other answers to its prompt, as the judge says
+    (an identical answer counts as even); groups are told apart by their prompt."""
+    from rlaif.judges.setup import load_judge
+    from rlaif.training.judge_reward import group_rewards
+    from tests.scripted_openai_server import ScriptedOpenAIServer
+
+    prompts = [[{"role": "user", "content": "first"}]] * 4 + [[{"role": "user", "content": "second"}]] * 2
+    answers = ["a banana", "an apple", "one apple", "a banana", "a banana", "no fruit"]
+    with ScriptedOpenAIServer(reply=banana_judge) as judge:
+        config = judge_config(judge.base_url, "judge.mode=verdict")
+        rewards = asyncio.run(group_rewards(load_judge(config.judge), 0, prompts, answers))
+        requests = len(judge.requests)
+    assert rewards[:4] == pytest.approx([(1 + 1 + 0.5) / 3, (0 + 0.5 + 0) / 3, (0 + 0.5 + 0) / 3, (1 + 1 + 0.5) / 3])
+    assert rewards[4:] == pytest.approx([1.0, 0.0])
+    assert requests == 2 * (5 + 1)  # both orders of the 5 different pairs of the first group and the one of the second
+
+
+def test_an_online_stage_rewarded_by_the_judge_behind_an_endpoint_learns_what_it_prefers(
+    marker_run, either_fruit_policy
+):
+    """train.grpo.reward judge: the run's judge, behind an OpenAI-compatible endpoint, compares the answers to
+    each prompt pairwise; the policy learns to say what the judge prefers. (Its mean reward says nothing here:
+    the answers of a group share out the same total, so it is 0.5 at every step.)"""
+    from tests.scripted_openai_server import ScriptedOpenAIServer
+
+    stage = "grpo"
+    folder, tiny, _ = marker_run
+    settings = [f"train.{stage}.model={either_fruit_policy}", f"train.{stage}.max_steps=24"]
+    settings += [f"train.{stage}.num_generations=4", f"train.{stage}.max_completion_length=4"]
+    settings += [f"train.{stage}.reward=judge", f"train.out={folder / 'judge-rewarded'}"]
+    with ScriptedOpenAIServer(reply=banana_judge) as judge:
+        settings += ["judge.backend=openai", f"judge.base_urls=[{judge.base_url}]", "judge.model=judge"]
+        report = run_stage(stage_config(folder, tiny, *settings, "judge.mode=verdict"), stage, say=lambda _: None)
+        requests = len(judge.requests)
+    assert report["steps"] == 24 and report["reward_model"] is None and report["reward"] == "judge_preference"
+    assert requests > 0 and requests % 2 == 0  # every pair judged in both orders
+    before, after = banana_share(either_fruit_policy), banana_share(str(folder / "judge-rewarded" / stage))
+    assert after > before + 0.2, (before, after)
 
 
 def banana_share(model: str) -> float:

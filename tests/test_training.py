@@ -321,6 +321,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
             "train.dpo.lora.r=4",
         ],
         "sft": ["sft", "train.sft.max_steps=2", "train.sft.batch_size=2", "train.sft.max_length=128"],
+        "cpo": ["cpo", "train.cpo.max_steps=2", "train.cpo.batch_size=2", "train.cpo.max_length=128"],
     }
     for name, (stage, *flags) in extra.items():
         sets = [item for flag in [*common, *flags] for item in ("--set", flag)]
@@ -328,7 +329,7 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
         assert result.exit_code == 0, (name, result.output[-3000:])
         assert json.loads(result.stdout)["steps"] == 2  # stdout holds the report alone
     vocab = AutoModelForCausalLM.from_pretrained(smollm2_dir).config.vocab_size
-    for stage in ("dpo", "ppo", "dpo-lora", "sft"):
+    for stage in ("dpo", "ppo", "dpo-lora", "sft", "cpo"):
         model = AutoModelForCausalLM.from_pretrained(run / "train" / stage)
         assert model.config.vocab_size == vocab
     assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
@@ -369,11 +370,19 @@ def test_train_rejects_an_unknown_stage_and_bad_settings():
 
 def stage_arguments(stage: str, output_dir: Path, seed: int, **settings: Any) -> Any:
     """The TRL config a stage makes from its config section built with `settings`."""
-    from rlaif.config import DPOSection, KTOSection, OnlineRLSection, ORPOSection, RewardSection, SFTSection
+    from rlaif.config import (
+        CPOSection,
+        DPOSection,
+        KTOSection,
+        OnlineRLSection,
+        ORPOSection,
+        RewardSection,
+        SFTSection,
+    )
     from rlaif.training.dpo import dpo_arguments
     from rlaif.training.kto import kto_arguments
     from rlaif.training.online_rl import online_arguments
-    from rlaif.training.orpo import orpo_arguments
+    from rlaif.training.reference_free import cpo_arguments, orpo_arguments
     from rlaif.training.reward import reward_arguments
     from rlaif.training.sft import sft_arguments
 
@@ -383,13 +392,14 @@ def stage_arguments(stage: str, output_dir: Path, seed: int, **settings: Any) ->
         "sft": lambda: sft_arguments(SFTSection(**settings), output_dir, seed),
         "kto": lambda: kto_arguments(KTOSection(**settings), output_dir, seed),
         "orpo": lambda: orpo_arguments(ORPOSection(**settings), output_dir, seed),
+        "cpo": lambda: cpo_arguments(CPOSection(**settings), output_dir, seed),
         "grpo": lambda: online_arguments("grpo", OnlineRLSection(**settings), output_dir, seed),
         "rloo": lambda: online_arguments("rloo", OnlineRLSection(**settings), output_dir, seed),
     }
     return made[stage]()
 
 
-TRL_STAGES = ["reward", "dpo", "sft", "kto", "orpo", "grpo", "rloo"]
+TRL_STAGES = ["reward", "dpo", "sft", "kto", "orpo", "cpo", "grpo", "rloo"]
 
 
 @pytest.mark.parametrize("stage", TRL_STAGES)
@@ -428,10 +438,11 @@ def test_every_stage_takes_the_shared_trainer_arguments_from_its_section(tmp_pat
 
 
 @pytest.mark.parametrize("stage", ["grpo", "rloo"])
-def test_the_online_stages_sample_with_vllm_only_when_asked(tmp_path, stage):
-    """use_vllm reaches TRL's config (colocated in the training process); vLLM itself cannot run on this CPU
-    machine, so only the setting is checked here."""
+def test_the_online_stages_sample_with_vllm_on_a_gpu_or_when_asked(tmp_path, stage):
+    """use_vllm reaches TRL's config (colocated in the training process); by default only where vllm and a GPU
+    are (neither is here: vLLM itself cannot run on this CPU machine, so only the setting is checked)."""
     assert not stage_arguments(stage, tmp_path, 0).use_vllm
+    assert not stage_arguments(stage, tmp_path, 0, use_vllm=False).use_vllm
     arguments = stage_arguments(stage, tmp_path, 0, use_vllm=True)
     assert arguments.use_vllm and arguments.vllm_mode == "colocate"
 

@@ -1,8 +1,9 @@
-"""GRPO and RLOO: TRL's online RL trainers, rewarded by the reward model the pipeline trained.
+"""GRPO and RLOO: TRL's online RL trainers, rewarded by the reward model the pipeline trained (or its judge).
 
 For each of the run's prompts the policy samples `num_generations` answers (TRL's own generation: plain
-`generate`, or vLLM inside the training process with `use_vllm`, on a GPU); the reward model scores each
-(prompt, answer) exactly as it scores pairs when judging (`rlaif.judges.reward_model.RewardModelScorer`),
+`generate`, or vLLM inside the training process, by default where vllm is installed on a GPU); the reward
+model scores each (prompt, answer) exactly as it scores pairs when judging (`RewardModelScorer`), or the
+judge compares them (`rlaif.training.judge_reward`),
 and each answer's advantage is its reward against the others of its group (GRPO: normalised by the group's
 spread; RLOO: the leave-one-out mean). `beta` weighs the KL penalty towards the starting model (TRL loads it
 from the policy's folder). The report gives the mean reward of the first and of the last logged steps: a
@@ -39,6 +40,15 @@ def reward_model_function(reward_model: str) -> Callable[..., list[float]]:
     return reward_model_score
 
 
+def vllm_on_a_gpu() -> bool:
+    """Whether vLLM can sample here: vllm installed and a CUDA GPU present (TRL's own generate otherwise)."""
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
 def online_arguments(method: OnlineMethod, settings: OnlineRLSection, output_dir: Path, seed: int) -> Any:
     """GRPOConfig or RLOOConfig from our settings (`trainer_arguments`) and the online stages' own."""
     from trl import GRPOConfig, RLOOConfig
@@ -53,7 +63,7 @@ def online_arguments(method: OnlineMethod, settings: OnlineRLSection, output_dir
         num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
-        use_vllm=settings.use_vllm,
+        use_vllm=settings.use_vllm if settings.use_vllm is not None else vllm_on_a_gpu(),
         vllm_mode="colocate",
     )
 
@@ -97,7 +107,8 @@ def train_online(
     return {
         "stage": method,
         "model": model_path,
-        "reward_model": reward if isinstance(reward, str) else getattr(reward, "__name__", "function"),
+        "reward_model": reward if isinstance(reward, str) else None,
+        "reward": "reward_model" if isinstance(reward, str) else getattr(reward, "__name__", "function"),
         "prompts": len(prompts),
         "steps": result.global_step,
         "train_loss": result.training_loss,

@@ -26,8 +26,8 @@ from rlaif.training.checkpoints import (
 )
 from rlaif.training.processes import main_process_first, training_processes
 
-Stage = Literal["reward", "dpo", "ppo", "sft", "kto", "orpo", "grpo", "rloo"]
-STAGES: tuple[Stage, ...] = ("sft", "reward", "dpo", "ppo", "kto", "orpo", "grpo", "rloo")
+Stage = Literal["reward", "dpo", "ppo", "sft", "kto", "orpo", "cpo", "grpo", "rloo"]
+STAGES: tuple[Stage, ...] = ("sft", "reward", "dpo", "ppo", "kto", "orpo", "cpo", "grpo", "rloo")
 REWARDED: tuple[Stage, ...] = ("ppo", "grpo", "rloo")  # the stages that need the reward model
 POLICY = "policy"  # train.reward.model: the policy stage's starting model
 
@@ -94,7 +94,9 @@ def run_stage(
         start = getattr(config.train, config.train.method).model
     model_path = str(resolve_model(model or start, say=say))
     seed = config.run.seed
-    reward_model = (settings.reward_model or str(stage_output(config, "reward"))) if stage in REWARDED else None
+    judged = stage in ("grpo", "rloo") and settings.reward == "judge"  # the judge's comparisons reward it
+    rewarded = stage in REWARDED and not judged
+    reward_model = (settings.reward_model or str(stage_output(config, "reward"))) if rewarded else None
     if reward_model is not None and not (Path(reward_model) / "config.json").is_file():
         raise FileNotFoundError(
             f"{stage.upper()} needs a reward model: {reward_model} has none (train one with `rlaif train reward`, "
@@ -105,6 +107,14 @@ def run_stage(
     reference = getattr(settings, "reference", None)  # DPO's, KTO's and PPO's frozen reference, when not the start
     reference_path = str(resolve_model(reference, say=say)) if reference else None
     identity = stage_identity(stage, model_path, train, settings, seed, reward_model)
+    judge_reward = None
+    if judged:
+        from rlaif.judges.setup import load_judge
+        from rlaif.training.judge_reward import judge_reward_function
+
+        judge = load_judge(config.judge)  # a broken template fails here, before training starts
+        judge_reward = judge_reward_function(judge, seed)
+        identity["judge"] = judge.identity()
     # The main process decides and clears, then the others find the same.
     with processes.main_process_first():
         finished = finished_report(out, identity) if reuse_finished else None
@@ -134,14 +144,15 @@ def run_stage(
         report = train_kto(
             train, held_out, settings, model_path, out, seed, resume_from, reference_path, reward_model, say
         )
-    elif stage == "orpo":
-        from rlaif.training.orpo import train_orpo
+    elif stage in ("orpo", "cpo"):
+        from rlaif.training.reference_free import train_reference_free
 
-        report = train_orpo(train, held_out, settings, model_path, out, seed, resume_from, say)
+        report = train_reference_free(stage, train, held_out, settings, model_path, out, seed, resume_from, say)  # type: ignore[arg-type]
     elif stage in ("grpo", "rloo"):
         from rlaif.training.online_rl import train_online
 
-        report = train_online(stage, train, settings, model_path, reward_model, out, seed, resume_from)  # type: ignore[arg-type]
+        reward = judge_reward or reward_model
+        report = train_online(stage, train, settings, model_path, reward, out, seed, resume_from)  # type: ignore[arg-type]
     elif stage == "sft":
         from rlaif.training.sft import train_sft
 

@@ -340,7 +340,7 @@ def label(config: ConfigArg = None, overrides: SetOption = None) -> None:
 @app.command()
 @friendly_errors
 def train(
-    stage: Annotated[str, typer.Argument(help="reward, dpo, kto, orpo, ppo, grpo, rloo or sft (see above).")],
+    stage: Annotated[str, typer.Argument(help="reward, dpo, kto, orpo, cpo, ppo, grpo, rloo or sft (see above).")],
     config: ConfigArg = None,
     data: Annotated[
         str | None, typer.Option(help="A run directory or merged dataset, or a labelled file (see --format).")
@@ -368,9 +368,10 @@ def train(
     dpo     DPO against a frozen reference (train.dpo.loss_type)
     kto     KTO on answers found good or bad in themselves
     orpo    ORPO: SFT plus an odds-ratio penalty, no reference
+    cpo     CPO: a DPO-like loss plus NLL, no reference (or SimPO)
     ppo     PPO with a value model, rewarded by the reward model
-    grpo    GRPO: groups of answers, rewarded by the reward model
-    rloo    RLOO: leave-one-out baseline, rewarded by the reward model
+    grpo    GRPO: groups of answers, rewarded by the reward model (or the judge)
+    rloo    RLOO: leave-one-out baseline, rewarded by the reward model (or the judge)
     sft     fine-tuning on the chosen answers (a warm start)
     """
     import json

@@ -26,7 +26,7 @@ from rlaif.run_files import read_json, write_text_atomic
 
 BINS = 10
 FEW = 10  # fewer pairs than this: a rate is not stated
-STAGES = ("sft", "reward", "dpo", "ppo", "kto", "orpo", "grpo", "rloo")
+STAGES = ("sft", "reward", "dpo", "ppo", "kto", "orpo", "cpo", "grpo", "rloo")
 
 
 def confidence_counts(run: RunDirectory, calibrator: Calibrator | None = None) -> list[int]:
@@ -63,7 +63,7 @@ def length_bias_rates(labeling: dict[str, Any], merge: dict[str, Any] | None) ->
 
 
 def held_out_accuracies(trained: dict[str, dict[str, Any]]) -> dict[str, tuple[float, int]]:
-    """The reward model's held-out accuracy, DPO's implicit-reward accuracy, and for KTO and ORPO the share of
+    """The reward model's held-out accuracy, DPO's implicit-reward accuracy, and for KTO, ORPO and CPO the share of
     held-out pairs whose implicit-reward margin against the starting model is positive; each with its pairs."""
     rows = (("reward", "accuracy", "reward model: held-out accuracy"),)
     rows += (("dpo", "implicit_reward_accuracy", "DPO: implicit-reward accuracy"),)
@@ -72,7 +72,7 @@ def held_out_accuracies(trained: dict[str, dict[str, Any]]) -> dict[str, tuple[f
         for stage, key, name in rows
         if stage in trained and trained[stage].get(key) is not None
     }
-    for stage in ("kto", "orpo"):
+    for stage in ("kto", "orpo", "cpo"):
         if (margins := (trained.get(stage) or {}).get("held_out")) is not None:
             figures[f"{stage.upper()}: pairs moved towards the preferred answer"] = (
                 margins["accuracy"],
