@@ -26,7 +26,7 @@ from prefect.utilities.annotations import quote
 
 from rlaif.config import Config, dump_config
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, run_config
-from rlaif.flows.shard_claims import wait_claim
+from rlaif.flows.shard_claims import wait_run_claim
 from rlaif.flows.shard_runner import OnFirstUse, ShardOutcome, ShardProgress, opened, run_shards
 from rlaif.flows.task_runner import open_task_runner
 from rlaif.generation.factory import open_backend
@@ -51,11 +51,14 @@ from rlaif.pipeline.shard_plan import ShardPlan, plan_shards
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import write_json_atomic, write_text_atomic
+from rlaif.run_storage import RunStorage, stored_run
 
 
-def _plans(config: Config, judge: JudgeSetup) -> tuple[RunDirectory, list[ShardPlan], PromptCounts]:
+def _plans(
+    config: Config, judge: JudgeSetup, storage: RunStorage | None
+) -> tuple[RunDirectory, list[ShardPlan], PromptCounts]:
     """The run's shards, and what reading its prompts left out or truncated."""
-    run = RunDirectory(config.run.directory())
+    run = RunDirectory(config.run.directory(), storage)
     counts = PromptCounts()
     prompts = run_prompts(config, counts)  # less the prompts held out for evaluating the trained policy
     return run, plan_shards(run, config, prompts, judge.identity()), counts
@@ -80,6 +83,12 @@ class SamplingModels:
         return spent
 
 
+def pair_scorer(stack: contextlib.AsyncExitStack, config: Config) -> OnFirstUse[RewardModelScorer]:
+    """The reward model that pairs.score_model names (for the strategies that pick pairs by score), on first use."""
+    score_model = config.pairs.score_model or ""
+    return OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(score_model))))
+
+
 class JudgingModels:
     """The models a judging shard uses (the pair scorer, the judge), each opened on first use and closed with
     `stack`."""
@@ -87,8 +96,7 @@ class JudgingModels:
     def __init__(
         self, stack: contextlib.AsyncExitStack, config: Config, judge: JudgeSetup, say: Callable[[str], None]
     ) -> None:
-        score_model = config.pairs.score_model or ""
-        self.scorer = OnFirstUse(stack, lambda: opened(RewardModelScorer(resolve_model(score_model))))
+        self.scorer = pair_scorer(stack, config)
         self.judge = OnFirstUse(stack, lambda: open_judge(judge, seed=config.run.seed, say=say))
 
     def usage(self) -> dict[str, TokenUsage]:
@@ -119,13 +127,14 @@ async def judge_shard_task(plan: ShardPlan, config: Config, models: JudgingModel
 
 
 @task(name="pair-shard", cache_policy=NO_CACHE)
-async def pair_shard_task(plan: ShardPlan, config: Config, models: JudgingModels | None) -> ShardOutcome:
+async def pair_shard_task(
+    plan: ShardPlan, config: Config, scorer: OnFirstUse[RewardModelScorer] | None
+) -> ShardOutcome:
     """One shard's pairs, unjudged; with the flow's pair scorer, or (on a cluster's worker) one of its own."""
-    if models is not None:
-        return *await pair_shard(plan, config, models.scorer), {}
+    if scorer is not None:
+        return *await pair_shard(plan, config, scorer), {}
     async with contextlib.AsyncExitStack() as stack:
-        own = JudgingModels(stack, config, load_judge(config.judge), get_run_logger().info)
-        return *await pair_shard(plan, config, own.scorer), {}
+        return *await pair_shard(plan, config, pair_scorer(stack, config)), {}
 
 
 async def sample_shards(
@@ -209,13 +218,13 @@ async def judge_shards(
 
 
 async def pair_shards(
-    config: Config, judge: JudgeSetup, run: RunDirectory, plans: list[ShardPlan], runner: TaskRunner[Any] | None = None
+    config: Config, run: RunDirectory, plans: list[ShardPlan], runner: TaskRunner[Any] | None = None
 ) -> int:
     """Pair the sampled candidates without judging them (for judging elsewhere: `rlaif judge export-requests`)."""
     artifact = await acreate_progress_artifact(progress=0.0, key="pairing-progress", description="Shards paired")
     progress = ShardProgress("paired", "pairs", len(plans), artifact)
     async with contextlib.AsyncExitStack() as stack:
-        models = JudgingModels(stack, config, judge, get_run_logger().info)
+        scorer = pair_scorer(stack, config)
         await run_shards(
             run,
             plans,
@@ -223,7 +232,7 @@ async def pair_shards(
             pair_shard_task,
             progress,
             config,
-            models if runner is None else None,
+            scorer if runner is None else None,
             retry_delays_s=config.run.shard_retry_delays_s,
             runner=runner,
         )
@@ -237,7 +246,7 @@ async def route_for_review(run: RunDirectory, plans: list[ShardPlan], config: Co
     certified threshold. Returns how many were routed for each reason. Workers on one run route it one after
     the other (each gets the same result; the second adds nothing to the review queue)."""
     logger = get_run_logger()
-    with await wait_claim(run.root / "claims" / "route.lock"):
+    with await wait_run_claim(run, "route"):
         write_text_atomic(run.config, dump_config(config))
         with ReviewStore.open(config.review_db()) as store:
             calibrator = earlier_runs_calibrator(plans, config, store)  # review.calibration_runs, fixed routing
@@ -274,19 +283,27 @@ async def label_pipeline(
     "pairs": sample and pair, judge nothing (the pairs are then judged elsewhere and imported).
     """
     config = run_config(config, overrides, judge)
+    with stored_run(config.run.stored_at(), config.run.directory()) as storage:  # a run on object storage
+        return await label_run(config, judge, stop_after, storage)
+
+
+async def label_run(
+    config: Config, judge: JudgeSetup | None, stop_after: Literal["pairs"] | None, storage: RunStorage | None
+) -> dict[str, Any]:
+    """label_pipeline's work, in the run directory (the local copy of a stored run, `storage`)."""
     logger = get_run_logger()
     judge = judge or load_judge(config.judge)  # a broken template fails here, before any model is loaded
     for tier in config.judge.tiers:
         load_judge(tier)  # and an escalation tier's, not only once people have labelled the audit
     started = time.monotonic()
-    run, plans, prompt_counts = _plans(config, judge)
+    run, plans, prompt_counts = _plans(config, judge, storage)
     if any(prompt_counts.as_dict().values()):
         logger.warning(f"prompts left out or changed while reading {config.prompts.path}: {prompt_counts.as_dict()}")
     try:
         with open_task_runner(config.run) as runner:
             await sample_shards(config, run, plans, runner)
             if stop_after == "pairs":
-                paired = await pair_shards(config, judge, run, plans, runner)
+                paired = await pair_shards(config, run, plans, runner)
                 return {
                     "run": config.run.name,
                     "status": "paired",

@@ -15,10 +15,12 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
+from rlaif.config import Config
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.pipeline.certify import certify_run
 from rlaif.pipeline.merge import merge_run
 from rlaif.review.store import ReviewStore
+from rlaif.run_storage import stored_run
 
 QUEUE_EMPTIED = "rlaif.review.queue-emptied"
 
@@ -46,6 +48,12 @@ async def merge_flow(
     pairs below the certified threshold) instead, and returns status "waiting_for_review"; the queue-emptied
     event of that phase starts the merge again."""
     config = run_config(config, overrides)
+    with stored_run(config.run.stored_at(), config.run.directory()):  # a run on object storage
+        return await merge_run_directory(config, on_pending)
+
+
+async def merge_run_directory(config: Config, on_pending: Literal["block", "judge"] | None) -> dict[str, Any]:
+    """merge_flow's work, in the run directory (the local copy of a stored run)."""
     logger = get_run_logger()
     run_dir = config.run.directory()
     with ReviewStore.open(config.review_db()) as store:

@@ -28,6 +28,7 @@ from rlaif.pipeline.certify import certify_run
 from rlaif.pipeline.report_page import artifact_tables, write_html_report, write_rounds_report
 from rlaif.pipeline.rounds import finished_round, read_rounds, round_config, start_model, write_rounds
 from rlaif.review.store import ReviewStore
+from rlaif.run_storage import stored_run
 from rlaif.training.stages import STAGES, stage_output
 
 DEMO_REVIEWER = "demo-auto-reviewer"
@@ -86,9 +87,10 @@ async def rlaif_pipeline(
     """
     given = {"config": config, "overrides": override_mapping(overrides)}  # before the config is resolved
     config = run_config(config, overrides, judge)
-    if config.run.rounds > 1:
-        return await pipeline_rounds(config, auto_review, judge)
-    return await pipeline_round(config, auto_review, judge, given)
+    with stored_run(config.run.stored_at(), config.run.directory()):  # a run on object storage
+        if config.run.rounds > 1:
+            return await pipeline_rounds(config, auto_review, judge)
+        return await pipeline_round(config, auto_review, judge, given)
 
 
 async def pipeline_round(

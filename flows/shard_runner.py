@@ -24,7 +24,7 @@ from prefect.artifacts import aupdate_progress_artifact
 from prefect.client.schemas.objects import TaskRun
 from prefect.task_runners import TaskRunner
 
-from rlaif.flows.shard_claims import claim_path, try_claim, wait_claim
+from rlaif.flows.shard_claims import claim_name, try_run_claim, wait_run_claim
 from rlaif.flows.task_runner import cluster_slots, run_task
 from rlaif.generation.protocol import TokenUsage
 from rlaif.pipeline.cost_ledger import BudgetReached, Spending
@@ -155,15 +155,19 @@ async def run_shards(
     async def one(plan: ShardPlan, wait: bool) -> None:
         async with in_flight:
             started = time.monotonic()
+            if not output(plan).is_file():
+                await fetch_stored(run, plan)
             if output(plan).is_file():
                 count, reused = count_lines(output(plan)), True
             else:
-                where = claim_path(run.root, output(plan))
-                claim = await wait_claim(where) if wait else try_claim(where)
+                name = claim_name(output(plan))
+                claim = await wait_run_claim(run, name) if wait else await asyncio.to_thread(try_run_claim, run, name)
                 if claim is None:
                     held_elsewhere.append(plan)
                     return
                 with claim:
+                    if not output(plan).is_file():
+                        await fetch_stored(run, plan)
                     if output(plan).is_file():  # finished by another worker while this one waited
                         count, reused = count_lines(output(plan)), True
                     else:
@@ -171,6 +175,8 @@ async def run_shards(
                             return
                         remove_partial_writes(output(plan))  # of a worker killed while writing it
                         count, reused, spent = await run_task(runner, step, plan, *arguments)
+                        if run.storage is not None:  # at once: workers elsewhere skip it from now on
+                            await asyncio.to_thread(run.storage.put_new, shard_files(plan))
                         for ledger in spending:
                             ledger.add_elsewhere(spent.get(ledger.stage, TokenUsage()))
                             projection = ledger.after_shard(len(plans) - progress.done - 1)
@@ -192,6 +198,17 @@ async def run_shards(
         await all_of(sorted(held_elsewhere, key=lambda plan: plan.index), wait=True)
     if stopped:
         raise stopped[0]
+
+
+def shard_files(plan: ShardPlan) -> list[Path]:
+    """Every file the steps write for a shard."""
+    return [plan.prompts, plan.candidates, plan.pairs, plan.judgments]
+
+
+async def fetch_stored(run: RunDirectory, plan: ShardPlan) -> None:
+    """For a stored run, the shard's files that a worker elsewhere has written and this copy lacks."""
+    if run.storage is not None:
+        await asyncio.to_thread(run.storage.fetch_missing, shard_files(plan))
 
 
 def _within_budget(spending: Sequence[Spending], stopped: list[BudgetReached]) -> bool:

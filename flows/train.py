@@ -20,6 +20,7 @@ from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, run_config
 from rlaif.pipeline.reward_round import route_reward_round
 from rlaif.review.store import ReviewStore
 from rlaif.run_directory import RunDirectory
+from rlaif.run_storage import stored_run
 from rlaif.training.label_value import measure_label_value
 from rlaif.training.launcher import launch_stage
 from rlaif.training.stages import Stage, run_stage, stage_output
@@ -80,6 +81,12 @@ def train_pipeline(config: ConfigParameter = None, overrides: ConfigOverrides | 
     Then, with evaluation prompts, the policy is compared with the model it started from (report "eval"), and
     with train.label_value, what the human labels bought is measured (report "label_value")."""
     config = run_config(config, overrides)
+    with stored_run(config.run.stored_at(), config.run.directory()):  # a run on object storage
+        return train_run_directory(config)
+
+
+def train_run_directory(config: Config) -> dict[str, Any]:
+    """train_pipeline's work, in the run directory (the local copy of a stored run)."""
     reports: dict[str, Any] = {}
     policy = None
     if config.train.sft_first:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rlaif.message_text import redact_url
+from rlaif.run_storage import default_local_copy, is_stored
 from rlaif.schema import check_run_name
 
 
@@ -44,7 +45,14 @@ class RunSection(Section):
     name: Annotated[str, AfterValidator(check_run_name)] = Field(
         "demo", description="Name of the run (no '/' or '\\'); also the default run directory's name."
     )
-    dir: str | None = Field(None, description="Run directory; default runs/<name>.")
+    dir: str | None = Field(
+        None,
+        description="Run directory; default runs/<name>. Or a filesystem URL (s3://bucket/prefix, gs://..., any "
+        "fsspec filesystem): the run is kept there and worked on in run.local_copy (rlaif.run_storage).",
+    )
+    local_copy: str | None = Field(
+        None, description="run.dir a URL: the local folder the run is worked on in; default ~/.cache/rlaif/runs/<hash>."
+    )
     seed: int = Field(0, description="Seed for everything random in the run (sampling seeds, pair order).")
     prompts_per_shard: int = Field(
         256,
@@ -84,7 +92,14 @@ class RunSection(Section):
     )
 
     def directory(self) -> Path:
+        """The run directory on local disk: run.dir, or the local copy of a stored run."""
+        if self.dir and is_stored(self.dir):
+            return Path(self.local_copy) if self.local_copy else default_local_copy(self.dir)
         return Path(self.dir) if self.dir else Path("runs") / self.name
+
+    def stored_at(self) -> str | None:
+        """The URL of a run kept on object storage (or another fsspec filesystem), else None."""
+        return self.dir if self.dir and is_stored(self.dir) else None
 
 
 class PromptsSection(Section):
@@ -860,7 +875,18 @@ class Config(Section):
             raise ValueError("review.mode ranking works without review.target_agreement (certified for pair labels)")
         if self.run.rounds > 1:
             self._check_rounds()
+        if self.run.stored_at() and not self.review.db:
+            raise ValueError(
+                f"run.dir {self.run.dir} is on object storage: set review.db to a database every machine of the run "
+                "reaches (postgresql+psycopg://...); the default is a SQLite file beside the local copy"
+            )
         if self.run.task_runner != "local":
+            if self.run.stored_at():
+                raise ValueError(
+                    f"run.task_runner {self.run.task_runner} with run.dir on object storage ({self.run.dir}): not "
+                    "supported yet (a shard task on a worker would need the run's files there); put the run directory "
+                    "on a file system the workers share, or use task_runner local"
+                )
             launched = [name for name in ("policy", "judge") if getattr(self, name).server.launch]
             if launched:
                 raise ValueError(

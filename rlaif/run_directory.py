@@ -25,11 +25,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
 from rlaif.run_files import read_jsonl
+
+if TYPE_CHECKING:
+    from rlaif.run_storage import RunStorage
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -43,8 +46,11 @@ def source_hash(*files: Path) -> str:
 
 
 class RunDirectory:
-    def __init__(self, root: Path) -> None:
+    """A run's files on local disk; `storage`: the store that keeps them when the run is on object storage."""
+
+    def __init__(self, root: Path, storage: RunStorage | None = None) -> None:
         self.root = root
+        self.storage = storage
 
     def shard(self, stage: str, index: int, key: str) -> Path:
         return self.root / stage / f"shard-{index:05d}-{key}.jsonl"

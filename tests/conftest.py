@@ -47,6 +47,7 @@ LONGEST_FILES = (
     "test_crash_resume.py",
     "test_rounds.py",
     "test_task_runners.py",
+    "test_run_storage.py",
 )
 
 

@@ -40,6 +40,7 @@ STAGES = {
         ["train.orpo.max_steps=-1", "train.orpo.epochs=2", "train.orpo.max_length=64"],
         6,
     ),
+    "cpo": (["train.cpo.max_steps=-1", "train.cpo.epochs=2", "train.cpo.max_length=64"], 6),
     "grpo": (["train.grpo.max_steps=8", "train.grpo.num_generations=2", "train.grpo.max_completion_length=6"], 4),
     "rloo": (["train.rloo.max_steps=8", "train.rloo.num_generations=2", "train.rloo.max_completion_length=6"], 4),
 }
@@ -121,7 +122,7 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
     assert resumed["steps"] == uninterrupted["steps"] > stop_at
     if stage == "reward":
         assert resumed["accuracy"] == uninterrupted["accuracy"]
-    if stage == "orpo":  # pairs whose prompt fills max_length (64) are left out: their answers would be empty
+    if stage in ("orpo", "cpo"):  # pairs whose prompt fills max_length (64) are left out: their answers would be empty
         assert 0 < resumed["train_pairs"] == uninterrupted["train_pairs"] < 12
     if stage == "ppo":
         assert resumed["final"] == {**uninterrupted["final"], "seconds": resumed["final"]["seconds"]}

@@ -376,6 +376,7 @@ def train(
     """
     import json
 
+    from rlaif.run_storage import stored_run
     from rlaif.training.processes import training_processes
     from rlaif.training.stages import STAGES, run_stage
 
@@ -383,9 +384,12 @@ def train(
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     flags = [f"train.{key}={json.dumps(value)}" for key, value in (("data", data), ("format", data_format)) if value]
     cfg = load_config(config, [*(overrides or []), *flags])
-    with contextlib.redirect_stdout(sys.stderr):  # trainers print their logs; stdout carries only the report
+    processes = training_processes()
+    # A run on object storage: pulled into its local copy, the stage's output pushed back (by one process).
+    stored = cfg.run.stored_at() if processes.is_main_process else None
+    with stored_run(stored, cfg.run.directory()), contextlib.redirect_stdout(sys.stderr):  # stdout: the report
         report = run_stage(cfg, stage, say=say, model=model, out=out, reuse_finished=keep_finished)  # type: ignore[arg-type]
-    if training_processes().is_main_process:  # printed once under several processes
+    if processes.is_main_process:  # printed once under several processes
         typer.echo(json.dumps(report, indent=2))
 
 

@@ -251,7 +251,7 @@ def import_queue(
 
 
 def merge(
-    run_dir: Annotated[Path, typer.Argument(help="A labelled run directory.")],
+    run_dir: Annotated[str, typer.Argument(help="A labelled run directory, or a stored run's URL (s3://...).")],
     db: DbOption = None,
     on_pending: Annotated[
         Literal["block", "judge"] | None,
@@ -262,13 +262,18 @@ def merge(
     """Build RUN_DIR/dataset: judge labels, overridden by human labels, in TRL's prompt/chosen/rejected form."""
     from rlaif.pipeline.certify import certify_run
     from rlaif.pipeline.merge import merge_run
+    from rlaif.run_storage import default_local_copy, is_stored, stored_run
 
-    cfg = _run_config(run_dir, db)
-    with _store(cfg.review_db()) as store:
-        certification = asyncio.run(certify_run(run_dir, cfg, store))  # review.target_agreement: the second phase
-        if certification is not None:
-            typer.echo(certification["message"])
-        result = merge_run(run_dir, cfg, store, on_pending=on_pending)
+    stored = run_dir if is_stored(run_dir) else None
+    local = default_local_copy(run_dir) if stored else Path(run_dir)
+    # A stored run: pulled into a local copy, its dataset pushed back.
+    with stored_run(stored, local):
+        cfg = _run_config(local, db, stored)
+        with _store(cfg.review_db()) as store:
+            certification = asyncio.run(certify_run(local, cfg, store))  # review.target_agreement: the second phase
+            if certification is not None:
+                typer.echo(certification["message"])
+            result = merge_run(local, cfg, store, on_pending=on_pending)
     figures = result.figures
     audit = figures["audit_agreement"]
     typer.echo(
@@ -287,12 +292,14 @@ def merge(
         typer.echo(f"pushed to {push_to_hub}")
 
 
-def _run_config(run_dir: Path, db: str | None) -> Config:
-    """The config a run was labelled with (RUN_DIR/config.yaml), with --db applied."""
+def _run_config(run_dir: Path, db: str | None, stored: str | None = None) -> Config:
+    """The config a run was labelled with (RUN_DIR/config.yaml), with --db applied; `stored`: the URL of the run
+    whose local copy `run_dir` is."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a labelled run directory")
-    overrides = [f"run.dir={json.dumps(str(run_dir))}"] + ([f"review.db={json.dumps(db)}"] if db else [])
+        raise FileNotFoundError(f"{path} not found: {stored or run_dir} is not a labelled run directory")
+    where = [f"run.dir={json.dumps(stored)}", f"run.local_copy={json.dumps(str(run_dir))}"] if stored else []
+    overrides = (where or [f"run.dir={json.dumps(str(run_dir))}"]) + ([f"review.db={json.dumps(db)}"] if db else [])
     return load_config(path, overrides)
 
 
