@@ -20,6 +20,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rlaif.run_storage import is_stored, local_input
+
 log = logging.getLogger(__name__)
 
 MODELS_DIR_ENV = "RLAIF_MODELS_DIR"
@@ -170,7 +172,10 @@ def _convert_gguf(gguf_file: Path, out: Path) -> None:
 
 
 def resolve_model(name_or_path: str, say: Callable[[str], None] = log.info) -> str:
-    """A local folder for a path or a known name (prepared on first use); anything else is a hub id."""
+    """A local folder for a path, a URL (s3://..., copied here: rlaif.run_storage.local_input) or a known name
+    (prepared on first use); anything else is a hub id."""
+    if is_stored(name_or_path):
+        return str(local_input(name_or_path).resolve())
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -124,14 +124,17 @@ class RunStorage:
         return fetched
 
     def fetch(self, path: Path) -> bool:
-        """Download one file of the run if the store has it (a shard another worker finished); whether it had."""
+        """Download one file of the run if the store has it (a shard another worker finished) and this copy does
+        not have it as stored already; whether the store has it."""
         self.fs.invalidate_cache(self.key(path))  # a listing cached earlier would say it is not there
         try:
             info = self.fs.info(self.key(path))
         except FileNotFoundError:
             return False
-        self._download(self.key(path), path, info)
-        self._save_state()
+        seen = self._state.get(path.relative_to(self.local).as_posix(), {})
+        if not path.is_file() or seen.get("etag") != _etag(info):
+            self._download(self.key(path), path, info)
+            self._save_state()
         return True
 
     def put_once(self, path: Path) -> None:
@@ -226,6 +229,27 @@ def _etag(info: dict[str, Any]) -> str:
     """What identifies a stored object's content: its ETag where the store gives one, else size and time."""
     made = info.get("LastModified") or info.get("mtime") or info.get("created")
     return str(info.get("ETag") or info.get("etag") or (info.get("size"), made))
+
+
+def local_input(location: str) -> Path:
+    """An input the run only reads (prompts, a merged dataset, a model folder) as a local path: itself when it
+    is one; for a URL, a local copy of the file or folder, under ~/.cache/rlaif/inputs/ and brought up to date
+    with the store (by ETag) each time."""
+    if not is_stored(location):
+        return Path(location).expanduser()
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{location}: no such file or folder on the store")
+    local = Path.home() / ".cache" / "rlaif" / "inputs" / hashlib.sha256(location.encode()).hexdigest()[:16]
+    if fs.isdir(path):
+        RunStorage(location, local).pull()
+        return local
+    folder, name = location.rsplit("/", 1)
+    RunStorage(folder, local).fetch(local / name)  # of the file's folder, only the file
+    return local / name
 
 
 @contextlib.contextmanager

@@ -199,3 +199,40 @@ def test_a_stored_run_needs_a_shared_review_database_and_no_cluster_task_runner(
         load_config(None, ["run.dir=s3://runs/x"])
     with pytest.raises(ConfigError, match=r"run.task_runner dask with run.dir on object storage"):
         load_config(None, ["run.dir=s3://runs/x", "review.db=sqlite:///r.db", "run.task_runner=dask"])
+
+
+def test_prompts_a_merged_dataset_and_a_model_folder_are_read_from_the_store(s3_endpoint, tmp_path, monkeypatch):
+    """prompts.path, train.data and a model path may be URLs: each is copied into ~/.cache/rlaif/inputs/ (here
+    under the test's HOME) and read from there; a file changed on the store is copied again."""
+    import s3fs
+
+    from rlaif.config import PromptsSection
+    from rlaif.models import resolve_model
+    from rlaif.pipeline.prompt_sources import PromptSourceError, iter_configured_prompts
+    from rlaif.run_storage import local_input
+    from rlaif.training.data import load_preferences
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    prompts = prompts_file(tmp_path, 5)
+    fs.put_file(str(prompts), f"{BUCKET}/inputs/prompts.jsonl")
+    from_store = list(iter_configured_prompts(PromptsSection(path=f"s3://{BUCKET}/inputs/prompts.jsonl")))
+    assert from_store == list(iter_configured_prompts(PromptsSection(path=str(prompts))))
+    with pytest.raises(PromptSourceError, match="s3://runs/inputs/none.jsonl: no such file or folder on the store"):
+        list(iter_configured_prompts(PromptsSection(path=f"s3://{BUCKET}/inputs/none.jsonl")))
+
+    pair = {"role": "user", "content": "Which?"}
+    rows = [{"prompt": [pair], "chosen": [{"role": "assistant", "content": f"good {i}"}],
+             "rejected": [{"role": "assistant", "content": f"bad {i}"}], "label": "a"} for i in range(4)]  # fmt: skip
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "merged"))
+    fs.put(str(tmp_path / "merged"), f"{BUCKET}/inputs/merged", recursive=True)
+    loaded = load_preferences(str(local_input(f"s3://{BUCKET}/inputs/merged")), "merged")
+    assert [row["chosen"][0]["content"] for row in loaded] == [f"good {i}" for i in range(4)]
+
+    fs.pipe_file(f"{BUCKET}/inputs/model/config.json", b'{"version": 1}')
+    folder = Path(resolve_model(f"s3://{BUCKET}/inputs/model"))
+    assert json.loads((folder / "config.json").read_text()) == {"version": 1}
+    fs.pipe_file(f"{BUCKET}/inputs/model/config.json", b'{"version": 2}')
+    assert json.loads((Path(resolve_model(f"s3://{BUCKET}/inputs/model")) / "config.json").read_text()) == {
+        "version": 2
+    }

@@ -16,6 +16,7 @@ from rlaif.config import Config, ConfigError
 from rlaif.labelled_data import LabelledDataError
 from rlaif.models import resolve_model
 from rlaif.run_files import write_json_atomic
+from rlaif.run_storage import local_input
 from rlaif.training.checkpoints import (
     REPORT_FILE,
     checkpoint_folder,
@@ -77,7 +78,7 @@ def run_stage(
             f"PPO trains on one process, not {processes.num_processes}: run `rlaif train ppo` without "
             "accelerate launch or torchrun"
         )
-    data = config.train.data or str(config.run.directory())
+    data = str(local_input(config.train.data)) if config.train.data else str(config.run.directory())  # a URL: copied
     # Under several processes the main one goes first, as in everything below that writes files: it
     # writes the data cache, the others read it.
     with main_process_first():

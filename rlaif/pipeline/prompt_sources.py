@@ -26,6 +26,7 @@ from rlaif.config import Config, PromptsSection
 from rlaif.pipeline.refusal_contrast import SHOULD_REFUSE_FIELD
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_jsonl, write_jsonl_atomic
+from rlaif.run_storage import local_input
 from rlaif.schema import PromptItem, content_id
 
 
@@ -127,13 +128,17 @@ def check_configured_prompts(section: PromptsSection) -> int:
 def iter_configured_prompts(section: PromptsSection, counts: PromptCounts | None = None) -> Iterator[PromptItem]:
     """The configured prompts one by one (as `load_configured_prompts`, without holding them all); what was
     left out or truncated is added to `counts`."""
-    if not Path(section.path).exists():
+    try:
+        source = local_input(section.path)  # a URL (s3://...): copied here first
+    except FileNotFoundError as missing:
+        raise PromptSourceError(f"prompts.path {missing}") from None
+    if not source.exists():
         raise PromptSourceError(
             f"prompts.path {section.path} does not exist (relative to {Path.cwd()}); "
             "set it in the config or with --set prompts.path=FILE"
         )
     return unique_prompts(
-        section.path,
+        source,
         limit=section.limit,
         split=section.split,
         max_chars=section.max_chars,
