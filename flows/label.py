@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 from rlaif.config import Config, dump_config
 from rlaif.flows.parameters import ConfigOverrides, ConfigParameter, JudgeParameter, run_config
 from rlaif.flows.shard_claims import wait_run_claim
-from rlaif.flows.shard_runner import OnFirstUse, ShardOutcome, ShardProgress, opened, run_shards
+from rlaif.flows.shard_runner import OnFirstUse, ShardOutcome, ShardProgress, opened, run_shards, shard_on_worker
 from rlaif.flows.task_runner import open_task_runner
 from rlaif.generation.factory import open_backend
 from rlaif.generation.protocol import GenerationBackend, TokenUsage
@@ -105,12 +105,14 @@ class JudgingModels:
 
 @task(name="sample-shard", cache_policy=NO_CACHE)
 async def sample_shard_task(plan: ShardPlan, config: Config, models: SamplingModels | None) -> ShardOutcome:
-    """One shard's candidates, with the flow's models, or (models None: on a cluster's worker) models of its own."""
+    """One shard's candidates, with the flow's models, or (models None: on a cluster's worker) models of its own
+    (and, for a stored run, the shard's files in the worker's own copy)."""
     if models is not None:
         return *await sample_shard(plan, config, models.policy, models.classifier), {}
-    async with contextlib.AsyncExitStack() as stack:
-        own = SamplingModels(stack, config, get_run_logger().info)
-        return *await sample_shard(plan, config, own.policy, own.classifier), own.usage()
+    with shard_on_worker(config, plan) as here:
+        async with contextlib.AsyncExitStack() as stack:
+            own = SamplingModels(stack, config, get_run_logger().info)
+            return *await sample_shard(here, config, own.policy, own.classifier), own.usage()
 
 
 @task(name="judge-shard", cache_policy=NO_CACHE)
@@ -120,10 +122,11 @@ async def judge_shard_task(plan: ShardPlan, config: Config, models: JudgingModel
     if models is not None:
         await pair_shard(plan, config, models.scorer)
         return *await judge_shard(plan, models.judge), {}
-    async with contextlib.AsyncExitStack() as stack:
-        own = JudgingModels(stack, config, load_judge(config.judge), get_run_logger().info)
-        await pair_shard(plan, config, own.scorer)
-        return *await judge_shard(plan, own.judge), own.usage()
+    with shard_on_worker(config, plan) as here:
+        async with contextlib.AsyncExitStack() as stack:
+            own = JudgingModels(stack, config, load_judge(config.judge), get_run_logger().info)
+            await pair_shard(here, config, own.scorer)
+            return *await judge_shard(here, own.judge), own.usage()
 
 
 @task(name="pair-shard", cache_policy=NO_CACHE)
@@ -133,8 +136,9 @@ async def pair_shard_task(
     """One shard's pairs, unjudged; with the flow's pair scorer, or (on a cluster's worker) one of its own."""
     if scorer is not None:
         return *await pair_shard(plan, config, scorer), {}
-    async with contextlib.AsyncExitStack() as stack:
-        return *await pair_shard(plan, config, pair_scorer(stack, config)), {}
+    with shard_on_worker(config, plan) as here:
+        async with contextlib.AsyncExitStack() as stack:
+            return *await pair_shard(here, config, pair_scorer(stack, config)), {}
 
 
 async def sample_shards(

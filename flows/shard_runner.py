@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -24,6 +24,7 @@ from prefect.artifacts import aupdate_progress_artifact
 from prefect.client.schemas.objects import TaskRun
 from prefect.task_runners import TaskRunner
 
+from rlaif.config import Config
 from rlaif.flows.shard_claims import claim_name, try_run_claim, wait_run_claim
 from rlaif.flows.task_runner import cluster_slots, run_task
 from rlaif.generation.protocol import TokenUsage
@@ -31,6 +32,7 @@ from rlaif.pipeline.cost_ledger import BudgetReached, Spending
 from rlaif.pipeline.shard_plan import ShardPlan
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import count_lines, remove_partial_writes
+from rlaif.run_storage import RunStorage
 
 T = TypeVar("T")
 
@@ -174,9 +176,12 @@ async def run_shards(
                         if stopped or not _within_budget(spending, stopped):
                             return
                         remove_partial_writes(output(plan))  # of a worker killed while writing it
+                        if run.storage is not None and runner is not None:  # its inputs, for the worker
+                            await asyncio.to_thread(run.storage.put_new, plan.files())
                         count, reused, spent = await run_task(runner, step, plan, *arguments)
                         if run.storage is not None:  # at once: workers elsewhere skip it from now on
-                            await asyncio.to_thread(run.storage.put_new, shard_files(plan))
+                            await fetch_stored(run, plan)  # what a cluster's worker wrote
+                            await asyncio.to_thread(run.storage.put_new, plan.files())
                         for ledger in spending:
                             ledger.add_elsewhere(spent.get(ledger.stage, TokenUsage()))
                             projection = ledger.after_shard(len(plans) - progress.done - 1)
@@ -200,15 +205,25 @@ async def run_shards(
         raise stopped[0]
 
 
-def shard_files(plan: ShardPlan) -> list[Path]:
-    """Every file the steps write for a shard."""
-    return [plan.prompts, plan.candidates, plan.pairs, plan.judgments]
-
-
 async def fetch_stored(run: RunDirectory, plan: ShardPlan) -> None:
     """For a stored run, the shard's files that a worker elsewhere has written and this copy lacks."""
     if run.storage is not None:
-        await asyncio.to_thread(run.storage.fetch_missing, shard_files(plan))
+        await asyncio.to_thread(run.storage.fetch_missing, plan.files())
+
+
+@contextlib.contextmanager
+def shard_on_worker(config: Config, plan: ShardPlan) -> Iterator[ShardPlan]:
+    """A shard task on a cluster's worker: the shard as this machine has it. For a stored run, in the worker's
+    own local copy, its input files fetched from the store first and what the step wrote uploaded after."""
+    stored = config.run.stored_at()
+    if stored is None:  # a run directory the workers share
+        yield plan
+        return
+    storage = RunStorage(stored, config.run.directory())
+    here = plan.moved_to(storage.local)
+    storage.fetch_missing(here.files())
+    yield here
+    storage.put_new(here.files())
 
 
 def _within_budget(spending: Sequence[Spending], stopped: list[BudgetReached]) -> bool:

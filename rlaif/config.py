@@ -881,12 +881,6 @@ class Config(Section):
                 "reaches (postgresql+psycopg://...); the default is a SQLite file beside the local copy"
             )
         if self.run.task_runner != "local":
-            if self.run.stored_at():
-                raise ValueError(
-                    f"run.task_runner {self.run.task_runner} with run.dir on object storage ({self.run.dir}): not "
-                    "supported yet (a shard task on a worker would need the run's files there); put the run directory "
-                    "on a file system the workers share, or use task_runner local"
-                )
             launched = [name for name in ("policy", "judge") if getattr(self, name).server.launch]
             if launched:
                 raise ValueError(

@@ -190,15 +190,42 @@ def test_a_pull_takes_what_changed_on_the_store_and_keeps_what_changed_here(s3_e
     assert second.push_changed() == 1 and first.pull() == 1 and (first.local / "report.json").read_text() == "3"
 
 
-def test_a_stored_run_needs_a_shared_review_database_and_no_cluster_task_runner():
-    """Refused at the start, naming the key: the default review database would be a file on one machine, and
-    a shard task on a Dask or Ray worker would not have the stored run's files."""
+def test_a_stored_run_needs_a_shared_review_database():
+    """Refused at the start, naming the key: the default review database would be a file on one machine."""
     from rlaif.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"run.dir s3://runs/x is on object storage: set review.db"):
         load_config(None, ["run.dir=s3://runs/x"])
-    with pytest.raises(ConfigError, match=r"run.task_runner dask with run.dir on object storage"):
-        load_config(None, ["run.dir=s3://runs/x", "review.db=sqlite:///r.db", "run.task_runner=dask"])
+
+
+def test_a_stored_run_through_dask_workers_with_local_copies_of_their_own(s3_endpoint, tmp_path, monkeypatch):
+    """run.dir on S3 and run.task_runner dask, each Dask worker with a HOME (so a local copy) of its own, as on
+    machines of their own, sharing no folder with the flow: the judgments of a one-process run on local disk,
+    and each worker's copy holds the shards it worked on, fetched from and uploaded to the store."""
+    from tests.test_task_runners import DaskCluster
+
+    cluster = DaskCluster(tmp_path, own_homes=True)
+    cluster.start()
+    try:
+        with ScriptedOpenAIServer(reply=fake_judge_or_policy) as server:
+            (tmp_path / "disk").mkdir()
+            on_disk = load_config(None, run_overrides(server, tmp_path / "disk", str(tmp_path / "disk" / "run")))
+            asyncio.run(label_pipeline(on_disk))
+            calls = len(server.requests)
+            (tmp_path / "s3").mkdir()
+            monkeypatch.setenv("HOME", str(tmp_path / "flow-home"))  # the flow's local copy, under its HOME
+            cluster_run = [f"s3://{BUCKET}/clustered", "run.task_runner=dask", f"run.cluster_address={cluster.address}"]
+            asyncio.run(label_pipeline(load_config(None, run_overrides(server, tmp_path / "s3", *cluster_run))))
+            assert len(server.requests) - calls == calls
+    finally:
+        cluster.stop()
+    view = RunStorage(f"s3://{BUCKET}/clustered", tmp_path / "view")
+    view.pull()
+    assert sorted((j.pair_id, j.winner) for j in judgments_of(tmp_path / "view")) == sorted(
+        (j.pair_id, j.winner) for j in judgments_of(tmp_path / "disk" / "run")
+    )
+    worked = [len(list((tmp_path / f"worker-{n}-home").glob(".cache/rlaif/runs/*/judgments/*.jsonl"))) for n in (0, 1)]
+    assert sum(worked) == 4 and min(worked) > 0, worked  # 20 prompts in shards of 5, split between the workers
 
 
 def test_prompts_a_merged_dataset_and_a_model_folder_are_read_from_the_store(s3_endpoint, tmp_path, monkeypatch):

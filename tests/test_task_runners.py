@@ -30,17 +30,21 @@ JUDGE_CALLS_PER_SHARD = PER_SHARD * 3 * 2  # 3 pairs of 3 answers per prompt, bo
 
 
 class DaskCluster:
-    """`dask scheduler` and two `dask worker` processes (one thread each), their output in `folder`."""
+    """`dask scheduler` and two `dask worker` processes (one thread each), their output in `folder`; with
+    `own_homes`, each worker has a HOME of its own (`folder/<worker>-home`), as on machines of their own."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, own_homes: bool = False) -> None:
+        self.folder, self.own_homes = folder, own_homes
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.scheduler: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def _start(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
+        environment = os.environ.copy()
+        if self.own_homes and name.startswith("worker"):
+            environment["HOME"] = str(self.folder / f"{name}-home")
         with (self.folder / f"{name}.log").open("ab") as out:
-            return subprocess.Popen([DASK, *arguments], stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+            return subprocess.Popen([DASK, *arguments], stdout=out, stderr=subprocess.STDOUT, env=environment)
 
     def start(self) -> None:
         port = self.address.rsplit(":", 1)[1]

@@ -9,6 +9,7 @@ upstream invalidates everything downstream. The steps that fill the files (`samp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,25 @@ class ShardPlan:
 
     def read_prompts(self) -> list[PromptItem]:
         return list(read_records(self.prompts, PromptItem))
+
+    def files(self) -> list[Path]:
+        """Every file the steps read or write for the shard."""
+        return [self.prompts, self.candidates, self.pairs, self.judgments]
+
+    def moved_to(self, root: Path) -> ShardPlan:
+        """The same shard in another copy of the run directory (a cluster worker's copy of a stored run)."""
+        here = self.prompts.parent.parent  # <run>/prompts/<shard file>
+
+        def move(path: Path) -> Path:
+            return root / path.relative_to(here)
+
+        return dataclasses.replace(
+            self,
+            prompts=move(self.prompts),
+            candidates=move(self.candidates),
+            pairs=move(self.pairs),
+            judgments=move(self.judgments),
+        )
 
 
 def plan_shards(
