@@ -147,6 +147,12 @@ class SharedLimitSection(Section):
     max_concurrency: int = Field(
         ..., ge=1, description="Requests in flight at most, summed over every process sending to the endpoint."
     )
+    requests_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Requests started per second at most, summed over every process: a Prefect rate limit "
+        "(`<name>-rate`, slots that decay at this rate; bursts of up to one second's worth). None: no rate.",
+    )
 
 
 class ModelSection(Section):

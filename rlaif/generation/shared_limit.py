@@ -13,9 +13,10 @@ took 24 s here that way, against 1.9 s now. So a process keeps the slots it took
 of its requests to the next (`SharedSlots`); it gives a slot back once none of its requests has wanted it
 for LINGER_S, and after HOLD_S of use even when they do, so that other workers get their turn.
 
-There is no shared rate (requests per second) for now: Prefect's rate limits (slots that decay) gave
-2.4 requests/s for 20 configured beside the slot traffic on Prefect's default SQLite server, whose
-writes queue behind each other.
+With `requests_per_s`, every request also takes a token of a shared rate: a Prefect limit of that name
+plus `-rate` whose slots decay at that rate (`SharedRate`). Taking one token from Prefect per request gave
+2.4 requests/s for 20 configured (Prefect's client waits as long as the server suggests, one caller at a
+time), so a process takes a quarter of a second's worth of tokens at once and hands them to its requests.
 
 Prefect is imported only when a model has a shared limit.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import deque
@@ -54,6 +56,33 @@ class _Slot:
     taken_at: float = field(default_factory=time.monotonic)
 
 
+class SharedRate:
+    """This process's tokens of a shared rate limit, taken from Prefect a few at a time (see the module's
+    docstring); a token is used up by one request, and Prefect's slots decay at the configured rate."""
+
+    def __init__(self, name: str, requests_per_s: float, client: PrefectClient) -> None:
+        self.name = name
+        self._batch = max(1, math.ceil(requests_per_s / 4))  # a quarter of a second's worth
+        self._decayed_s = self._batch / requests_per_s  # how long a batch's slots take to decay
+        self._client = client
+        self._tokens = 0
+        self._refilling = asyncio.Lock()  # one question to Prefect at a time
+
+    async def take(self) -> None:
+        """Wait for a token of the rate, then use it."""
+        async with self._refilling:
+            while self._tokens == 0:
+                try:
+                    await self._client.increment_concurrency_slots(
+                        names=[self.name], slots=self._batch, mode="rate_limit"
+                    )
+                except httpx.HTTPStatusError as error:  # full: ask again once about a batch has decayed
+                    await asyncio.sleep(min(_wait_when_full(error), self._decayed_s * random.uniform(0.5, 1.0)))
+                    continue
+                self._tokens = self._batch
+            self._tokens -= 1
+
+
 class SharedSlots:
     """This process's slots of a shared limit, passed between its requests (see the module's docstring).
 
@@ -62,8 +91,11 @@ class SharedSlots:
     when told not to wait.
     """
 
-    def __init__(self, limit: SharedLimitSection, most: int, client: PrefectClient) -> None:
+    def __init__(
+        self, limit: SharedLimitSection, most: int, client: PrefectClient, rate: SharedRate | None = None
+    ) -> None:
         self.limit = limit
+        self._rate = rate
         self._most = most  # slots this process holds at most (its max_concurrency)
         self._client = client
         self._waiting: deque[asyncio.Future[_Slot]] = deque()
@@ -73,7 +105,9 @@ class SharedSlots:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold a slot for one request."""
+        """Hold a slot for one request (after a token of the shared rate, when there is one)."""
+        if self._rate is not None:
+            await self._rate.take()
         held = await self._take()
         try:
             yield
@@ -191,13 +225,28 @@ async def open_shared_limit(
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectAlreadyExists
 
+    async def upsert(name: str, most: int, decay: float | None = None) -> None:
+        for attempt in range(3):
+            try:
+                await client.upsert_global_concurrency_limit_by_name(name, most, slot_decay_per_second=decay)
+                return
+            except (ObjectAlreadyExists, httpx.HTTPStatusError):
+                # Another worker created it between this one's read and create (Prefect's SQLite server then
+                # answers 500, not 409): read it again and update it.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(random.uniform(0.05, 0.2))
+
     async with get_client() as client:
-        try:
-            await client.upsert_global_concurrency_limit_by_name(limit.name, limit.max_concurrency)
-        except ObjectAlreadyExists:  # another worker created it between this one's read and create: update it
-            await client.upsert_global_concurrency_limit_by_name(limit.name, limit.max_concurrency)
+        await upsert(limit.name, limit.max_concurrency)
         say(f"shared limit {limit.name!r}: at most {limit.max_concurrency} requests in flight over every worker")
-        slots = SharedSlots(limit, most, client)
+        rate = None
+        if limit.requests_per_s is not None:
+            name = f"{limit.name}-rate"
+            await upsert(name, max(1, round(limit.requests_per_s)), limit.requests_per_s)  # a second's worth
+            say(f"shared rate {name!r}: at most {limit.requests_per_s:g} requests per second over every worker")
+            rate = SharedRate(name, limit.requests_per_s, client)
+        slots = SharedSlots(limit, most, client, rate)
         try:
             yield slots
         finally:
