@@ -157,8 +157,6 @@ async def run_shards(
     async def one(plan: ShardPlan, wait: bool) -> None:
         async with in_flight:
             started = time.monotonic()
-            if not output(plan).is_file():
-                await fetch_stored(run, plan)
             if output(plan).is_file():
                 count, reused = count_lines(output(plan)), True
             else:
@@ -168,7 +166,7 @@ async def run_shards(
                     held_elsewhere.append(plan)
                     return
                 with claim:
-                    if not output(plan).is_file():
+                    if not output(plan).is_file():  # a stored run: finished elsewhere since its pull?
                         await fetch_stored(run, plan)
                     if output(plan).is_file():  # finished by another worker while this one waited
                         count, reused = count_lines(output(plan)), True

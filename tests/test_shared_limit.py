@@ -40,22 +40,29 @@ def section(base_url: str, **shared_limit: object) -> ModelSection:
     )
 
 
+def three_workers(limited: ModelSection) -> list[str]:
+    """Three worker processes sending 40 requests each through the model section; their output, once each
+    has ended with every request answered."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, limited.model_dump_json()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0 and "failed 0" in output, output[-2000:]
+    return outputs
+
+
 def test_three_workers_together_keep_a_limit_of_four(tmp_path, prefect_server):
     with fake_servers(tmp_path, 50) as (server,):
         limited = section(f"{server.url}/v1", name="fake-endpoint", max_concurrency=4)
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, limited.model_dump_json()],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for _ in range(3)
-        ]
-        outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+        outputs = three_workers(limited)
         seen = server.stats()
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0 and "failed 0" in output, output[-2000:]
     assert "at most 4 requests in flight over every worker" in outputs[0]
     assert seen["requests"] == 3 * 40
     # Each worker alone may have 8 in flight; together they never had more than the shared 4, and kept it
@@ -71,19 +78,8 @@ def test_three_workers_together_keep_a_shared_rate(tmp_path, prefect_server):
     failing without the rate: 1.9 s)."""
     with fake_servers(tmp_path, 50) as (server,):
         limited = section(f"{server.url}/v1", name="rated-endpoint", max_concurrency=4, requests_per_s=10)
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, limited.model_dump_json()],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for _ in range(3)
-        ]
-        outputs = [worker.communicate(timeout=240)[0] for worker in workers]
+        outputs = three_workers(limited)
         seen = server.stats()
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0 and "failed 0" in output, output[-2000:]
     assert "at most 10 requests per second over every worker" in outputs[0]
     assert seen["requests"] == 3 * 40 and seen["max_in_flight"] <= 4
     # Never faster than the rate: (120 - a burst of 10) / 10 per s = 11 s at least. Slower, as Prefect answers

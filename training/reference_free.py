@@ -30,30 +30,33 @@ def experimental(method: ReferenceFree) -> Any:
 
 def orpo_arguments(settings: ORPOSection, output_dir: Path, seed: int) -> Any:
     """ORPOConfig from our settings (`trainer_arguments`) and the ORPO stage's own."""
-    return trainer_arguments(
-        experimental("orpo").ORPOConfig,
-        settings,
-        output_dir,
-        seed,
-        max_steps=settings.max_steps,
-        beta=settings.beta,
-        max_length=settings.max_length,
-    )
+    return _arguments(experimental("orpo").ORPOConfig, settings, output_dir, seed)
 
 
 def cpo_arguments(settings: CPOSection, output_dir: Path, seed: int) -> Any:
     """CPOConfig from our settings (`trainer_arguments`) and the CPO stage's own."""
-    return trainer_arguments(
+    return _arguments(
         experimental("cpo").CPOConfig,
+        settings,
+        output_dir,
+        seed,
+        loss_type=settings.loss_type,
+        cpo_alpha=settings.cpo_alpha,
+        simpo_gamma=settings.simpo_gamma,
+    )
+
+
+def _arguments(config_class: type, settings: ORPOSection | CPOSection, output_dir: Path, seed: int, **own: Any) -> Any:
+    """What both stages set: steps, beta and length, besides `trainer_arguments`' shared settings."""
+    return trainer_arguments(
+        config_class,
         settings,
         output_dir,
         seed,
         max_steps=settings.max_steps,
         beta=settings.beta,
         max_length=settings.max_length,
-        loss_type=settings.loss_type,
-        cpo_alpha=settings.cpo_alpha,
-        simpo_gamma=settings.simpo_gamma,
+        **own,
     )
 
 
