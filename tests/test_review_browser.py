@@ -36,6 +36,18 @@ def hostile_queue(run_id: str) -> list[tuple[ReviewItem, Pair, Judgment]]:
     return entries
 
 
+def wait_until(page, predicate: str, timeout_s: float = 10.0) -> None:
+    """Poll a JavaScript predicate (a function source) from here until it holds. Playwright's wait_for_function
+    evaluates a string inside the page when it polls, which the page's CSP (no 'unsafe-eval') refuses; an
+    evaluate call from the driver is not subject to it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"still false after {timeout_s} s: {predicate}"
+        page.wait_for_timeout(50)
+
+
 def test_a_reviewer_signs_in_labels_with_the_keyboard_and_hostile_text_stays_text(browser, tmp_path):
     import subprocess
 
@@ -60,7 +72,7 @@ def test_a_reviewer_signs_in_labels_with_the_keyboard_and_hostile_text_stays_tex
         page.wait_for_selector("#start-form")  # showing the run claims nothing; starting is a POST
         # Enter starts: the start button has the focus (autofocus, which the browser applies once it has
         # rendered the page: a loaded machine takes a moment, so wait for it rather than race it).
-        page.wait_for_function("document.activeElement && document.activeElement.type === 'submit'")
+        wait_until(page, "() => document.activeElement && document.activeElement.type === 'submit'")
         with page.expect_navigation():
             page.keyboard.press("Enter")
         page.wait_for_selector("#label-form")
@@ -199,13 +211,14 @@ def test_near_identical_answers_point_to_a_diff_and_long_answers_scroll_together
         page.keyboard.press("l")
         assert page.is_checked("#scroll-together")
         first.evaluate("e => { e.scrollTop = (e.scrollHeight - e.clientHeight) * 0.75; }")
-        page.wait_for_function(
+        wait_until(
+            page,
             "() => { const b = document.querySelector('#answer-2');"
             " return Math.abs(b.scrollTop / (b.scrollHeight - b.clientHeight) - 0.75) < 0.02; }",
-            timeout=5000,
+            timeout_s=5,
         )
         second.evaluate("e => { e.scrollTop = 0; }")  # and back, the other way
-        page.wait_for_function("() => document.querySelector('#answer-1').scrollTop < 2", timeout=5000)
+        wait_until(page, "() => document.querySelector('#answer-1').scrollTop < 2", timeout_s=5)
         page.close()
 
 
