@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import provenance, write_results  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "hh_rlhf" / "harmless_base_test_0000_1799.jsonl.gz"
 RLAIF = str(Path(sys.executable).parent / "rlaif")
 
@@ -62,10 +63,6 @@ def main() -> None:
         check=True,
     )
     judged = json.loads(evaluation.read_text())
-    import torch
-    import transformers
-    import trl
-
     results = {
         "benchmark": "reward model, MiniLM-L6 on hh-rlhf harmless (1,500 pairs train, last 300 held out)",
         "held_out_accuracy": report["accuracy"],
@@ -73,14 +70,9 @@ def main() -> None:
         "train_wall_s": round(train_s, 1),
         "trainer_wall_s": report["wall_s"],
         "settings": report["settings"],
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "command": " ".join(["python", "benchmarks/reward_model_cpu.py", *sys.argv[1:]]),
+        **provenance(),
     }
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(json.dumps(results, indent=2))
 
 

@@ -46,6 +46,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rlaif.errors import ExpectedError
 from rlaif.schema import content_id
 
 TEMPLATE_SUFFIX = ".md.j2"
@@ -57,7 +58,7 @@ _FENCE_PATTERN = re.compile(r"<\s*/?\s*(" + "|".join(FENCE_TAGS) + r")\s*>", re.
 _VERDICT_PATTERN = re.compile(r"\[\[")
 
 
-class TemplateError(ValueError):
+class TemplateError(ExpectedError, ValueError):
     """A template that cannot be used; the message names the file and line."""
 
 

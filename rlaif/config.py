@@ -26,12 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from rlaif.errors import ExpectedError
 from rlaif.message_text import redact_url
 from rlaif.run_storage import default_local_copy, is_stored
 from rlaif.schema import check_run_name
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlaif.errors import ExpectedError
 from rlaif.run_files import read_jsonl
 from rlaif.schema import PromptItem, content_id
 
@@ -27,7 +28,7 @@ HumanLabel = Literal["a", "b", "tie"]
 _TURN = re.compile(r"\n\n(Human|Assistant):\s?")
 
 
-class LabelledDataError(ValueError):
+class LabelledDataError(ExpectedError, ValueError):
     """A labelled file that cannot be read; the message names the file and record."""
 
 

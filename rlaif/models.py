@@ -20,6 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rlaif.errors import ExpectedError
 from rlaif.run_storage import is_stored, local_input
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ MODELS_DIR_ENV = "RLAIF_MODELS_DIR"
 MARKER = ".rlaif-prepared.json"  # written last: a folder without it is not a finished preparation
 
 
-class ModelError(RuntimeError):
+class ModelError(ExpectedError, RuntimeError):
     """A model that cannot be found or prepared; the message says what to do."""
 
 

@@ -74,7 +74,7 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
     with ScriptedOpenAIServer(reply=policy_and_judge) as server:
         overrides = scripted_overrides(
             server,
-            prompts_file(tmp_path, 60),
+            prompts_file(tmp_path, 40),
             tmp_path / "run",
             "policy.n_mode=seeds",
             "review.fraction=0.1",
@@ -95,17 +95,17 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
         config = load_config(None, overrides)
         asyncio.run(label_pipeline(config))
     run_dir = config.run.directory()
-    assert people_label(config) == {"audit": 18}  # 60 prompts x 3 pairs x 0.1: the audit fills the budget
+    assert people_label(config) == {"audit": 12}  # 40 prompts x 3 pairs x 0.1: the audit fills the budget
     with ReviewStore.open(config.review_db()) as store:
         merge_run(run_dir, config, store)
 
     first = train_pipeline(config)
     assert first["status"] == "waiting_for_review" and "dpo" not in first  # the policy waits for people
     decision = json.loads((run_dir / "reward_round.json").read_text())
-    assert decision["routed"] == 14 == first["reward_round"]["open_items"]  # 8% of 180 pairs
+    assert decision["routed"] == 10 == first["reward_round"]["open_items"]  # 8% of 120 pairs, 9.6, rounded
     assert decision["contradicted"] >= decision["routed"]
     given = people_label(config)
-    assert given == {"reward_disagreement": 14}
+    assert given == {"reward_disagreement": 10}
 
     with ReviewStore.open(config.review_db()) as store:
         figures = merge_run(run_dir, config, store).figures
@@ -115,7 +115,7 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
     card = (run_dir / "dataset" / "README.md").read_text()
     assert "## Second review round (reward model)" in card
     rows = datasets.load_from_disk(str(run_dir / "dataset"))
-    assert rows["review_reason"].count("reward_disagreement") == 14
+    assert rows["review_reason"].count("reward_disagreement") == 10
     assert 'id="reward-round"' in write_html_report(run_dir).read_text()
 
     second = train_pipeline(config)  # the round is decided once: now the policy trains
@@ -123,9 +123,9 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
 
     # What the human labels bought: the reward model on merged and on judge-only labels, scored on the audit.
     value = second["label_value"]
-    assert value["held_out_pairs"] == 18 and value["human_labels_in_training"] == 14  # the audit is held out
-    assert value["labels_people_changed"] == round(overturned * 14)
-    assert value["training_pairs"] == {"merged": len(rows) - 18, "judge_only": len(rows) - 18}
+    assert value["held_out_pairs"] == 12 and value["human_labels_in_training"] == 10  # the audit is held out
+    assert value["labels_people_changed"] == round(overturned * 10)
+    assert value["training_pairs"] == {"merged": len(rows) - 12, "judge_only": len(rows) - 12}
     assert set(value["accuracy"]) == {"merged", "judge_only"}
     assert value["ci95"][0] <= value["difference"] <= value["ci95"][1]
     assert value["difference"] == pytest.approx(value["accuracy"]["merged"] - value["accuracy"]["judge_only"])

@@ -299,7 +299,8 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
     ppo_flags = [
         "train.ppo.steps=2",
         "train.ppo.batch_size=2",
-        "train.ppo.mini_batch_size=1",
+        "train.ppo.mini_batch_size=2",
+        "train.ppo.ppo_epochs=1",  # one optimizer step per iteration: PPO's learning has a test of its own
         "train.ppo.max_new_tokens=8",
     ]
     # The command in this process (CliRunner): its own process start would add the imports of torch,

@@ -134,7 +134,7 @@ def test_a_stage_stopped_after_a_checkpoint_continues_there_and_ends_as_an_unint
 
 def test_killed_mid_run_then_rerun_from_the_cli_continues_from_its_last_complete_checkpoint(tiny_qwen2, tmp_path):
     """SIGKILL at whatever moment the first checkpoint is seen (perhaps while a later one is being written)."""
-    overrides = tiny_run(tmp_path, tiny_qwen2, "dpo", "train.dpo.epochs=4", "train.dpo.save_steps=1")
+    overrides = tiny_run(tmp_path, tiny_qwen2, "dpo", "train.dpo.epochs=2", "train.dpo.save_steps=1")
     run_stage(load_config(None, overrides), "dpo", out=tmp_path / "uninterrupted")
     out = tmp_path / "killed"
     command = [RLAIF, "train", "dpo", "--out", str(out), *[item for flag in overrides for item in ("--set", flag)]]
@@ -173,11 +173,11 @@ def run_two_processes(stage: str, out: Path, overrides: list[str]) -> subprocess
 def test_two_processes_killed_mid_run_continue_from_their_checkpoint_and_write_their_outputs_once(tiny_qwen2, tmp_path):
     """Every process of a two-process run is killed (SIGKILL, as when a node is lost) once a checkpoint is
     complete; the same command then continues from it, with the uninterrupted two-process run's weights."""
-    overrides = tiny_run(tmp_path, tiny_qwen2, "dpo", "train.dpo.epochs=4", "train.dpo.save_steps=1")
+    overrides = tiny_run(tmp_path, tiny_qwen2, "dpo", "train.dpo.epochs=2", "train.dpo.save_steps=1")
     uninterrupted = run_two_processes("dpo", tmp_path / "uninterrupted", overrides)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     report = json.loads(uninterrupted.stdout)  # one report: printed by the main process alone
-    assert report["steps"] == 12  # 12 training pairs, 2 per process and step, 4 epochs: the processes split them
+    assert report["steps"] == 6  # 12 training pairs, 2 per process and step, 2 epochs: the processes split them
     assert uninterrupted.stderr.count("train dpo: 12 pairs") == 1
 
     out = tmp_path / "killed"

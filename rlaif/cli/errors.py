@@ -9,29 +9,10 @@ from typing import Any, TypeVar
 
 import typer
 
-from rlaif.config import ConfigError
-from rlaif.generation.protocol import BackendError
-from rlaif.generation.server_launcher import ServerError
-from rlaif.judges.templates import TemplateError
-from rlaif.labelled_data import LabelledDataError
-from rlaif.models import ModelError
-from rlaif.pipeline.merge import MergeError
-from rlaif.pipeline.prompt_sources import PromptSourceError
-from rlaif.review.store import ReviewStoreError
+from rlaif.errors import ExpectedError
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (
-    ConfigError,
-    PromptSourceError,
-    ModelError,
-    BackendError,
-    ServerError,
-    TemplateError,
-    LabelledDataError,
-    ReviewStoreError,
-    MergeError,
-    FileNotFoundError,
-)
+EXPECTED_ERRORS = (ExpectedError, FileNotFoundError)
 
 
 def friendly_errors(command: F) -> F:

@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rlaif.errors import ExpectedError
 
-class BackendError(RuntimeError):
+
+class BackendError(ExpectedError, RuntimeError):
     """A request that failed for good (after retries); the message says where and why, never a secret."""
 
 

@@ -24,12 +24,14 @@ from typing import Literal
 
 import httpx
 
+from rlaif.errors import ExpectedError
+
 log = logging.getLogger(__name__)
 
 ServerKind = Literal["transformers", "vllm"]
 
 
-class ServerError(RuntimeError):
+class ServerError(ExpectedError, RuntimeError):
     """A model server that did not come up; the message carries the end of its log."""
 
 

@@ -53,6 +53,7 @@ class _Slot:
 
     give_back: asyncio.Event = field(default_factory=asyncio.Event)
     granted: bool = False  # Prefect granted it: the keeper releases it once it is given back
+    asking: bool = False  # a request for it is on its way: Prefect may have granted it already
     taken_at: float = field(default_factory=time.monotonic)
 
 
@@ -146,11 +147,13 @@ class SharedSlots:
         process wait), pass it to a request, and renew its lease until the slot is given back."""
         try:
             while any(not waiter.done() for waiter in self._waiting):
+                held.asking = True
                 try:
                     response = await self._client.increment_concurrency_slots_with_lease(
                         names=[self.limit.name], slots=1, mode="concurrency", lease_duration=LEASE_S
                     )
                 except httpx.HTTPStatusError as error:
+                    held.asking = False
                     await asyncio.sleep(_wait_when_full(error))
                     continue
                 held.granted = True
@@ -196,12 +199,14 @@ class SharedSlots:
             held.give_back.set()
 
     async def aclose(self) -> None:
-        """Give every slot back to Prefect: the keepers holding one release it, the others stop asking."""
+        """Give every slot back to Prefect: the keepers holding one release it, and so do those whose request for
+        one is on its way (cancelled, they would leave a granted slot taken until its lease ran out); the others
+        stop asking."""
         for waiter in self._waiting:
             waiter.cancel()
         for task, held in list(self._keepers.items()):
             held.give_back.set()
-            if not held.granted:
+            if not held.granted and not held.asking:
                 task.cancel()
         await asyncio.gather(*self._keepers, return_exceptions=True)
 

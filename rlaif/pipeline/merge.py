@@ -26,6 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rlaif.agreement import agreement
 from rlaif.config import Config, dump_config
+from rlaif.errors import ExpectedError
 from rlaif.judges.calibration import Calibrator, Example, cross_fitted, raw_probability, reliability_bins
 from rlaif.pipeline.bias_audit import longer_wins_rate, self_preference_warning
 from rlaif.pipeline.refusal_contrast import DATASET_OUTCOMES, contrast_of, outcome, outcome_table
@@ -36,7 +37,7 @@ from rlaif.run_files import write_json_atomic
 from rlaif.schema import Judgment, Message, Pair, PreferenceRecord
 
 
-class MergeError(ValueError):
+class MergeError(ExpectedError, ValueError):
     """The run cannot be merged yet (or at all); the message says why and what to do."""
 
 

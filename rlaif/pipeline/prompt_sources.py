@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlaif.config import Config, PromptsSection
+from rlaif.errors import ExpectedError
 from rlaif.pipeline.refusal_contrast import SHOULD_REFUSE_FIELD
 from rlaif.run_directory import RunDirectory
 from rlaif.run_files import read_jsonl, write_jsonl_atomic
@@ -30,7 +31,7 @@ from rlaif.run_storage import local_input
 from rlaif.schema import PromptItem, content_id
 
 
-class PromptSourceError(ValueError):
+class PromptSourceError(ExpectedError, ValueError):
     """A prompt source that cannot be read; the message names the file and line."""
 
 

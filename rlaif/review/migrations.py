@@ -8,13 +8,15 @@ directory and revision files are left out, since the store, not a command, decid
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from sqlalchemy import Column, String, Text
 from sqlalchemy.engine import Connection
 
 from rlaif.review.tables import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
 
 
 def _to_2(ops: Operations) -> None:
@@ -35,7 +37,11 @@ OLDEST_UPGRADABLE = 1
 
 
 def upgrade(conn: Connection, found: int) -> None:
-    """Bring a database of schema version `found` to SCHEMA_VERSION, inside the caller's transaction."""
+    """Bring a database of schema version `found` to SCHEMA_VERSION, inside the caller's transaction. (Alembic
+    is imported here, when a database needs it: every command that opens a store would pay its import.)"""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
     ops = Operations(MigrationContext.configure(conn))
     for version in range(found + 1, SCHEMA_VERSION + 1):
         UPGRADES[version](ops)

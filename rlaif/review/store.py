@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
+from rlaif.errors import ExpectedError
 from rlaif.message_text import redact_url
 from rlaif.review.migrations import OLDEST_UPGRADABLE, upgrade
 from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
@@ -57,7 +58,7 @@ GOLD_LABELS = 1_000_000  # a gold item's labels_needed: every reviewer labels it
 SHUFFLE_WINDOW = 16  # items that want several labels: each reviewer takes the next this many in an order of their own
 
 
-class ReviewStoreError(ValueError):
+class ReviewStoreError(ExpectedError, ValueError):
     """A review database that cannot be used, or a request the queue refuses; the message says why."""
 
 
