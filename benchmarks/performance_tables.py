@@ -181,13 +181,14 @@ def quality_table(document: dict[str, Any]) -> str:
 def sampling_table(document: dict[str, Any]) -> str:
     plain = document["runs"][0]["tokens_per_s"]
     repeats = document.get("repeats", 1)
-    # files from before temperature and top_p were recorded: every such run sampled at 0.8 / 0.95
+    # files from before temperature and top_p were recorded: every such run sampled at 0.8 / 0.95; files from
+    # before the harness's provenance name the device only
     lines = [
         f"{document['prompts']} prompts x {document['n']} answers, up to {document['max_tokens']} new tokens, "
         f"temperature {document.get('temperature', 0.8)}, top_p {document.get('top_p', 0.95)}, "
         f"{document['batch']} prompts per generate call; "
         + (f"median of {repeats} runs in alternating order; " if repeats > 1 else "one run each; ")
-        + f"{document['model']}; {document['device']}; {document['date']}",
+        + f"{document['model']}; {document.get('machine') or document['device']}; {document['date']}",
         "",
         "| run | seconds | tokens | tokens/s | / plain loop | tokens/s of each run |",
         "|---|---|---|---|---|---|",
