@@ -199,6 +199,8 @@ class RunStorage:
 
     def _record(self, path: Path, etag: str | None = None) -> None:
         if etag is None:
+            # Asked afresh: a listing cached at the last pull would not hold a file another worker stored since.
+            self.fs.invalidate_cache(self.key(path))
             etag = _etag(self.fs.info(self.key(path)))
         stat = path.stat()
         with self._lock:

@@ -170,6 +170,23 @@ def test_a_claim_on_the_store_is_held_once_let_go_and_taken_over_from_a_dead_hol
     assert storage.try_claim("judgments-shard-00000") is not None
 
 
+def test_a_shard_another_worker_stored_since_the_last_pull_is_recorded_as_stored(s3_endpoint, tmp_path):
+    """Two workers upload the same written-once shard: the later one finds it stored already and records the
+    stored copy, although its listing of that folder (read and cached at its pull) predates the shard. (That
+    stale listing made the later worker fail with FileNotFoundError under load.)"""
+    url = f"s3://{BUCKET}/race"
+    first, second = (RunStorage(url, tmp_path / name, {"skip_instance_cache": True}) for name in ("1", "2"))
+    for storage in (first, second):
+        (storage.local / "prompts").mkdir(parents=True)
+        for number in (0, 1):
+            (storage.local / "prompts" / f"shard-{number}.jsonl").write_text(f"{number}\n")
+    first.put_once(first.local / "prompts" / "shard-0.jsonl")
+    assert second.pull() == 1  # its listing of prompts/ now holds shard 0 only
+    first.put_once(first.local / "prompts" / "shard-1.jsonl")
+    second.put_once(second.local / "prompts" / "shard-1.jsonl")
+    assert second._state["prompts/shard-1.jsonl"]["etag"] == first._state["prompts/shard-1.jsonl"]["etag"]
+
+
 def test_a_pull_takes_what_changed_on_the_store_and_keeps_what_changed_here(s3_endpoint, tmp_path):
     """Two local copies of one stored run: each pull takes the files new or changed on the store (by ETag), a
     file changed locally since is kept (and pushed at the end), and a training cache never leaves the machine."""
