@@ -57,6 +57,20 @@ def test_an_expired_lease_puts_the_item_back_and_a_late_label_is_refused(store):
     assert [d.labels for d in decisions.values()] == [(("bob", "b"),)]
 
 
+def test_a_lapsed_lease_counts_as_held_by_nobody_and_its_reviewer_can_take_the_item_again(store):
+    """A lease lapses by time alone: the run's counts show the item open at once, and the same reviewer can claim
+    it again (their lapsed claim is replaced), after which nobody else can."""
+    store.enqueue("run", queue_entries("run", 1))
+    first = store.claim_next("run", "alice", lease_s=0.1)
+    time.sleep(0.3)
+    stats = store.stats("run")
+    assert (stats["pending"], stats["claimed"]) == (1, 0)
+    again = store.claim_next("run", "alice")
+    assert again.item.id == first.item.id and again.item.status == "claimed"
+    assert store.claim_next("run", "bob") is None
+    assert store.submit(again.item.id, "alice", "a").status == "done"
+
+
 def test_a_late_label_is_accepted_while_nobody_else_took_the_item(store):
     store.enqueue("run", queue_entries("run", 1))
     alice = store.claim_next("run", "alice", lease_s=0.1)

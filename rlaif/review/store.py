@@ -10,8 +10,10 @@ once. (A lock on the whole run for every claim and label held 50 reviewers to 13
 A label is acknowledged only after its transaction commits (SQLite in WAL mode with synchronous=FULL),
 so a process killed mid-submit loses nothing it answered for.
 
-Item status: `pending` (waiting), `claimed` (a reviewer holds a lease on it), `done` (it has
-`labels_needed` labels), `skipped` (set aside after `max_skips` reviewers skipped it). Labels refer to
+Item status: `pending` (open), `done` (it has `labels_needed` labels), `skipped` (set aside after
+`max_skips` reviewers skipped it); an open item a reviewer holds a live lease on counts as `claimed` (in
+`stats`, and in the item a reviewer is given). A lease lapses by time alone: the queue counts live claims
+only (queue_queries.py), so nothing has to sweep lapsed ones before the next claim. Labels refer to
 the pair's stored A/B order; `shown_swapped` is the order the page shows, fixed per item.
 """
 
@@ -44,6 +46,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from rlaif.errors import ExpectedError
 from rlaif.message_text import redact_url
+from rlaif.review import queue_queries as queries
 from rlaif.review.migrations import OLDEST_UPGRADABLE, upgrade
 from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
@@ -349,11 +352,7 @@ class ReviewStore:
         if not token:
             return None
         with self._reads.connect() as conn:
-            return conn.execute(
-                select(ReviewerRow.name).where(
-                    ReviewerRow.token_hash == hash_token(token), ReviewerRow.revoked_at.is_(None)
-                )
-            ).scalar()
+            return conn.execute(queries.TOKEN_OWNER, {"token_hash": hash_token(token)}).scalar()
 
     # -- enqueue --------------------------------------------------------------------------------------
 
@@ -431,72 +430,69 @@ class ReviewStore:
         """
         stamp = now()
         expires = stamp + timedelta(seconds=lease_s)
+        asked = {"run": run_id, "reviewer_name": reviewer, "now": stamp, "expires": expires}
         with self.engine.begin() as conn:
             self._serialise(conn, run_id, reviewer)  # one claim per reviewer and run, even from two tabs at once
-            self._expire_claims(conn, run_id, stamp)
             if release is not None:
                 self._lock_item(conn, release)
                 conn.execute(delete(ClaimRow).where(ClaimRow.item_id == release, ClaimRow.reviewer == reviewer))
-                self._update_status(conn, release, stamp)
-            held = conn.execute(
-                update(ClaimRow)
-                .where(ClaimRow.run_id == run_id, ClaimRow.reviewer == reviewer)
-                .values(expires_at=expires)
-                .returning(ClaimRow.item_id)
-            ).scalar()
+            held = conn.execute(queries.RENEW_HELD, asked).scalar()
             if held is not None:
                 row = conn.execute(select(ItemRow).where(ItemRow.id == held)).one()
                 return _queued(row, lease_expires_at=expires)
-            row = self._lock_free_item(conn, run_id, reviewer, avoid=release)
+            row = self._claim_free_item(conn, asked, avoid=release)
             if row is None:
                 if conn.execute(select(RunRow.run_id).where(RunRow.run_id == run_id)).first() is None:
                     raise ItemNotFound(f"no review queue for run {run_id!r}")
                 return None
-            conn.execute(
-                ClaimRow.__table__.insert().values(item_id=row.id, reviewer=reviewer, run_id=run_id, expires_at=expires)
-            )
-            conn.execute(update(ItemRow).where(ItemRow.id == row.id).values(status="claimed", updated_at=stamp))
         return _queued(row, lease_expires_at=expires)
 
-    def _lock_free_item(self, conn: Connection, run_id: str, reviewer: str, avoid: str | None) -> Any:
-        """Lock and return the first item with a free slot the reviewer has not labelled, in queue order (`avoid`
-        last), passing over items another transaction holds (SKIP LOCKED). Each one locked is checked again:
-        the query's snapshot may predate a claim committed just before the lock was taken. Items that want
-        several labels are taken in an order of the reviewer's own within the next SHUFFLE_WINDOW, so that the
-        reviewers who share them do not move through the queue in lockstep."""
+    def _claim_free_item(self, conn: Connection, asked: dict[str, Any], avoid: str | None) -> Any:
+        """Claim and return the first item with a free slot the reviewer has not labelled, in queue order (`avoid`
+        last), passing over items another transaction holds (SKIP LOCKED); an item whose slot turns out taken
+        when claimed (`_take_slot`) is passed over too. Items that want several labels are taken in an order of
+        the reviewer's own within the next SHUFFLE_WINDOW, so that the reviewers who share them do not move
+        through the queue in lockstep."""
         passed: list[str] = []
         while True:
-            query = self._next_free_item(run_id, reviewer, avoid)
-            if passed:
-                query = query.where(ItemRow.id.not_in(passed))
-            row = conn.execute(query.with_for_update(skip_locked=True, of=ItemRow)).first()
-            if row is None or self._free_for(conn, row.id, reviewer):
-                break
-            passed.append(row.id)
-        if row is not None and row.reason == "gold" and not self._has_open_item(conn, run_id):
-            return None  # gold items are mixed into work; once the run's own items are finished, none is left
-        if row is None or row.labels_needed == 1:
-            return row
-        window = self._next_free_item(run_id, reviewer, avoid, SHUFFLE_WINDOW).with_only_columns(ItemRow.id)
-        ahead = [item_id for item_id in conn.execute(window).scalars() if item_id != avoid]
-        for item_id in sorted(ahead, key=lambda found: hashlib.sha256(f"{reviewer}\x00{found}".encode()).digest()):
-            if item_id == row.id:
+            query = queries.next_free(avoid is not None, bool(passed))
+            row = conn.execute(query, {**asked, "avoid": avoid, "passed": passed}).first()
+            if row is None:
+                return None
+            if row.reason == "gold" and not self._has_open_item(conn, asked["run"]):
+                return None  # gold items are mixed into work; once the run's own items are finished, none is left
+            if row.labels_needed > 1:
+                preferred = self._claim_preferred(conn, asked, avoid, row.id)
+                if preferred is not None:
+                    return preferred
+            if self._take_slot(conn, asked, row):
                 return row
+            passed.append(row.id)
+
+    def _claim_preferred(self, conn: Connection, asked: dict[str, Any], avoid: str | None, first: str) -> Any:
+        """Of the reviewer's next SHUFFLE_WINDOW free items, the first in the reviewer's own order that wants
+        several labels and could be claimed; None when that is `first` (the caller claims it) or none could."""
+        window = conn.execute(queries.free_window(SHUFFLE_WINDOW, avoid is not None), {**asked, "avoid": avoid})
+        ahead = [item_id for item_id in window.scalars() if item_id != avoid]
+        reviewer = asked["reviewer_name"]
+        for item_id in sorted(ahead, key=lambda found: hashlib.sha256(f"{reviewer}\x00{found}".encode()).digest()):
+            if item_id == first:
+                return None
             preferred = conn.execute(select(ItemRow).where(ItemRow.id == item_id).with_for_update(skip_locked=True))
             found = preferred.first()
-            if found is not None and found.labels_needed > 1 and self._free_for(conn, found.id, reviewer):
+            if found is not None and found.labels_needed > 1 and self._take_slot(conn, asked, found):
                 return found
-        return row
+        return None
 
-    def _free_for(self, conn: Connection, item_id: str, reviewer: str) -> bool:
-        """Whether the item has a free slot and the reviewer has not labelled it (read afresh)."""
-        found = self._occupancy(conn, item_id, reviewer)
-        return self._slots_left(conn, item_id, found) > 0 and not found.by_reviewer
+    def _take_slot(self, conn: Connection, asked: dict[str, Any], row: Any) -> bool:
+        """Claim a slot of the locked item `row` if one is free for the reviewer (checked in the same statement)."""
+        taken = conn.execute(queries.TAKE_SLOT, {**asked, "item": row.id, "labels_needed": row.labels_needed})
+        return taken.first() is not None
 
     def renew(self, item_id: str, reviewer: str, lease_s: float = 900.0) -> datetime:
         """Extend the reviewer's claim on an item by `lease_s` seconds from now (the page does this while the item
-        is open and visible); returns the new expiry. ClaimConflict when the claim is gone (expired and taken, or
-        the item finished)."""
+        is open and visible); returns the new expiry. ClaimConflict when the claim is gone (expired, or the item
+        finished)."""
         stamp = now()
         expires = stamp + timedelta(seconds=lease_s)
         with self.engine.begin() as conn:
@@ -522,47 +518,12 @@ class ReviewStore:
         return None if row is None else _queued(row, lease_expires_at=row.expires_at)
 
     @staticmethod
-    def _next_free_item(run_id: str, reviewer: str, avoid: str | None = None, limit: int = 1) -> Any:
-        """The first free items the reviewer has not labelled, in queue order; `avoid` comes last."""
-        labelled = select(func.count()).where(LabelRow.item_id == ItemRow.id, LabelRow.label.is_not(None))
-        claimed = select(func.count()).where(ClaimRow.item_id == ItemRow.id)
-        mine = select(LabelRow.item_id).where(LabelRow.item_id == ItemRow.id, LabelRow.reviewer == reviewer)
-        return (
-            select(ItemRow)
-            .where(
-                ItemRow.run_id == run_id,
-                OPEN,
-                ~mine.exists(),
-                labelled.scalar_subquery() + claimed.scalar_subquery() < ItemRow.labels_needed,
-            )
-            .order_by(*([ItemRow.id == avoid] if avoid is not None else []), ItemRow.position)
-            .limit(limit)
-        )
-
-    @staticmethod
     def _lock_item(conn: Connection, item_id: str) -> Any:
         """The item's row, locked until the transaction ends (waiting for another holder); ItemNotFound if none."""
         row = conn.execute(select(ItemRow).where(ItemRow.id == item_id).with_for_update()).first()
         if row is None:
             raise ItemNotFound(f"no review item {item_id!r}")
         return row
-
-    def _expire_claims(self, conn: Connection, run_id: str, stamp: datetime) -> None:
-        """Take back the run's expired claims, of the items no other transaction holds (those are taken back
-        by a later call): their slots open again."""
-        lapsed = select(ClaimRow.item_id).where(ClaimRow.run_id == run_id, ClaimRow.expires_at < stamp)
-        items = (
-            conn.execute(
-                select(ItemRow.id).where(ItemRow.id.in_(lapsed)).order_by(ItemRow.id).with_for_update(skip_locked=True)
-            )
-            .scalars()
-            .all()
-        )
-        if not items:
-            return
-        conn.execute(delete(ClaimRow).where(ClaimRow.item_id.in_(items), ClaimRow.expires_at < stamp))
-        for item_id in items:
-            self._update_status(conn, item_id, stamp)
 
     def submit(
         self,
@@ -594,17 +555,16 @@ class ReviewStore:
         tags_json = json.dumps(tag_list) if tag_list else None
         comment = (comment or "").strip() or None
         stamp = now()
+        asked = {"item": item_id, "reviewer_name": reviewer, "now": stamp}
         with self.engine.begin() as conn:
-            item = self._lock_item(conn, item_id)
+            item = conn.execute(queries.LOCK_FOR_LABEL, asked).first()
+            if item is None:
+                raise ItemNotFound(f"no review item {item_id!r}")
             run_id = item.run_id
             ranking_json = _checked_ranking(item, label, ranking)
-            self._expire_claims(conn, run_id, stamp)
-            holds = conn.execute(
-                delete(ClaimRow).where(ClaimRow.item_id == item_id, ClaimRow.reviewer == reviewer)
-            ).rowcount
-            mine = conn.execute(
-                select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
-            ).first()
+            ended = conn.execute(queries.END_CLAIMS, asked).all()
+            holds = any(claim.reviewer == reviewer and claim.expires_at >= stamp for claim in ended)
+            found = conn.execute(queries.OCCUPANCY, asked).one()
             given = {
                 "label": label,
                 "comment": comment,
@@ -612,7 +572,11 @@ class ReviewStore:
                 "tags_json": tags_json,
                 "ranking_json": ranking_json,
             }
-            if mine is not None:
+            labelled, skipped = found.labelled, found.skipped
+            if found.by_reviewer:
+                mine = conn.execute(
+                    select(LabelRow).where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
+                ).one()
                 if all(getattr(mine, key) == value for key, value in given.items()):
                     return Submission(item_id, run_id, item.status, False, repeated=True)
                 conn.execute(
@@ -620,15 +584,20 @@ class ReviewStore:
                     .where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
                     .values(**given, updated_at=stamp)
                 )
+                labelled, skipped = (labelled - 1, skipped) if mine.label is not None else (labelled, skipped - 1)
             else:
-                if not holds and (item.status not in ("pending", "claimed") or self._slots_left(conn, item_id) <= 0):
+                slots_left = found.labels_needed - found.labelled - found.claimed
+                if not holds and (item.status not in queries.OPEN_STATUSES or slots_left <= 0):
                     raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
                 conn.execute(
                     LabelRow.__table__.insert().values(
                         item_id=item_id, reviewer=reviewer, run_id=run_id, **given, created_at=stamp, updated_at=stamp
                     )
                 )
-            status = self._update_status(conn, item_id, stamp)
+            labelled, skipped = (labelled + 1, skipped) if label is not None else (labelled, skipped + 1)
+            status = _status(found.labels_needed, found.max_skips, labelled, skipped, found.claimed)
+            if status != item.status:
+                conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
         emptied = status in ("done", "skipped") and self._mark_if_emptied(run_id)
         return Submission(item_id, run_id, status, emptied)
 
@@ -654,47 +623,11 @@ class ReviewStore:
             raise ItemNotFound(f"no review item {item_id!r}")
         return run_id
 
-    @staticmethod
-    def _occupancy(conn: Connection, item_id: str, reviewer: str = "") -> Any:
-        """An item's row with its counts, in one query: `labelled` (labels given), `skipped` (set-asides),
-        `claimed` (claims held) and `by_reviewer` (whether `reviewer` labelled or set it aside)."""
-        count = func.count()
-        return conn.execute(
-            select(
-                ItemRow,
-                select(count)
-                .where(LabelRow.item_id == item_id, LabelRow.label.is_not(None))
-                .scalar_subquery()
-                .label("labelled"),
-                select(count)
-                .where(LabelRow.item_id == item_id, LabelRow.label.is_(None))
-                .scalar_subquery()
-                .label("skipped"),
-                select(count).where(ClaimRow.item_id == item_id).scalar_subquery().label("claimed"),
-                select(LabelRow.item_id)
-                .where(LabelRow.item_id == item_id, LabelRow.reviewer == reviewer)
-                .exists()
-                .label("by_reviewer"),
-            ).where(ItemRow.id == item_id)
-        ).one()
-
-    def _slots_left(self, conn: Connection, item_id: str, found: Any = None) -> int:
-        """Labels the item still wants beyond those given and claimed (`found`: its `_occupancy`, if read)."""
-        found = found or self._occupancy(conn, item_id)
-        return found.labels_needed - found.labelled - found.claimed
-
     def _update_status(self, conn: Connection, item_id: str, stamp: datetime) -> ReviewStatus:
-        item = self._occupancy(conn, item_id)
-        status: ReviewStatus
-        if item.labelled >= item.labels_needed:
-            status = "done"
-        elif item.claimed:
-            status = "claimed"
-        elif item.skipped >= item.max_skips:
-            status = "skipped"
-        else:
-            status = "pending"
-        if status != item.status:
+        """Store the status the item's labels and live claims give it (the item's row is locked)."""
+        found = conn.execute(queries.OCCUPANCY, {"item": item_id, "reviewer_name": "", "now": stamp}).one()
+        status = _status(found.labels_needed, found.max_skips, found.labelled, found.skipped, found.claimed)
+        if status != found.status:
             conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
         return status
 
@@ -746,6 +679,11 @@ class ReviewStore:
                     .group_by(ItemRow.status)
                 ).all()
             )
+            held = conn.execute(  # open items someone holds a live claim on
+                select(func.count(ClaimRow.item_id.distinct()))
+                .join(ItemRow, ItemRow.id == ClaimRow.item_id)
+                .where(ClaimRow.run_id == run_id, ClaimRow.expires_at >= now(), OPEN, ItemRow.reason != "gold")
+            ).scalar_one()
             by_reason = dict(
                 conn.execute(
                     select(ItemRow.reason, func.count()).where(ItemRow.run_id == run_id).group_by(ItemRow.reason)
@@ -757,7 +695,13 @@ class ReviewStore:
                 .where(LabelRow.run_id == run_id)
             ).all()
         total = sum(by_status.values())
-        statuses = {s: by_status.get(s, 0) for s in ("pending", "claimed", "done", "skipped")}
+        open_items = by_status.get("pending", 0) + by_status.get("claimed", 0)
+        statuses = {
+            "pending": open_items - held,
+            "claimed": held,
+            "done": by_status.get("done", 0),
+            "skipped": by_status.get("skipped", 0),
+        }
         given = [row for row in labels if row.label is not None]
         return {
             "run": run_id,
@@ -1013,13 +957,27 @@ def _parse_time(value: str | None) -> datetime:
     return datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=None)
 
 
+def _status(labels_needed: int, max_skips: int, labelled: int, skipped: int, claimed: int) -> ReviewStatus:
+    """An item's stored status from its counts: done with enough labels; set aside (skipped) after `max_skips`
+    set-asides, once no one else holds a live claim on it (they may still label it); else pending (open)."""
+    if labelled >= labels_needed:
+        return "done"
+    if skipped >= max_skips and not claimed:
+        return "skipped"
+    return "pending"
+
+
 def _item(row: Any) -> ReviewItem:
     return ReviewItem(id=row.id, run_id=row.run_id, pair_id=row.pair_id, reason=row.reason, status=row.status)
 
 
 def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
+    """The item of `row`; with `lease_expires_at`, as its reviewer holds it (status claimed while open)."""
+    item = _item(row)
+    if lease_expires_at is not None and item.status in queries.OPEN_STATUSES:
+        item = item.model_copy(update={"status": "claimed"})
     return QueuedItem(
-        item=_item(row),
+        item=item,
         pair=Pair.model_validate_json(row.pair_json),
         judgment=Judgment.model_validate_json(row.judgment_json),
         shown_swapped=row.shown_swapped,
