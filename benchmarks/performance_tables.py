@@ -87,8 +87,8 @@ def startup_table(document: dict[str, Any]) -> str:
 
 
 def review_load_table(document: dict[str, Any]) -> str:
-    """The review service under closed-loop reviewers: the service before SKIP LOCKED, and now with 1 and N
-    server processes (`--workers`)."""
+    """The review service under closed-loop reviewers: an earlier service (the file's `before`, measured in the
+    same session) and now with 1 and N server processes (`--workers`)."""
     before, runs = document["before"], document["runs"]
     first = runs[0]
 
@@ -105,7 +105,7 @@ def review_load_table(document: dict[str, Any]) -> str:
         "",
         "| service | requests/s | next p50 / p95 ms | label p50 / p95 ms |",
         "|---|---|---|---|",
-        row("before (a lock on the whole run for every claim and label), 1 process", before),
+        row(f"before: {before['service']}", before),
     ]
     for run in runs:
         name = "now, 1 process" if run["workers"] == 1 else f"now, `--workers {run['workers']}`"
@@ -453,7 +453,8 @@ def startup_text(document: dict[str, Any]) -> str:
 
 # Figures the README states in its text, each made from a results file: the test finds each in the README.
 def review_load_text(document: dict[str, Any]) -> str:
-    """The review service's gain as the Reliability section states it."""
+    """The review service's gain over the earlier service in its file (`before`), as the Reliability section
+    states it."""
     before = document["before"]["requests_per_s"]
     one, two = (run["requests_per_s"] / before for run in document["runs"][:2])
     return f"{one:.2f}x the requests per second on one process, {two:.2f}x on two"
