@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -31,3 +33,17 @@ def test_a_failure_mid_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_jsonl_atomic(path, rows_then_crash())
     assert path.read_text() == '{"n": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["candidates.jsonl"]
+
+
+def test_a_run_file_gets_the_permissions_of_any_new_file(tmp_path):
+    """The process's umask decides, as for a file written in place: a run directory shared by a team stays
+    readable to it (a temporary file's own 0600 used to stay on every run file)."""
+    previous = os.umask(0o022)
+    try:
+        write_jsonl_atomic(tmp_path / "shared.jsonl", [{"n": 1}])
+        os.umask(0o077)
+        write_jsonl_atomic(tmp_path / "private.jsonl", [{"n": 1}])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared.jsonl").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.jsonl").stat().st_mode) == 0o600
