@@ -1,9 +1,11 @@
 """The statements of the review queue's busiest requests (claim, label, sign-in), built once with bound parameters.
 
-Built afresh for every request, each of these cost about 0.7 ms of CPU in SQLAlchemy (constructing the
-expression and its cache key) before reaching the database; built once, SQLAlchemy reuses the compiled form
-and a statement costs about a fifth of that. Parameters are named by `bindparam`: `run`, `item`, `reviewer_name`,
-`now` (the request's time: only claims that expire at or after it are live) and `expires` (a new lease's end).
+Built afresh for every request, SQLAlchemy spent most of a request's CPU constructing each expression and its
+cache key; built once, it reuses the compiled form. With the slot checked and taken in one statement and no sweep
+of lapsed claims, a claim and a label cost the store 4.1 ms of CPU in 10 statements, against 11.1 ms in 15
+before (one reviewer in a loop on PostgreSQL, 2-core Xeon). Parameters are named by `bindparam`: `run`, `item`,
+`reviewer_name`, `now` (the request's time: only claims that expire at or after it are live) and `expires` (a new
+lease's end).
 
 A claim lapses when its lease ends, with no write: every count here looks at live claims only. A lapsed claim's
 row is deleted when its item is next labelled, or replaced when the same reviewer claims that item again.
@@ -14,8 +16,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import DateTime, Select, bindparam, func, select, text, update
-from sqlalchemy.sql.expression import delete
+from sqlalchemy import DateTime, Select, bindparam, delete, func, select, text, update
 
 from rlaif.review.tables import OPEN, ClaimRow, ItemRow, LabelRow, ReviewerRow
 
