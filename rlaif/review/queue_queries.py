@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import DateTime, Select, bindparam, delete, func, select, text, update
+from sqlalchemy import DateTime, Select, bindparam, delete, func, insert, select, text, update
 
 from rlaif.review.tables import OPEN, ClaimRow, ItemRow, LabelRow, ReviewerRow
 
@@ -82,6 +82,20 @@ OCCUPANCY = select(
     _live_claims(ItemRow.id).label("claimed"),
     _by_reviewer(ItemRow.id).label("by_reviewer"),
 ).where(ItemRow.id == bindparam("item"))
+
+# A lock held until the transaction ends (PostgreSQL), on a 64-bit key.
+ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+# A new label (LabelRow's columns as parameters), and an item's new status.
+INSERT_LABEL = insert(LabelRow)
+SET_STATUS = (
+    update(ItemRow)
+    .where(ItemRow.id == bindparam("item"))
+    .values(status=bindparam("new_status"), updated_at=bindparam("stamp", type_=DateTime()))
+)
+
+# Whether the run has an open item (gold items aside, which never finish); one is enough to know.
+HAS_OPEN_ITEM = select(ItemRow.id).where(ItemRow.run_id == bindparam("run"), OPEN, ItemRow.reason != "gold").limit(1)
 
 # The reviewer a token belongs to, unless revoked.
 TOKEN_OWNER = select(ReviewerRow.name).where(

@@ -38,7 +38,6 @@ from sqlalchemy import (
     func,
     inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Connection, make_url
@@ -314,7 +313,7 @@ class ReviewStore:
         """Hold, until the transaction ends, a lock on `key` (a run, or a run and a reviewer). PostgreSQL only:
         SQLite's write transactions are serialised already."""
         if self.is_postgres:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(*key)})
+            conn.execute(queries.ADVISORY_LOCK, {"key": _lock_key(*key)})
 
     # -- reviewers ------------------------------------------------------------------------------------
 
@@ -590,14 +589,20 @@ class ReviewStore:
                 if not holds and (item.status not in queries.OPEN_STATUSES or slots_left <= 0):
                     raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
                 conn.execute(
-                    LabelRow.__table__.insert().values(
-                        item_id=item_id, reviewer=reviewer, run_id=run_id, **given, created_at=stamp, updated_at=stamp
-                    )
+                    queries.INSERT_LABEL,
+                    {
+                        "item_id": item_id,
+                        "reviewer": reviewer,
+                        "run_id": run_id,
+                        **given,
+                        "created_at": stamp,
+                        "updated_at": stamp,
+                    },
                 )
             labelled, skipped = (labelled + 1, skipped) if label is not None else (labelled, skipped + 1)
             status = _status(found.labels_needed, found.max_skips, labelled, skipped, found.claimed)
             if status != item.status:
-                conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
+                conn.execute(queries.SET_STATUS, {"item": item_id, "new_status": status, "stamp": stamp})
         emptied = status in ("done", "skipped") and self._mark_if_emptied(run_id)
         return Submission(item_id, run_id, status, emptied)
 
@@ -628,7 +633,7 @@ class ReviewStore:
         found = conn.execute(queries.OCCUPANCY, {"item": item_id, "reviewer_name": "", "now": stamp}).one()
         status = _status(found.labels_needed, found.max_skips, found.labelled, found.skipped, found.claimed)
         if status != found.status:
-            conn.execute(update(ItemRow).where(ItemRow.id == item_id).values(status=status, updated_at=stamp))
+            conn.execute(queries.SET_STATUS, {"item": item_id, "new_status": status, "stamp": stamp})
         return status
 
     def _mark_if_emptied(self, run_id: str) -> bool:
@@ -651,8 +656,7 @@ class ReviewStore:
     @staticmethod
     def _has_open_item(conn: Connection, run_id: str) -> bool:
         """Whether the run has an open item; one is enough to know (a count would read every open item)."""
-        query = select(ItemRow.id).where(ItemRow.run_id == run_id, OPEN, ItemRow.reason != "gold").limit(1)
-        return conn.execute(query).first() is not None
+        return conn.execute(queries.HAS_OPEN_ITEM, {"run": run_id}).first() is not None
 
     # -- reading --------------------------------------------------------------------------------------
 
