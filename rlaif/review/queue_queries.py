@@ -2,7 +2,7 @@
 
 Built afresh for every request, SQLAlchemy spent most of a request's CPU constructing each expression and its
 cache key; built once, it reuses the compiled form. With the slot checked and taken in one statement and no sweep
-of lapsed claims, a claim and a label cost the store 4.1 ms of CPU in 10 statements, against 11.1 ms in 15
+of lapsed claims, a claim and a label cost the store about 3 ms of CPU in 10 statements, against 11.1 ms in 15
 before (one reviewer in a loop on PostgreSQL, 2-core Xeon). Parameters are named by `bindparam`: `run`, `item`,
 `reviewer_name`, `now` (the request's time: only claims that expire at or after it are live) and `expires` (a new
 lease's end).
