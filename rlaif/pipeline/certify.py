@@ -59,8 +59,7 @@ def first_phase_open(manifest: dict[str, Any], decisions: dict[str, HumanDecisio
     return sum(
         1
         for row in manifest["routed"]
-        if row["reason"] in FIRST_PHASE
-        and (row["pair_id"] not in decisions or decisions[row["pair_id"]].status in ("pending", "claimed"))
+        if row["reason"] in FIRST_PHASE and (row["pair_id"] not in decisions or decisions[row["pair_id"]].open)
     )
 
 

@@ -63,7 +63,7 @@ def merge_run(run_dir: Path, config: Config, store: ReviewStore, on_pending: str
             f"{len(unqueued)} routed pairs of run {run_id!r} are not in the review database "
             f"(first: {unqueued[0]}): enqueue them with `rlaif review enqueue {run_dir}`"
         )
-    open_items = [d for d in decisions.values() if d.pair_id in routed and d.status in ("pending", "claimed")]
+    open_items = [d for d in decisions.values() if d.pair_id in routed and d.open]
     if open_items and on_pending == "block":
         raise MergeError(
             f"{len(open_items)} of {len(routed)} review items of run {run_id!r} are not labelled yet: finish them "

@@ -104,7 +104,5 @@ def route_reward_round(
     enqueue_routed(run, config, store)
     decision = json.loads(run.reward_round.read_text(encoding="utf-8"))
     decisions = store.decisions(config.run.name)
-    decision["open_items"] = sum(
-        1 for d in decisions.values() if d.reason == "reward_disagreement" and d.status in ("pending", "claimed")
-    )
+    decision["open_items"] = sum(1 for d in decisions.values() if d.reason == "reward_disagreement" and d.open)
     return decision

@@ -20,8 +20,6 @@ from sqlalchemy import DateTime, Select, bindparam, delete, func, insert, select
 
 from rlaif.review.tables import OPEN, ClaimRow, ItemRow, LabelRow, ReviewerRow
 
-OPEN_STATUSES = ("pending", "claimed")  # "claimed": stored by older versions for an item someone held
-
 NOW = bindparam("now", type_=DateTime())
 EXPIRES = bindparam("expires", type_=DateTime())
 

@@ -47,7 +47,18 @@ from rlaif.errors import ExpectedError
 from rlaif.message_text import redact_url
 from rlaif.review import queue_queries as queries
 from rlaif.review.migrations import OLDEST_UPGRADABLE, upgrade
-from rlaif.review.tables import OPEN, SCHEMA_VERSION, Base, ClaimRow, ItemRow, LabelRow, MetaRow, ReviewerRow, RunRow
+from rlaif.review.tables import (
+    OPEN,
+    OPEN_STATUSES,
+    SCHEMA_VERSION,
+    Base,
+    ClaimRow,
+    ItemRow,
+    LabelRow,
+    MetaRow,
+    ReviewerRow,
+    RunRow,
+)
 from rlaif.schema import Candidate, Judgment, Pair, PromptItem, ReviewItem, ReviewLabel, ReviewReason, ReviewStatus
 
 LABELS: tuple[ReviewLabel, ...] = ("a", "b", "tie", "both_bad")
@@ -165,6 +176,11 @@ class HumanDecision:
     prompt: PromptItem | None = None  # ranking mode: the prompt the answers are for
     settled: ReviewLabel | None = None  # the label the run's owner settled the item with (`rlaif review settle`)
     settled_by: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """Whether the item still waits for people (neither done nor set aside)."""
+        return self.status in OPEN_STATUSES
 
     @property
     def label(self) -> ReviewLabel | None:
@@ -586,7 +602,7 @@ class ReviewStore:
                 labelled, skipped = (labelled - 1, skipped) if mine.label is not None else (labelled, skipped - 1)
             else:
                 slots_left = found.labels_needed - found.labelled - found.claimed
-                if not holds and (item.status not in queries.OPEN_STATUSES or slots_left <= 0):
+                if not holds and (item.status not in OPEN_STATUSES or slots_left <= 0):
                     raise ClaimConflict(f"item {item_id} is no longer yours: its claim expired and others took it")
                 conn.execute(
                     queries.INSERT_LABEL,
@@ -978,7 +994,7 @@ def _item(row: Any) -> ReviewItem:
 def _queued(row: Any, lease_expires_at: datetime | None = None) -> QueuedItem:
     """The item of `row`; with `lease_expires_at`, as its reviewer holds it (status claimed while open)."""
     item = _item(row)
-    if lease_expires_at is not None and item.status in queries.OPEN_STATUSES:
+    if lease_expires_at is not None and item.status in OPEN_STATUSES:
         item = item.model_copy(update={"status": "claimed"})
     return QueuedItem(
         item=item,

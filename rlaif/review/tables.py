@@ -39,6 +39,8 @@ class RunRow(Base):
     settings_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+# The statuses of an open item: "claimed" is what older versions stored for an item someone held.
+OPEN_STATUSES = ("pending", "claimed")
 _OPEN = text("status IN ('pending', 'claimed')")
 # Open items, for queries: written out rather than bound, since PostgreSQL uses the partial index below only
 # when a query states its condition literally (a prepared statement's generic plan, with the statuses bound,
