@@ -127,6 +127,27 @@ def test_a_dpo_rerun_on_the_same_merged_data_reuses_its_tokenization_and_referen
     assert second_merge != first_merge
 
 
+def test_a_tokenizer_is_cheap_to_fingerprint_and_tokenizes_renders_and_saves_as_the_model_s_own(tiny_qwen2, tmp_path):
+    """`datasets` pickles the tokenizer a map or filter uses to fingerprint it; the tiny model's tokenizer class
+    (Qwen2's) keeps its vocabulary and merges as Python objects beside the backend, which made each map a second or
+    more. load_tokenizer drops that copy and nothing else."""
+    from datasets.utils._dill import dumps
+    from transformers import AutoTokenizer
+
+    from rlaif.training.tokenizer import chat_ids, load_tokenizer
+
+    model, _ = tiny_qwen2
+    own, loaded = AutoTokenizer.from_pretrained(model), load_tokenizer(model)
+    backend = len(dumps(loaded.backend_tokenizer))
+    assert len(dumps(loaded)) < 1.2 * backend < len(dumps(own))  # the backend, and little besides
+    text = "A poem:\n\tline  two, ünïcode 123 <|im_end|>"
+    messages = [{"role": "user", "content": text}]
+    assert loaded(text)["input_ids"] == own(text)["input_ids"]
+    assert chat_ids(loaded, messages, add_generation_prompt=True) == chat_ids(own, messages, add_generation_prompt=True)
+    loaded.save_pretrained(tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved")(text)["input_ids"] == own(text)["input_ids"]
+
+
 def test_reward_model_trains_and_the_judge_reports_the_same_accuracy(shared_data, tmp_path):
     """A short run on the start of hh-rlhf (the full recipe is benchmarks/reward_model_cpu.py): the command's
     report and the judge's reading of the saved model agree. That the reward model learns is

@@ -19,4 +19,15 @@ def load_tokenizer(model_path: str) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    drop_construction_copies(tokenizer)
     return tokenizer
+
+
+def drop_construction_copies(tokenizer: Any) -> None:
+    """Drop the vocabulary and merges that some tokenizer classes (Qwen2's, among others) keep as Python objects
+    after building their backend from them: the backend holds the same data. `datasets` pickles every attribute
+    of a tokenizer to fingerprint each map and filter that uses it, which with these copies took a second or more
+    per map for a 49k-token vocabulary (several per training stage), and 0.04 s without them."""
+    if getattr(tokenizer, "backend_tokenizer", None) is not None:
+        for name in ("_vocab", "_merges"):
+            tokenizer.__dict__.pop(name, None)
