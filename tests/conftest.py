@@ -92,6 +92,20 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_layer_minilm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """MiniLM-L6, the real reward-model backbone, cut to its first two layers (its own weights): for the tests of what
+    the pipeline does with a reward model, which train several; how well the full model learns has tests of its own
+    (test_training, test_stage_learning)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = prepare_model("all-minilm-l6-v2")
+    folder = tmp_path_factory.mktemp("minilm-two-layers")
+    AutoModel.from_pretrained(source, num_hidden_layers=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the shared human-labelled data is not beside the project ({SHARED_DATA})")

@@ -3,8 +3,9 @@ people the judge-labelled pairs it contradicts, and people overturn those far mo
 
 A real run end to end: a scripted OpenAI-compatible endpoint plays the policy (helpful or useless answers,
 by seed) and a judge that prefers the helpful answer but is confidently wrong on a quarter of the pairs;
-the real MiniLM reward model is trained by the rlaif-train flow on the merged labels; people (simulated)
-know which answer is better. The policy stage is the tiny Qwen2, so the flow runs to its end quickly."""
+the real MiniLM reward model (its first two layers: `two_layer_minilm`) is trained by the rlaif-train flow on
+the merged labels; people (simulated) know which answer is better. The policy stage is the tiny Qwen2, so the
+flow runs to its end quickly."""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def people_label(config: Config) -> Counter[str]:
     )
 
 
-def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_trains(tmp_path, tiny_qwen2):
+def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_trains(
+    tmp_path, tiny_qwen2, two_layer_minilm
+):
     tiny, _ = tiny_qwen2
     with ScriptedOpenAIServer(reply=policy_and_judge) as server:
         overrides = scripted_overrides(
@@ -82,6 +85,7 @@ def test_the_pairs_the_reward_model_contradicts_go_to_people_before_the_policy_t
             "review.reward_round_fraction=0.08",
             "run.name=second-round",
             "train.eval_size=4",
+            f"train.reward.model={two_layer_minilm}",
             "train.reward.epochs=2",
             "train.reward.learning_rate=0.0002",
             "train.reward.max_length=64",
