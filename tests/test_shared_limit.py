@@ -83,9 +83,11 @@ def test_three_workers_together_keep_a_shared_rate(tmp_path, prefect_server):
         seen = server.stats()
     assert "at most 20 requests per second over every worker" in outputs[0]
     assert seen["requests"] == 3 * 40 and seen["max_in_flight"] <= 4
-    # Never faster than the rate: (120 - a burst of 20) / 20 per s = 5 s at least. Slower, as Prefect answers
-    # each worker's request for tokens in turn (at 10 a second it took 17.7 to 29.5 s, start-up included).
-    assert 5.0 <= seen["active_window_s"] <= 30.0, seen
+    # Never faster than the rate: (120 - a burst of 20) / 20 per s = 5 s at least. No upper bound: slower
+    # is the test machine's, not the rate's (Prefect answers each worker's request for tokens in turn, usually
+    # in 17-30 s; on a loaded 2-core CI machine this process's SQLite Prefect server answered "database is
+    # locked" and Prefect's client retried with backoff: 136.7 s).
+    assert seen["active_window_s"] >= 5.0, seen
     limit = httpx.get(f"{prefect_server}/v2/concurrency_limits/rated-endpoint-rate").json()
     assert limit["limit"] == 20 and limit["slot_decay_per_second"] == 20
 
