@@ -113,8 +113,9 @@ def served_deployments(env: dict[str, str], tmp_path: Path, config: dict[str, An
         [RLAIF, "deploy", str(config_path)], env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     try:
-        name = f"rlaif-merge/{config['deploy']['name']}"
-        wait_for(lambda: name in prefect(env, "deployment", "ls").stdout, 120, "the deployments")
+        # Asked of the API: a `prefect deployment ls` process per poll took seconds on a 2-core machine.
+        served_last = f"{env['PREFECT_API_URL']}/deployments/name/rlaif-merge/{config['deploy']['name']}"
+        wait_for(lambda: httpx.get(served_last).status_code == 200, 120, "the deployments")
         yield config_path, log
     finally:
         served.terminate()
