@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from rlaif.review.app import create_app, csrf_token, stored_label
+from rlaif.review.app import SIGNED_IN_S, create_app, csrf_token, stored_label
 from rlaif.review.store import ReviewStore
 from tests.review_fixtures import RLAIF, ReviewServer, queue_entries
 
@@ -132,6 +133,33 @@ def test_every_route_answers_401_without_a_valid_token(tmp_path):
                 assert response.status_code == 401, (method, path, headers, response.status_code)
         page = httpx.get(server.url + "/runs/run")
         assert "Sign in" in page.text and "answer A0" not in page.text
+
+
+def refused_after(url: str, token: str) -> float:
+    """Seconds until the server answers 401 to `token` (asked every 50 ms; fails after 10 s)."""
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        if httpx.get(url + "/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 401:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"the token still signs in 10 s after it was revoked or replaced (at {url})")
+
+
+def test_a_revoked_or_replaced_token_is_refused_within_a_second_of_a_running_server(tmp_path):
+    """The service keeps a valid token's owner for SIGNED_IN_S rather than asking the database on every request;
+    revoking a reviewer, or giving them a new token, takes effect within that time on a server that is running."""
+    db_url = f"sqlite:///{tmp_path / 'review.db'}"
+    with ReviewStore.open(db_url) as store:
+        store.enqueue("run", queue_entries("run", 2))
+    alice, bob = add_reviewer(db_url, "alice"), add_reviewer(db_url, "bob")
+    with ReviewServer(db_url) as server:
+        for token in (alice, bob):
+            assert httpx.get(server.url + "/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        subprocess.run([RLAIF, "review", "token", "revoke", "alice", "--db", db_url], check=True, capture_output=True)
+        assert refused_after(server.url, alice) <= SIGNED_IN_S + 1.0
+        new_bob = add_reviewer(db_url, "bob")  # a new token for bob: the old one stops working
+        assert refused_after(server.url, bob) <= SIGNED_IN_S + 1.0
+        assert httpx.get(server.url + "/api/runs", headers={"Authorization": f"Bearer {new_bob}"}).status_code == 200
 
 
 def test_cross_site_and_csrf_less_posts_are_refused(tmp_path):
