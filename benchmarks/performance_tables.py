@@ -87,9 +87,10 @@ def startup_table(document: dict[str, Any]) -> str:
 
 
 def review_load_table(document: dict[str, Any]) -> str:
-    """The review service under closed-loop reviewers: an earlier service (the file's `before`, measured in the
-    same session) and now with 1 and N server processes (`--workers`)."""
-    before, runs = document["before"], document["runs"]
+    """The review service under closed-loop reviewers: earlier services (the file's `before`, each measured in the
+    same session with the same load generator; ratios against the first) and now with 1 and N server processes
+    (`--workers`)."""
+    earlier, runs = document["before"], document["runs"]
     first = runs[0]
 
     def row(name: str, run: dict[str, Any], ratio: str = "") -> str:
@@ -105,11 +106,13 @@ def review_load_table(document: dict[str, Any]) -> str:
         "",
         "| service | requests/s | next p50 / p95 ms | label p50 / p95 ms |",
         "|---|---|---|---|",
-        row(f"before: {before['service']}", before),
     ]
+    base = earlier[0]["requests_per_s"]
+    for number, before in enumerate(earlier):
+        lines.append(row(f"before: {before['service']}", before, f" ({before['requests_per_s'] / base:.2f}x)" * number))
     for run in runs:
         name = "now, 1 process" if run["workers"] == 1 else f"now, `--workers {run['workers']}`"
-        lines.append(row(name, run, f" ({run['requests_per_s'] / before['requests_per_s']:.2f}x)"))
+        lines.append(row(name, run, f" ({run['requests_per_s'] / base:.2f}x)"))
     return "\n".join(lines)
 
 
@@ -453,9 +456,9 @@ def startup_text(document: dict[str, Any]) -> str:
 
 # Figures the README states in its text, each made from a results file: the test finds each in the README.
 def review_load_text(document: dict[str, Any]) -> str:
-    """The review service's gain over the earlier service in its file (`before`), as the Reliability section
+    """The review service's gain over the first earlier service in its file (`before`), as the Reliability section
     states it."""
-    before = document["before"]["requests_per_s"]
+    before = document["before"][0]["requests_per_s"]
     one, two = (run["requests_per_s"] / before for run in document["runs"][:2])
     return f"{one:.2f}x the requests per second on one process, {two:.2f}x on two"
 
