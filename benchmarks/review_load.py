@@ -90,10 +90,10 @@ RETRY_GRACE_S = 30.0  # past the run's deadline, how long an outage is still wai
 
 @dataclass
 class Answer:
-    """A response as the reviewer loop reads it: status, Retry-After, and the body."""
+    """A response as the reviewer loop reads it: status, Retry-After (as sent), and the body."""
 
     status: int
-    retry_after: float
+    retry_after: str | None
     body: bytes
 
 
@@ -116,7 +116,7 @@ async def _request(
         started = time.monotonic()
         try:
             async with client.request(method, url, **kwargs) as response:
-                answer = Answer(response.status, float(response.headers.get("Retry-After", "1")), await response.read())
+                answer = Answer(response.status, response.headers.get("Retry-After"), await response.read())
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
             record.transport_errors += 1
             await asyncio.sleep(0.5)
@@ -125,7 +125,7 @@ async def _request(
         record.statuses[f"{kind} {answer.status}"] += 1
         if answer.status == 503:
             record.unavailable += 1
-            await asyncio.sleep(answer.retry_after)
+            await asyncio.sleep(float(answer.retry_after or "1"))
             continue
         return answer
 
