@@ -108,8 +108,9 @@ def review_load_table(document: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     base = earlier[0]["requests_per_s"]
-    for number, before in enumerate(earlier):
-        lines.append(row(f"before: {before['service']}", before, f" ({before['requests_per_s'] / base:.2f}x)" * number))
+    for before in earlier:
+        ratio = "" if before is earlier[0] else f" ({before['requests_per_s'] / base:.2f}x)"
+        lines.append(row(f"before: {before['service']}", before, ratio))
     for run in runs:
         name = "now, 1 process" if run["workers"] == 1 else f"now, `--workers {run['workers']}`"
         lines.append(row(name, run, f" ({run['requests_per_s'] / base:.2f}x)"))
