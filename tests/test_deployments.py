@@ -54,6 +54,9 @@ def prefect_api(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        # `rlaif deploy` serves the deployments with a runner that asks for scheduled runs every 10 s by default:
+        # each run the tests start (and each merge an event starts) would wait 5 s on average before it begins.
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
     env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen(
