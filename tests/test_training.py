@@ -290,8 +290,10 @@ def merged_run(tmp_path_factory, prefect_server):
     return config
 
 
-def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(merged_run, smollm2_dir):
-    from transformers import AutoModelForCausalLM
+def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoints_load_back(
+    merged_run, smollm2_dir, tiny_qwen2
+):
+    from transformers import AutoConfig, AutoModelForCausalLM
     from typer.testing import CliRunner
 
     from rlaif.cli.main import app
@@ -333,30 +335,46 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
     ppo = json.loads((run / "train" / "ppo" / "eval_report.json").read_text())
     assert ppo["reward_model"] == str(run / "train" / "reward") and ppo["held_out_score_after"] is not None
     assert len((run / "train" / "ppo" / "ppo_log.jsonl").read_text().splitlines()) == 2
+    # Three more stages from the command line, on the two-layer model (each of them on SmolLM2 took 9-14 s to train
+    # and save; what they learn has tests of their own: test_stage_learning, test_training_resume).
+    tiny, _ = tiny_qwen2
     extra = {
         "dpo-lora": [
             "dpo",
+            f"train.dpo.model={tiny}",
             "train.dpo.max_steps=2",
             "train.dpo.batch_size=2",
             "train.dpo.max_length=128",
             "train.dpo.lora.enabled=true",
             "train.dpo.lora.r=4",
         ],
-        "sft": ["sft", "train.sft.max_steps=2", "train.sft.batch_size=2", "train.sft.max_length=128"],
-        "cpo": ["cpo", "train.cpo.max_steps=2", "train.cpo.batch_size=2", "train.cpo.max_length=128"],
+        "sft": [
+            "sft",
+            f"train.sft.model={tiny}",
+            "train.sft.max_steps=2",
+            "train.sft.batch_size=2",
+            "train.sft.max_length=128",
+        ],
+        "cpo": [
+            "cpo",
+            f"train.cpo.model={tiny}",
+            "train.cpo.max_steps=2",
+            "train.cpo.batch_size=2",
+            "train.cpo.max_length=128",
+        ],
     }
     for name, (stage, *flags) in extra.items():
         sets = [item for flag in [*common, *flags] for item in ("--set", flag)]
         result = CliRunner().invoke(app, ["train", stage, "--out", str(run / "train" / name), *sets])
         assert result.exit_code == 0, (name, result.output[-3000:])
         assert json.loads(result.stdout)["steps"] == 2  # stdout holds the report alone
-    vocab = AutoModelForCausalLM.from_pretrained(smollm2_dir).config.vocab_size
-    for stage in ("dpo", "ppo", "dpo-lora", "sft", "cpo"):
-        model = AutoModelForCausalLM.from_pretrained(run / "train" / stage)
-        assert model.config.vocab_size == vocab
+    for stage, start in [("dpo", smollm2_dir), ("ppo", smollm2_dir), *[(name, tiny) for name in extra]]:
+        saved = AutoModelForCausalLM.from_pretrained(run / "train" / stage).config  # each loads back
+        started = AutoConfig.from_pretrained(start)
+        assert (saved.vocab_size, saved.num_hidden_layers) == (started.vocab_size, started.num_hidden_layers), stage
     assert not (run / "train" / "dpo-lora" / "adapter_config.json").exists()  # the adapters are merged in
     assert not (run / "train" / "dpo-lora" / "lora-adapter").exists()  # merged from its saved files, then removed
-    base = AutoModelForCausalLM.from_pretrained(smollm2_dir).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
     merged = AutoModelForCausalLM.from_pretrained(run / "train" / "dpo-lora").state_dict()
     changed = [name for name in base if "q_proj" in name and not torch.equal(base[name], merged[name])]
     assert changed, "the merged model holds the base weights unchanged: the trained adapter was not merged in"
