@@ -22,12 +22,17 @@ $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 demo: $(STAMP)
 	$(BIN)/rlaif demo --auto-review
 
-# One worker process per logical CPU (most tests wait on subprocesses and servers; serially the suite
-# kept one of two cores busy); --dist loadfile keeps a file's tests, and so its module fixtures, in one
-# worker; --no-loadscope-reorder hands the files out in collection order, the longest first
-# (tests/conftest.py: LONGEST_FILES), instead of by number of tests.
+# One worker process more than the CPUs this process may use: most tests wait on subprocesses, servers
+# and a browser for part of their time (on 2 cores with 2 workers the CPUs were idle a quarter of the
+# time and the suite took 981 s; with 3 workers 869 s). --dist loadfile keeps a file's tests, and so its
+# module fixtures, in one worker; --no-loadscope-reorder hands the files out in collection order, the
+# longest first (tests/conftest.py: LONGEST_FILES), instead of by number of tests.
+# compileall first: the tests start many Python processes that import the project, and where
+# PYTHONDONTWRITEBYTECODE is set (as on the machines CI runs on) each would compile its modules again.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1)")
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n logical --dist loadfile --no-loadscope-reorder --durations=15  # the slowest tests, to keep CI within its time
+	$(BIN)/python -m compileall -q rlaif flows judges training tests benchmarks
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15  # the slowest tests, to keep CI within its time
 
 # The reliability suite with its long variants (20 kill -9 trials, more fault seeds, 50 reviewers for
 # 60 s); `make test` runs its short variants. It writes benchmarks/results/reliability.json (the README's
