@@ -29,7 +29,7 @@ demo: $(STAMP)
 # longest first (tests/conftest.py: LONGEST_FILES), instead of by number of tests.
 # compileall first: the tests start many Python processes that import the project, and where
 # PYTHONDONTWRITEBYTECODE is set (as on the machines CI runs on) each would compile its modules again.
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1)")
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, 'sched_getaffinity') else os.cpu_count() + 1)")
 test: $(STAMP) lint
 	$(BIN)/python -m compileall -q rlaif flows judges training tests benchmarks
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15  # the slowest tests, to keep CI within its time
