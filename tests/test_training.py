@@ -339,32 +339,14 @@ def test_the_train_flow_then_ppo_run_on_smollm2_from_a_merged_run_and_checkpoint
     # and save; what they learn has tests of their own: test_stage_learning, test_training_resume).
     tiny, _ = tiny_qwen2
     extra = {
-        "dpo-lora": [
-            "dpo",
-            f"train.dpo.model={tiny}",
-            "train.dpo.max_steps=2",
-            "train.dpo.batch_size=2",
-            "train.dpo.max_length=128",
-            "train.dpo.lora.enabled=true",
-            "train.dpo.lora.r=4",
-        ],
-        "sft": [
-            "sft",
-            f"train.sft.model={tiny}",
-            "train.sft.max_steps=2",
-            "train.sft.batch_size=2",
-            "train.sft.max_length=128",
-        ],
-        "cpo": [
-            "cpo",
-            f"train.cpo.model={tiny}",
-            "train.cpo.max_steps=2",
-            "train.cpo.batch_size=2",
-            "train.cpo.max_length=128",
-        ],
+        "dpo-lora": ("dpo", ["train.dpo.lora.enabled=true", "train.dpo.lora.r=4"]),
+        "sft": ("sft", []),
+        "cpo": ("cpo", []),
     }
-    for name, (stage, *flags) in extra.items():
-        sets = [item for flag in [*common, *flags] for item in ("--set", flag)]
+    shared = [f"model={tiny}", "max_steps=2", "batch_size=2", "max_length=128"]  # each stage's section
+    for name, (stage, flags) in extra.items():
+        settings = [*common, *[f"train.{stage}.{setting}" for setting in shared], *flags]
+        sets = [item for flag in settings for item in ("--set", flag)]
         result = CliRunner().invoke(app, ["train", stage, "--out", str(run / "train" / name), *sets])
         assert result.exit_code == 0, (name, result.output[-3000:])
         assert json.loads(result.stdout)["steps"] == 2  # stdout holds the report alone
